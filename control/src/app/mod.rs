@@ -1,0 +1,256 @@
+//! `isthmus control`: one cluster's control plane, wired from its parts.
+//!
+//! Data flows one way: the file source publishes config snapshots; the
+//! exporter writes this cluster's exported services into the federation
+//! registry; the inputs task joins config and registry into translation
+//! inputs and tells the xDS server to push. The CA and xDS share one
+//! TLS gRPC port; the admin port serves metrics, probes and debug views.
+
+pub mod admin;
+pub mod export;
+mod federation;
+mod inputs;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use isthmus_identity::{
+    files::load_authority, AuthoritySigner, CaMetrics, CaService, CaServiceConfig, CertManager,
+    CertManagerConfig, FileAuthenticator, LeafPolicy, PeerPolicy, SpiffeId, TokenTable,
+    TrustBundle,
+};
+use isthmus_xds::{XdsConfig, XdsServer};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tracing::info;
+
+use crate::source::file::FileSource;
+use crate::store::ConfigStore;
+use crate::translate::{LocalSettings, TranslateGenerator};
+
+/// Where the control plane's own certificate says it is.
+pub const CONTROL_NAMESPACE: &str = "istio-system";
+pub const CONTROL_SERVICE_ACCOUNT: &str = "isthmus-control";
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct ControlOptions {
+    /// Directory of YAML configuration, watched; it must hold this cluster's MeshConfig.
+    #[arg(long)]
+    pub config_dir: PathBuf,
+    /// This cluster's Istio plug-in CA files (ca-cert.pem, ca-key.pem, root-cert.pem, cert-chain.pem).
+    #[arg(long)]
+    pub ca_dir: PathBuf,
+    /// Durable state: the federation log and snapshots.
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// xDS and the CA (IstioCertificateService), gRPC over TLS.
+    #[arg(long, default_value = "0.0.0.0:15012")]
+    pub grpc_addr: SocketAddr,
+    /// Also serve xDS in plaintext here (Istio's 15010), for proxyless gRPC
+    /// clients and debugging on trusted networks.
+    #[arg(long)]
+    pub plaintext_xds_addr: Option<SocketAddr>,
+    /// Admin HTTP: /metrics, /healthz, /readyz, /debug/*.
+    #[arg(long, default_value = "0.0.0.0:15014")]
+    pub admin_addr: SocketAddr,
+    /// Bootstrap tokens for the CA, one `TOKEN NAMESPACE/SERVICEACCOUNT` per line.
+    #[arg(long)]
+    pub bootstrap_tokens: Option<PathBuf>,
+    /// Raft tick; elections take 10 ticks, heartbeats 2.
+    #[arg(long, default_value = "100ms", value_parser = parse_duration)]
+    pub raft_tick: Duration,
+    /// How often this cluster renews its registry lease.
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    pub lease_renew: Duration,
+    /// A cluster whose lease is not renewed for this long is marked unavailable.
+    #[arg(long, default_value = "3s", value_parser = parse_duration)]
+    pub lease_ttl: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    crate::config::Duration::parse(s).map(|d| d.as_std())
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum AppError {
+    #[error("configuration: {0}")]
+    Config(String),
+    #[error("cannot load the cluster CA from {dir}: {source}")]
+    Ca {
+        dir: PathBuf,
+        #[source]
+        source: isthmus_identity::CaError,
+    },
+    #[error("identity: {0}")]
+    Identity(String),
+    #[error("federation: {0}")]
+    Federation(String),
+    #[error("cannot bind {what} on {addr}: {source}; is another process using the port?")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+}
+
+async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, AppError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| AppError::Bind { what, addr, source })
+}
+
+/// Runs the control plane until `shutdown` resolves.
+pub async fn run(
+    opts: ControlOptions,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), AppError> {
+    let metrics = prometheus::Registry::new();
+
+    // Sources: the first snapshot is complete before anything else starts.
+    let store = ConfigStore::new();
+    let config_rx = store.subscribe();
+    let source = FileSource::new(vec![opts.config_dir.clone()])
+        .start(store)
+        .await
+        .map_err(|e| AppError::Config(e.to_string()))?;
+    let first = config_rx.borrow().clone();
+    let mesh = first.mesh_config().ok_or_else(|| {
+        AppError::Config(format!(
+            "no MeshConfig (apiVersion isthmus.io/v1alpha1) in {}; the control plane needs this cluster's id, network and locality",
+            opts.config_dir.display()
+        ))
+    })?;
+    let mesh = mesh.spec.clone();
+    if mesh.cluster_id.is_empty() {
+        return Err(AppError::Config("MeshConfig.spec.clusterId is empty".into()));
+    }
+    let trust_domain = mesh.trust_domain().to_string();
+
+    // Identity: this cluster's intermediate, and the control plane's own
+    // certificate, issued in-process and rotated like any workload's.
+    let authority = load_authority(&opts.ca_dir, &trust_domain, LeafPolicy::default())
+        .map_err(|source| AppError::Ca { dir: opts.ca_dir.clone(), source })?;
+    let root_pem = authority.root_pem().to_string();
+    let intermediate_pem = authority.intermediate_pem().to_string();
+    let (_authority_tx, authority_rx) = watch::channel(Arc::new(authority));
+    let own_id = SpiffeId::new(&trust_domain, CONTROL_NAMESPACE, CONTROL_SERVICE_ACCOUNT)
+        .map_err(|e| AppError::Identity(e.to_string()))?;
+    let certs = CertManager::start(
+        CertManagerConfig::new(own_id.clone()),
+        Arc::new(AuthoritySigner::new(authority_rx.clone(), own_id)),
+    )
+    .map_err(|e| AppError::Identity(e.to_string()))?;
+    certs
+        .wait_ready(Duration::from_secs(10))
+        .await
+        .map_err(|e| AppError::Identity(e.to_string()))?;
+    let bundle = TrustBundle::from_pem(&root_pem, "root-cert.pem").map_err(|e| AppError::Identity(e.to_string()))?;
+    let (bundle_tx, bundle_rx) = watch::channel(Arc::new(bundle));
+
+    // Checked before anything starts, so a bad file fails start-up cleanly.
+    let tokens = match &opts.bootstrap_tokens {
+        Some(path) => TokenTable::load(path, &trust_domain).map_err(|e| AppError::Identity(e.to_string()))?,
+        None => TokenTable::default(),
+    };
+
+    // Federation node, then this cluster's publisher and lease.
+    let node = federation::start(&opts, &mesh, certs.subscribe(), bundle_rx.clone(), &metrics).await?;
+    let handle = node.handle();
+    let local = LocalSettings::from_config(&first, vec![root_pem.clone()]);
+    let info = federation::cluster_info(&mesh, &intermediate_pem, &root_pem);
+    tokio::spawn(export::run_exporter(handle.clone(), info, config_rx.clone(), local.clone()));
+    let _lease = handle.spawn_lease_renewer(mesh.cluster_id.clone(), opts.lease_renew);
+    tokio::spawn(federation::follow_trust_bundle(handle.watch_snapshot(), root_pem.clone(), bundle_tx));
+
+    // Translation and xDS.
+    let (inputs_tx, inputs_rx) = watch::channel(Arc::new(inputs::build(&first, &handle.snapshot_stale(), &root_pem)));
+    let generator = Arc::new(TranslateGenerator::new(inputs_rx));
+    let (xds, pusher) = XdsServer::new(generator, XdsConfig::default(), &metrics)
+        .map_err(|e| AppError::Config(e.to_string()))?;
+    tokio::spawn(inputs::run(config_rx.clone(), handle.watch_snapshot(), root_pem.clone(), inputs_tx, pusher));
+
+    // CA service next to xDS on the TLS port.
+    let ca = CaService::new(
+        authority_rx,
+        Arc::new(FileAuthenticator::new(&trust_domain, tokens)),
+        CaServiceConfig::default(),
+        CaMetrics::new(&metrics)?,
+    );
+    let grpc_tls = isthmus_identity::tls::server_config(
+        certs.subscribe(),
+        bundle_rx.clone(),
+        PeerPolicy::trust_domain(&trust_domain),
+        false,
+        &[b"h2"],
+    )
+    .map_err(|e| AppError::Identity(e.to_string()))?;
+    let grpc_listener = bind("xDS/CA gRPC", opts.grpc_addr).await?;
+    let plaintext = match opts.plaintext_xds_addr {
+        Some(addr) => Some(bind("plaintext xDS", addr).await?),
+        None => None,
+    };
+    let admin_listener = bind("admin HTTP", opts.admin_addr).await?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let grpc = tonic::transport::Server::builder()
+        .add_service(xds.ads())
+        .add_service(xds.cds())
+        .add_service(xds.eds())
+        .add_service(xds.lds())
+        .add_service(xds.rds())
+        .add_service(xds.sds())
+        .add_service(ca.into_server())
+        .serve_with_incoming_shutdown(
+            isthmus_identity::transport::tls_incoming(grpc_listener, grpc_tls),
+            stopped(stop_rx.clone()),
+        );
+    let grpc_task = tokio::spawn(grpc);
+    if let Some(listener) = plaintext {
+        let server = tonic::transport::Server::builder()
+            .add_service(xds.ads())
+            .add_service(xds.cds())
+            .add_service(xds.eds())
+            .add_service(xds.lds())
+            .add_service(xds.rds())
+            .serve_with_incoming_shutdown(
+                tokio_stream::wrappers::TcpListenerStream::new(listener),
+                stopped(stop_rx.clone()),
+            );
+        tokio::spawn(server);
+    }
+    let (ready_tx, ready_rx) = watch::channel(false);
+    tokio::spawn(admin::serve(
+        admin_listener,
+        admin::AdminState {
+            metrics: metrics.clone(),
+            ready: ready_rx,
+            xds: xds.clone(),
+            federation: handle.clone(),
+            config: config_rx,
+        },
+    ));
+    let _ = ready_tx.send(true);
+    info!(
+        cluster = %mesh.cluster_id,
+        grpc = %opts.grpc_addr,
+        admin = %opts.admin_addr,
+        "control plane ready"
+    );
+
+    shutdown.await;
+    info!("shutting down: closing xDS streams, stopping the federation node");
+    let _ = ready_tx.send(false);
+    let _ = stop_tx.send(true);
+    let _ = tokio::time::timeout(Duration::from_secs(5), grpc_task).await;
+    source.shutdown().await;
+    node.stop().await;
+    Ok(())
+}

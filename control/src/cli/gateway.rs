@@ -1,0 +1,235 @@
+//! `isthmus gateway`: the data plane in one of its roles, configured only by
+//! xDS; its certificate comes from the cluster CA by CSR (the key never
+//! leaves this process) and rotates while connections stay up.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use isthmus_gateway::{GatewayConfig, LocalityName, NodeIdentity, WorkloadCertificate};
+use isthmus_identity::{
+    client::{CaClient, CaClientConfig, CaClientTls},
+    static_bundle, CertManager, CertManagerConfig, CertWatch, PeerPolicy, SpiffeId, TrustBundle,
+};
+use rustls::pki_types::ServerName;
+use serde_json::{json, Map, Value};
+use tokio::sync::watch;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Role {
+    Sidecar,
+    EastWest,
+    Ingress,
+    Egress,
+}
+
+impl Role {
+    fn metadata(self) -> &'static str {
+        match self {
+            Role::Sidecar => "sidecar",
+            Role::EastWest => "east-west",
+            Role::Ingress => "ingress",
+            Role::Egress => "egress",
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct GatewayArgs {
+    #[arg(long, value_enum, default_value_t = Role::Sidecar)]
+    pub role: Role,
+    /// The control plane's xDS address, e.g. http://127.0.0.1:15010.
+    #[arg(long)]
+    pub xds: String,
+    /// The cluster CA (`host:port`, TLS). Without it the proxy has no
+    /// certificate, which only an east-west gateway (pure passthrough) can do.
+    #[arg(long)]
+    pub ca: Option<String>,
+    /// Root certificate that the CA's serving certificate chains to.
+    #[arg(long)]
+    pub root_cert: Option<PathBuf>,
+    /// Bootstrap token for the first CSR (one line).
+    #[arg(long)]
+    pub token_file: Option<PathBuf>,
+    #[arg(long, default_value = "cluster.local")]
+    pub trust_domain: String,
+    /// This proxy's (the workload's) IP.
+    #[arg(long)]
+    pub ip: IpAddr,
+    #[arg(long, default_value = "default")]
+    pub namespace: String,
+    #[arg(long, default_value = "default")]
+    pub service_account: String,
+    /// Pod name in the node id; defaults to ROLE-IP.
+    #[arg(long)]
+    pub pod: Option<String>,
+    #[arg(long)]
+    pub cluster_id: String,
+    #[arg(long)]
+    pub network: Option<String>,
+    /// region/zone/subzone
+    #[arg(long)]
+    pub locality: Option<String>,
+    /// Workload labels, `key=value`, repeatable.
+    #[arg(long = "label")]
+    pub labels: Vec<String>,
+    /// Admin HTTP: /metrics, /healthz, /readyz, /config_dump.
+    #[arg(long)]
+    pub admin: SocketAddr,
+    /// Sidecar without traffic capture: where outbound listeners bind.
+    #[arg(long)]
+    pub outbound_bind: Option<IpAddr>,
+    /// Sidecar: where the application listens.
+    #[arg(long)]
+    pub app_address: Option<IpAddr>,
+    /// Certificate lifetime asked of the CA.
+    #[arg(long, default_value = "24h", value_parser = parse_duration)]
+    pub cert_lifetime: Duration,
+    /// How long open connections may finish after SIGTERM.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
+    pub drain_time: Duration,
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    isthmus_control::config::Duration::parse(s).map(|d| d.as_std())
+}
+
+fn node(args: &GatewayArgs) -> anyhow::Result<NodeIdentity> {
+    let kind = if args.role == Role::Sidecar { "sidecar" } else { "router" };
+    let pod = args
+        .pod
+        .clone()
+        .unwrap_or_else(|| format!("{}-{}", args.role.metadata(), args.ip));
+    let ns = &args.namespace;
+    let id = format!("{kind}~{}~{pod}.{ns}~{ns}.svc.cluster.local", args.ip);
+    let mut labels = Map::new();
+    for l in &args.labels {
+        let Some((k, v)) = l.split_once('=') else {
+            bail!("--label {l:?}: expected key=value");
+        };
+        labels.insert(k.to_string(), Value::String(v.to_string()));
+    }
+    let mut meta = Map::new();
+    meta.insert("CLUSTER_ID".into(), json!(args.cluster_id));
+    meta.insert("NAMESPACE".into(), json!(ns));
+    meta.insert("LABELS".into(), Value::Object(labels));
+    meta.insert("SERVICE_ACCOUNT".into(), json!(args.service_account));
+    meta.insert("ISTHMUS_ROLE".into(), json!(args.role.metadata()));
+    meta.insert("INTERCEPTION_MODE".into(), json!("NONE"));
+    if let Some(n) = &args.network {
+        meta.insert("NETWORK".into(), json!(n));
+    }
+    if let Some(a) = args.outbound_bind {
+        meta.insert("ISTHMUS_OUTBOUND_BIND".into(), json!(a.to_string()));
+    }
+    if let Some(a) = args.app_address {
+        meta.insert("ISTHMUS_APP_ADDRESS".into(), json!(a.to_string()));
+    }
+    let mut parts = args.locality.as_deref().unwrap_or("").split('/');
+    let mut next = || parts.next().unwrap_or("").to_string();
+    let locality = LocalityName {
+        region: next(),
+        zone: next(),
+        sub_zone: next(),
+    };
+    Ok(NodeIdentity {
+        id,
+        cluster: args.cluster_id.clone(),
+        metadata: meta,
+        locality,
+    })
+}
+
+/// Starts the certificate manager and returns the data plane's view of it.
+async fn certificates(args: &GatewayArgs, ca: &str) -> anyhow::Result<(CertManager, watch::Receiver<Arc<WorkloadCertificate>>)> {
+    let root_path = args
+        .root_cert
+        .as_ref()
+        .context("--ca needs --root-cert (the root the CA's serving certificate chains to)")?;
+    let root_pem = std::fs::read_to_string(root_path)
+        .with_context(|| format!("reading --root-cert {}", root_path.display()))?;
+    let bundle = TrustBundle::from_pem(&root_pem, &root_path.display().to_string())?;
+    let token = match &args.token_file {
+        Some(p) => Some(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("reading --token-file {}", p.display()))?
+                .trim()
+                .to_string(),
+        ),
+        None => None,
+    };
+    let me = SpiffeId::new(&args.trust_domain, &args.namespace, &args.service_account)?;
+    let control = SpiffeId::new(
+        &args.trust_domain,
+        isthmus_control::app::CONTROL_NAMESPACE,
+        isthmus_control::app::CONTROL_SERVICE_ACCOUNT,
+    )?;
+    let mut cfg = CertManagerConfig::new(me);
+    cfg.requested_lifetime = Some(args.cert_lifetime);
+    let ca = ca.to_string();
+    let bundle_watch = static_bundle(bundle);
+    let manager = CertManager::start_with(cfg, move |own: CertWatch| {
+        // Renewals authenticate with the current certificate; the first
+        // request with the bootstrap token.
+        let tls = isthmus_identity::tls::client_config(
+            Some(own),
+            bundle_watch,
+            PeerPolicy::exactly([control]),
+            &[b"h2"],
+        );
+        let mut client = CaClientConfig::new(ca);
+        client.token = token;
+        client.tls = tls.ok().map(|config| CaClientTls {
+            config,
+            server_name: ServerName::try_from("isthmus-control").expect("static name is valid"),
+        });
+        Arc::new(CaClient::new(client))
+    })?;
+    let first = manager
+        .wait_ready(Duration::from_secs(30))
+        .await
+        .context("no certificate from the CA")?;
+    let (tx, rx) = watch::channel(Arc::new(to_gateway(&first)?));
+    let mut certs = manager.subscribe();
+    tokio::spawn(async move {
+        while certs.changed().await.is_ok() {
+            let Some(c) = certs.borrow_and_update().clone() else { continue };
+            match to_gateway(&c) {
+                Ok(wc) => {
+                    tx.send_replace(Arc::new(wc));
+                }
+                Err(e) => tracing::warn!(error = %e, "rotated certificate unusable; keeping the previous one"),
+            }
+        }
+    });
+    Ok((manager, rx))
+}
+
+fn to_gateway(c: &isthmus_identity::WorkloadCert) -> anyhow::Result<WorkloadCertificate> {
+    Ok(WorkloadCertificate::new(
+        c.chain().to_vec(),
+        c.private_key(),
+        c.roots().to_vec(),
+    )?)
+}
+
+pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
+    let node = node(&args)?;
+    let mut config = GatewayConfig::new(args.xds.clone(), node, args.admin);
+    config.drain_time = args.drain_time;
+    let _manager = match &args.ca {
+        Some(ca) => {
+            let (manager, rx) = certificates(&args, ca).await?;
+            config.cert = Some(rx);
+            Some(manager)
+        }
+        None if args.role == Role::Sidecar => {
+            bail!("a sidecar needs --ca: it terminates and originates mTLS with its own certificate")
+        }
+        None => None,
+    };
+    isthmus_gateway::run(config).await?;
+    Ok(())
+}

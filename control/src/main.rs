@@ -1,0 +1,106 @@
+//! `isthmus`: the one binary. Subcommands follow kubectl/istioctl conventions
+//! (`-o yaml|json`, non-zero exit codes on failure).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+mod cli;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "isthmus",
+    version,
+    about = "Multi-cluster service-mesh federation: one mesh, one trust domain, many clusters."
+)]
+struct Cli {
+    /// Log filter (tracing's EnvFilter syntax), overridden by RUST_LOG.
+    #[arg(long, global = true, default_value = "info")]
+    log: String,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Validate Istio / MCS / Isthmus configuration files like `istioctl analyze`.
+    Analyze {
+        /// Files or directories (searched recursively for *.yaml, *.yml).
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
+        #[arg(short = 'o', long, value_enum, default_value_t = Output::Text)]
+        output: Output,
+    },
+    /// The trust-domain CA: create the root, per-cluster intermediates, inspect certificates.
+    Ca {
+        #[command(subcommand)]
+        command: isthmus_identity::CaCommand,
+    },
+    /// Run one cluster's control plane: config source, federation node, CA, xDS.
+    Control(isthmus_control::app::ControlOptions),
+    /// Run the data plane as a sidecar, east-west, ingress or egress gateway.
+    Gateway(cli::gateway::GatewayArgs),
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+enum Output {
+    Text,
+    Json,
+}
+
+fn init_logging(filter: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(&cli.log);
+    match run(cli.command) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(command: Command) -> anyhow::Result<ExitCode> {
+    match command {
+        Command::Analyze { paths, output } => {
+            let report = isthmus_control::analyze::analyze_paths(&paths);
+            match output {
+                Output::Text => print!("{}", report.render_text()),
+                Output::Json => println!("{}", report.render_json()),
+            }
+            Ok(if report.has_errors() {
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Ca { command } => {
+            isthmus_identity::run(command, &mut std::io::stdout().lock())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Control(opts) => {
+            runtime()?.block_on(isthmus_control::app::run(opts, cli::shutdown_signal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Gateway(args) => {
+            runtime()?.block_on(cli::gateway::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    // rustls needs one process-wide crypto provider; ring is the one built in.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+}

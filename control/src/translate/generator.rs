@@ -1,0 +1,81 @@
+//! The xDS server's [`Generator`]: reads the newest [`Inputs`] and
+//! translates for one proxy.
+
+use std::sync::Arc;
+
+use prost::{Message, Name};
+use tokio::sync::watch;
+
+use isthmus_xds::{GenerateError, Generator, Names, Proxy, Resource, TypeUrl};
+
+use super::{cluster, endpoint, listener, proto::any, secret, Context, Inputs, ProxyFlavor};
+
+/// Translation behind the xDS server. The owner of the inputs sends a new
+/// [`Inputs`] on the channel, then calls the server's `Pusher::push`.
+pub struct TranslateGenerator {
+    inputs: watch::Receiver<Arc<Inputs>>,
+}
+
+impl TranslateGenerator {
+    pub fn new(inputs: watch::Receiver<Arc<Inputs>>) -> TranslateGenerator {
+        TranslateGenerator { inputs }
+    }
+}
+
+/// How we recognise proxyless gRPC: Istio's node metadata
+/// `GENERATOR: grpc`.
+///
+/// The xDS crate's [`Proxy`] does not carry that key yet, so every proxy is
+/// treated as Envoy until it does; `HOST:PORT` listeners are served to any
+/// proxy asking for them by name, which is what gRPC does.
+pub fn flavor_of(_proxy: &Proxy) -> ProxyFlavor {
+    ProxyFlavor::Envoy
+}
+
+impl Generator for TranslateGenerator {
+    fn generate(
+        &self,
+        proxy: &Proxy,
+        type_url: TypeUrl,
+        names: &Names,
+    ) -> Result<Vec<Resource>, GenerateError> {
+        let inputs = self.inputs.borrow().clone();
+        Ok(generate(&inputs, proxy, flavor_of(proxy), type_url, names))
+    }
+}
+
+fn named<T: Message + Name>(
+    names: &Names,
+    items: Vec<T>,
+    name: impl Fn(&T) -> &str,
+) -> Vec<Resource> {
+    items
+        .into_iter()
+        .filter(|i| names.contains(name(i)))
+        .map(|i| Resource::new(name(&i).to_string(), any(i)))
+        .collect()
+}
+
+/// Translation of one resource type for one proxy, as a pure function.
+pub fn generate(
+    inputs: &Inputs,
+    proxy: &Proxy,
+    flavor: ProxyFlavor,
+    type_url: TypeUrl,
+    names: &Names,
+) -> Vec<Resource> {
+    let ctx = Context::new(inputs, proxy, flavor);
+    match type_url {
+        TypeUrl::Cluster => named(names, cluster::clusters(&ctx), |c| &c.name),
+        TypeUrl::ClusterLoadAssignment => {
+            named(names, endpoint::load_assignments(&ctx, names), |c| {
+                &c.cluster_name
+            })
+        }
+        TypeUrl::Listener => named(names, listener::listeners(&ctx, names), |l| &l.name),
+        TypeUrl::RouteConfiguration => {
+            named(names, listener::route_configs(&ctx, names), |r| &r.name)
+        }
+        TypeUrl::Secret => named(names, secret::secrets(inputs, names), |s| &s.name),
+    }
+}

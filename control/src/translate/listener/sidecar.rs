@@ -1,0 +1,230 @@
+//! Sidecar listeners without traffic capture (`INTERCEPTION_MODE: NONE`):
+//! outbound listeners on `ISTHMUS_OUTBOUND_BIND` for each reachable service
+//! port, inbound listeners on the workload IP for each port of the services
+//! that select the workload, terminating mTLS as PeerAuthentication says.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use envoy_types::pb::envoy::config::listener::v3::{FilterChain, FilterChainMatch, Listener};
+use envoy_types::pb::envoy::config::route::v3::{
+    route, route_action, route_match::PathSpecifier, Route, RouteAction, RouteConfiguration,
+    RouteMatch, VirtualHost,
+};
+
+use crate::config::{labels_match, MtlsMode};
+
+use super::super::naming::{
+    inbound_cluster, inbound_listener, outbound_cluster, outbound_listener, outbound_route,
+};
+use super::super::proto::{any, secs, socket_address, tls_transport_socket};
+use super::super::route::{destination_cluster, outbound_route_configs};
+use super::super::scope::mtls_mode;
+use super::super::services::{Service, ServicePort};
+use super::super::tls::istio_mutual_downstream;
+use super::super::Context;
+use super::{hcm_filter, hcm_inline, hcm_rds, tcp_proxy_filter, tls_inspector};
+
+/// What one outbound port carries.
+struct OutboundPort<'a> {
+    http: bool,
+    services: Vec<&'a Service>,
+}
+
+fn outbound_ports<'a>(ctx: &Context<'a>) -> BTreeMap<u16, OutboundPort<'a>> {
+    let mut ports: BTreeMap<u16, OutboundPort<'a>> = BTreeMap::new();
+    for svc in ctx.reachable_services() {
+        for p in &svc.ports {
+            let entry = ports.entry(p.port).or_insert_with(|| OutboundPort {
+                http: false,
+                services: Vec::new(),
+            });
+            entry.http |= p.protocol.is_http();
+            entry.services.push(svc);
+        }
+    }
+    // An outbound listener must not take the address of an inbound one
+    // (possible when the workload IP is the outbound bind address).
+    if ctx.proxy.outbound_bind == ctx.proxy.ip {
+        for p in inbound_ports(ctx) {
+            ports.remove(&p.target_port);
+        }
+    }
+    ports
+}
+
+/// The service ports served by this workload: mesh-internal services in its
+/// namespace whose selector matches its labels, or that list its IP.
+pub fn inbound_ports(ctx: &Context<'_>) -> Vec<ServicePort> {
+    let ip = ctx.proxy.ip.to_string();
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for svc in ctx.inputs.services.iter() {
+        if !svc.is_mesh_internal() || svc.namespace != ctx.proxy.namespace {
+            continue;
+        }
+        let selected = svc
+            .selector
+            .as_ref()
+            .is_some_and(|sel| !sel.is_empty() && labels_match(sel, &ctx.proxy.labels));
+        let instance = svc.local.iter().find(|i| i.address == ip);
+        if !selected && instance.is_none() {
+            continue;
+        }
+        for p in &svc.ports {
+            let target = instance.map(|i| i.port_for(p)).unwrap_or(p.target_port);
+            if seen.insert(target) {
+                out.push(ServicePort {
+                    target_port: target,
+                    ..p.clone()
+                });
+            }
+        }
+    }
+    out
+}
+
+pub fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
+    let bind = ctx.proxy.outbound_bind.to_string();
+    let mut out = Vec::new();
+    for (port, info) in outbound_ports(ctx) {
+        let name = outbound_listener(&bind, port);
+        let filter = if info.http {
+            hcm_filter(hcm_rds(&name, &outbound_route(port)))
+        } else {
+            if info.services.len() > 1 {
+                tracing::warn!(
+                    port,
+                    services = ?info.services.iter().map(|s| s.hostname.as_str()).collect::<Vec<_>>(),
+                    "several TCP services share an outbound port; without traffic capture the listener can only forward to the first"
+                );
+            }
+            let Some(svc) = info.services.first() else {
+                continue;
+            };
+            tcp_proxy_filter(&name, &tcp_destination(ctx, svc, port))
+        };
+        out.push(Listener {
+            name,
+            address: Some(socket_address(&bind, port)),
+            filter_chains: vec![FilterChain {
+                filters: vec![filter],
+                ..Default::default()
+            }],
+            ..Default::default()
+        });
+    }
+    out.extend(inbound_listeners(ctx));
+    out
+}
+
+/// A TCP service's destination: the first TCP route of its VirtualService
+/// that applies to the port, else the service itself.
+fn tcp_destination(ctx: &Context<'_>, svc: &Service, port: u16) -> String {
+    if let Some(vs) = ctx.scope.virtual_service_for(&svc.hostname) {
+        let route = vs.spec.tcp.iter().find(|r| {
+            r.matches.is_empty()
+                || r.matches
+                    .iter()
+                    .any(|m| m.port.is_none_or(|p| p == u32::from(port)))
+        });
+        if let Some(dest) = route.and_then(|r| r.route.first()) {
+            return destination_cluster(ctx, vs.namespace(), &dest.destination, port);
+        }
+    }
+    outbound_cluster(port, "", &svc.hostname)
+}
+
+fn inbound_listeners(ctx: &Context<'_>) -> Vec<Listener> {
+    let ip = ctx.proxy.ip.to_string();
+    let root = &ctx.inputs.local.root_namespace;
+    inbound_ports(ctx)
+        .into_iter()
+        .map(|p| {
+            let port = p.target_port;
+            let name = inbound_listener(&ip, port);
+            let cluster = inbound_cluster(port);
+            let app_filter = if p.protocol.is_http() {
+                hcm_filter(hcm_inline(&name, inbound_routes(&cluster, port)))
+            } else {
+                tcp_proxy_filter(&name, &cluster)
+            };
+            let mode = mtls_mode(
+                &ctx.inputs.config,
+                root,
+                &ctx.proxy.namespace,
+                &ctx.proxy.labels,
+                port,
+            );
+            let tls_chain = |protocol: &str| FilterChain {
+                name: format!("{name}_mtls"),
+                filter_chain_match: (!protocol.is_empty()).then(|| FilterChainMatch {
+                    transport_protocol: protocol.to_string(),
+                    ..Default::default()
+                }),
+                transport_socket: Some(tls_transport_socket(any(istio_mutual_downstream()))),
+                filters: vec![app_filter.clone()],
+                ..Default::default()
+            };
+            let plain_chain = |protocol: &str| FilterChain {
+                name: format!("{name}_plaintext"),
+                filter_chain_match: (!protocol.is_empty()).then(|| FilterChainMatch {
+                    transport_protocol: protocol.to_string(),
+                    ..Default::default()
+                }),
+                filters: vec![app_filter.clone()],
+                ..Default::default()
+            };
+            let (chains, listener_filters) = match mode {
+                MtlsMode::Strict => (vec![tls_chain("")], Vec::new()),
+                MtlsMode::Disable => (vec![plain_chain("")], Vec::new()),
+                MtlsMode::Permissive | MtlsMode::Unset => (
+                    vec![tls_chain("tls"), plain_chain("raw_buffer")],
+                    vec![tls_inspector()],
+                ),
+            };
+            Listener {
+                name,
+                address: Some(socket_address(&ip, port)),
+                filter_chains: chains,
+                listener_filters,
+                ..Default::default()
+            }
+        })
+        .collect()
+}
+
+fn inbound_routes(cluster: &str, port: u16) -> RouteConfiguration {
+    RouteConfiguration {
+        name: cluster.to_string(),
+        virtual_hosts: vec![VirtualHost {
+            name: format!("inbound|http|{port}"),
+            domains: vec!["*".to_string()],
+            routes: vec![Route {
+                name: "default".to_string(),
+                r#match: Some(RouteMatch {
+                    path_specifier: Some(PathSpecifier::Prefix("/".to_string())),
+                    ..Default::default()
+                }),
+                action: Some(route::Action::Route(RouteAction {
+                    cluster_specifier: Some(route_action::ClusterSpecifier::Cluster(
+                        cluster.to_string(),
+                    )),
+                    timeout: Some(secs(0)),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            }],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
+pub fn route_configs(ctx: &Context<'_>) -> Vec<RouteConfiguration> {
+    let http_ports: BTreeSet<u16> = outbound_ports(ctx)
+        .into_iter()
+        .filter(|(_, info)| info.http)
+        .map(|(port, _)| port)
+        .collect();
+    outbound_route_configs(ctx, &http_ports)
+}

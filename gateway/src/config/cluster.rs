@@ -1,0 +1,334 @@
+//! `Cluster` → discovery, load balancing, upstream TLS, limits, outlier detection.
+
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::cluster::v3::{
+    cluster::{ClusterDiscoveryType, DiscoveryType, LbPolicy as PbLbPolicy},
+    Cluster,
+};
+use envoy_types::pb::envoy::config::core::v3::{
+    config_source::ConfigSourceSpecifier, transport_socket, RoutingPriority,
+};
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsContext;
+use serde::Serialize;
+
+use super::common::{common_tls, duration, unpack, Validation};
+use super::endpoint::{load_assignment_with_ctx, LoadAssignment};
+use super::{ConfigError, Ctx};
+
+const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
+const RAW_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.raw_buffer";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LbPolicy {
+    RoundRobin,
+    LeastRequest,
+    Random,
+    RingHash,
+    Maglev,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Discovery {
+    /// Endpoints arrive as a `ClusterLoadAssignment` named `service_name`.
+    Eds {
+        service_name: String,
+    },
+    Static(LoadAssignment),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct UpstreamTls {
+    /// SNI to send; `None` sends none.
+    pub sni: Option<String>,
+    /// `Some("default")` presents the workload certificate.
+    pub cert_secret: Option<String>,
+    pub validation: Validation,
+    pub alpn: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CircuitBreakerThresholds {
+    pub max_connections: u32,
+    pub max_pending_requests: u32,
+    pub max_requests: u32,
+}
+
+impl Default for CircuitBreakerThresholds {
+    fn default() -> Self {
+        // Envoy's defaults.
+        Self {
+            max_connections: 1024,
+            max_pending_requests: 1024,
+            max_requests: 1024,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct OutlierConfig {
+    pub interval: Duration,
+    pub base_ejection_time: Duration,
+    pub max_ejection_time: Duration,
+    pub max_ejection_percent: u32,
+    pub consecutive_5xx: u32,
+    pub consecutive_gateway_failure: u32,
+    pub consecutive_local_origin_failure: u32,
+    /// When false, local-origin failures (connect errors) count as 5xx/gateway errors.
+    pub split_external_local_origin_errors: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct ClusterConfig {
+    pub name: String,
+    pub discovery: Discovery,
+    pub lb_policy: LbPolicy,
+    pub connect_timeout: Duration,
+    pub tls: Option<UpstreamTls>,
+    pub circuit_breakers: CircuitBreakerThresholds,
+    pub outlier: Option<OutlierConfig>,
+}
+
+impl ClusterConfig {
+    /// The EDS resource name this cluster waits for, if any.
+    pub fn eds_name(&self) -> Option<&str> {
+        match &self.discovery {
+            Discovery::Eds { service_name } => Some(service_name),
+            Discovery::Static(_) => None,
+        }
+    }
+}
+
+pub fn cluster_from_proto(c: &Cluster) -> Result<ClusterConfig, ConfigError> {
+    let ctx = Ctx::new("Cluster", &c.name);
+    if c.name.is_empty() {
+        return Err(ctx.err("name", "cluster name is empty"));
+    }
+    let kind = match &c.cluster_discovery_type {
+        None => DiscoveryType::Static,
+        Some(ClusterDiscoveryType::Type(t)) => DiscoveryType::try_from(*t)
+            .map_err(|_| ctx.err("type", format!("unknown discovery type {t}")))?,
+        Some(ClusterDiscoveryType::ClusterType(t)) => {
+            return Err(ctx.err(
+                "cluster_type",
+                format!("custom cluster type {:?} is not supported", t.name),
+            ))
+        }
+    };
+    let discovery = match kind {
+        DiscoveryType::Eds => {
+            let eds = c.eds_cluster_config.as_ref();
+            if let Some(source) = eds.and_then(|e| e.eds_config.as_ref()) {
+                match &source.config_source_specifier {
+                    Some(ConfigSourceSpecifier::Ads(_)) | None => {}
+                    Some(_) => {
+                        return Err(ctx.err(
+                            "eds_cluster_config.eds_config",
+                            "only ADS is supported as the EDS config source",
+                        ))
+                    }
+                }
+            }
+            let service_name = eds
+                .map(|e| e.service_name.clone())
+                .filter(|s| !s.is_empty())
+                .unwrap_or_else(|| c.name.clone());
+            Discovery::Eds { service_name }
+        }
+        DiscoveryType::Static => {
+            let la = c.load_assignment.as_ref().ok_or_else(|| {
+                ctx.err("load_assignment", "a STATIC cluster needs load_assignment")
+            })?;
+            Discovery::Static(load_assignment_with_ctx(&ctx, "load_assignment.", la)?)
+        }
+        other => {
+            return Err(ctx.err(
+                "type",
+                format!(
+                    "discovery type {} is not supported; use EDS or STATIC",
+                    other.as_str_name()
+                ),
+            ))
+        }
+    };
+    let lb_policy = match PbLbPolicy::try_from(c.lb_policy) {
+        Ok(PbLbPolicy::RoundRobin) => LbPolicy::RoundRobin,
+        Ok(PbLbPolicy::LeastRequest) => LbPolicy::LeastRequest,
+        Ok(PbLbPolicy::Random) => LbPolicy::Random,
+        Ok(PbLbPolicy::RingHash) => LbPolicy::RingHash,
+        Ok(PbLbPolicy::Maglev) => LbPolicy::Maglev,
+        Ok(other) => {
+            return Err(ctx.err(
+                "lb_policy",
+                format!("{} is not supported", other.as_str_name()),
+            ))
+        }
+        Err(_) => return Err(ctx.err("lb_policy", format!("unknown lb_policy {}", c.lb_policy))),
+    };
+    if c.load_balancing_policy.is_some() {
+        return Err(ctx.err(
+            "load_balancing_policy",
+            "typed load balancing policies are not supported; use lb_policy",
+        ));
+    }
+    let connect_timeout = duration(
+        &ctx,
+        "connect_timeout",
+        c.connect_timeout.as_ref(),
+        Duration::from_secs(5),
+    )?;
+    if connect_timeout.is_zero() {
+        return Err(ctx.err("connect_timeout", "must be positive"));
+    }
+    let tls = match &c.transport_socket {
+        None => None,
+        Some(ts) => upstream_tls(&ctx, ts)?,
+    };
+    if !c.transport_socket_matches.is_empty() {
+        return Err(ctx.err(
+            "transport_socket_matches",
+            "not supported; use transport_socket",
+        ));
+    }
+    let mut circuit_breakers = CircuitBreakerThresholds::default();
+    if let Some(cb) = &c.circuit_breakers {
+        for (i, t) in cb.thresholds.iter().enumerate() {
+            // HIGH priority only applies to HTTP routes with priority; TCP uses DEFAULT.
+            if t.priority != RoutingPriority::Default as i32 {
+                continue;
+            }
+            let f = format!("circuit_breakers.thresholds[{i}]");
+            if let Some(v) = &t.max_connections {
+                circuit_breakers.max_connections = v.value;
+            }
+            if let Some(v) = &t.max_pending_requests {
+                circuit_breakers.max_pending_requests = v.value;
+            }
+            if let Some(v) = &t.max_requests {
+                circuit_breakers.max_requests = v.value;
+            }
+            if t.retry_budget.is_some() {
+                return Err(ctx.err(
+                    format!("{f}.retry_budget"),
+                    "retry budgets are not supported yet",
+                ));
+            }
+        }
+    }
+    let outlier = match &c.outlier_detection {
+        None => None,
+        Some(o) => {
+            let pct = o
+                .max_ejection_percent
+                .as_ref()
+                .map(|v| v.value)
+                .unwrap_or(10);
+            if pct > 100 {
+                return Err(ctx.err(
+                    "outlier_detection.max_ejection_percent",
+                    "must be at most 100",
+                ));
+            }
+            let interval = duration(
+                &ctx,
+                "outlier_detection.interval",
+                o.interval.as_ref(),
+                Duration::from_secs(10),
+            )?;
+            let base = duration(
+                &ctx,
+                "outlier_detection.base_ejection_time",
+                o.base_ejection_time.as_ref(),
+                Duration::from_secs(30),
+            )?;
+            let max = duration(
+                &ctx,
+                "outlier_detection.max_ejection_time",
+                o.max_ejection_time.as_ref(),
+                Duration::from_secs(300).max(base),
+            )?;
+            if max < base {
+                return Err(ctx.err(
+                    "outlier_detection.max_ejection_time",
+                    "must not be smaller than base_ejection_time",
+                ));
+            }
+            Some(OutlierConfig {
+                interval,
+                base_ejection_time: base,
+                max_ejection_time: max,
+                max_ejection_percent: pct,
+                consecutive_5xx: o.consecutive_5xx.as_ref().map(|v| v.value).unwrap_or(5),
+                consecutive_gateway_failure: o
+                    .consecutive_gateway_failure
+                    .as_ref()
+                    .map(|v| v.value)
+                    .unwrap_or(5),
+                consecutive_local_origin_failure: o
+                    .consecutive_local_origin_failure
+                    .as_ref()
+                    .map(|v| v.value)
+                    .unwrap_or(5),
+                split_external_local_origin_errors: o.split_external_local_origin_errors,
+            })
+        }
+    };
+    Ok(ClusterConfig {
+        name: c.name.clone(),
+        discovery,
+        lb_policy,
+        connect_timeout,
+        tls,
+        circuit_breakers,
+        outlier,
+    })
+}
+
+fn upstream_tls(
+    ctx: &Ctx,
+    ts: &envoy_types::pb::envoy::config::core::v3::TransportSocket,
+) -> Result<Option<UpstreamTls>, ConfigError> {
+    let any = match &ts.config_type {
+        Some(transport_socket::ConfigType::TypedConfig(any)) => any,
+        None if ts.name == RAW_TRANSPORT_SOCKET => return Ok(None),
+        None => return Err(ctx.err("transport_socket.typed_config", "typed_config is required")),
+    };
+    if any
+        .type_url
+        .ends_with("envoy.extensions.transport_sockets.raw_buffer.v3.RawBuffer")
+    {
+        return Ok(None);
+    }
+    if !ts.name.is_empty() && ts.name != TLS_TRANSPORT_SOCKET {
+        return Err(ctx.err(
+            "transport_socket.name",
+            format!(
+                "transport socket {:?} is not supported; use {TLS_TRANSPORT_SOCKET}",
+                ts.name
+            ),
+        ));
+    }
+    let up: UpstreamTlsContext = unpack(ctx, "transport_socket.typed_config", any)?;
+    let f = "transport_socket.typed_config.common_tls_context";
+    let common = common_tls(ctx, f, up.common_tls_context.as_ref())?;
+    let validation = common.validation.ok_or_else(|| {
+        ctx.err(
+            f,
+            "an upstream TLS context must validate the peer (validation_context or SDS \"ROOTCA\")",
+        )
+    })?;
+    if up.auto_host_sni {
+        return Err(ctx.err(
+            "transport_socket.typed_config.auto_host_sni",
+            "not supported; set sni",
+        ));
+    }
+    Ok(Some(UpstreamTls {
+        sni: Some(up.sni).filter(|s| !s.is_empty()),
+        cert_secret: common.cert_secret,
+        validation,
+        alpn: common.alpn,
+    }))
+}

@@ -1,0 +1,75 @@
+//! Typed, validated data-plane configuration built from Envoy v3 protos.
+//!
+//! Every conversion either yields a config the data plane can run exactly as
+//! written or a [`ConfigError`] naming the resource, the field and the reason.
+//! Those errors become the `error_detail` of an xDS NACK, so they are written
+//! for the operator of the control plane.
+
+mod cluster;
+mod common;
+mod endpoint;
+mod listener;
+mod secret;
+
+pub use cluster::{
+    cluster_from_proto, CircuitBreakerThresholds, ClusterConfig, Discovery, LbPolicy,
+    OutlierConfig, UpstreamTls,
+};
+pub use common::{SanMatcher, Validation};
+pub use endpoint::{
+    load_assignment_from_proto, EndpointConfig, Health, LoadAssignment, LocalityEndpoints,
+    LocalityName, DEFAULT_OVERPROVISIONING,
+};
+pub use listener::{
+    listener_from_proto, ChainMatch, DownstreamTls, FilterChainConfig, ListenerConfig,
+    NetworkFilter, TcpProxyConfig, TcpRoute, TransportProtocol,
+};
+pub use secret::{secret_from_proto, SecretConfig};
+
+/// The SDS name of the proxy's own certificate; produced locally, never sent
+/// by the control plane because private keys never leave the workload.
+pub const DEFAULT_CERT_SECRET: &str = "default";
+/// The SDS name of the federation trust bundle served by the control plane.
+pub const ROOT_CA_SECRET: &str = "ROOTCA";
+
+/// An xDS resource the data plane could not accept.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} \"{name}\": {field}: {reason}")]
+pub struct ConfigError {
+    /// Resource kind (`Listener`, `Cluster`, `ClusterLoadAssignment`, `Secret`).
+    pub kind: &'static str,
+    /// Resource name as sent by the control plane.
+    pub name: String,
+    /// Path of the offending field inside the resource.
+    pub field: String,
+    /// What is wrong and what the data plane supports instead.
+    pub reason: String,
+}
+
+/// Builds errors for one resource without repeating its kind and name.
+#[derive(Debug, Clone)]
+pub(crate) struct Ctx {
+    kind: &'static str,
+    name: String,
+}
+
+impl Ctx {
+    pub(crate) fn new(kind: &'static str, name: &str) -> Self {
+        Self {
+            kind,
+            name: name.to_string(),
+        }
+    }
+
+    pub(crate) fn err(&self, field: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+        ConfigError {
+            kind: self.kind,
+            name: self.name.clone(),
+            field: field.into(),
+            reason: reason.into(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

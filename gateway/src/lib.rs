@@ -1,0 +1,256 @@
+//! Isthmus data plane: sidecar, east-west, ingress and egress proxy driven
+//! only by Envoy v3 xDS resources.
+//!
+//! Layout: `config` turns protos into validated typed config (errors become
+//! NACKs); `xds` is the ADS client; `apply` owns configuration and builds
+//! the runtime `state`; `listener` owns sockets and chooses filter chains;
+//! `proxy` runs connections; `tls` does origination, termination, SPIFFE
+//! verification and ClientHello inspection; `lb` and `outlier` choose
+//! hosts; `admin` and `metrics` are for operators.
+
+pub mod admin;
+pub mod apply;
+pub mod config;
+pub mod lb;
+pub mod listener;
+pub mod metrics;
+pub mod outlier;
+pub mod proxy;
+pub mod state;
+pub mod tls;
+pub mod xds;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::{Locality, Node};
+use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+pub use config::LocalityName;
+pub use tls::{CertReceiver, WorkloadCertificate};
+
+/// Who this proxy is, as sent in every xDS request.
+#[derive(Debug, Clone, Default)]
+pub struct NodeIdentity {
+    /// Istio form `TYPE~IP~POD.NS~NS.svc.cluster.local`.
+    pub id: String,
+    pub cluster: String,
+    /// Node metadata (`CLUSTER_ID`, `NAMESPACE`, `ISTHMUS_ROLE`, ...).
+    pub metadata: serde_json::Map<String, serde_json::Value>,
+    pub locality: LocalityName,
+}
+
+/// Everything `isthmus gateway` passes to [`run`].
+#[derive(Debug, Clone)]
+pub struct GatewayConfig {
+    /// Control plane ADS address, e.g. `http://127.0.0.1:15010`.
+    pub xds_address: String,
+    pub node: NodeIdentity,
+    /// Admin server address (port 15000 by convention; port 0 in tests).
+    pub admin_address: SocketAddr,
+    /// The workload certificate (SDS `default`); `None` for a proxy that
+    /// never terminates or originates mTLS itself (the east-west gateway).
+    pub cert: Option<CertReceiver>,
+    /// How long connections of a removed listener, or of the whole proxy
+    /// after SIGTERM, may continue before they are closed.
+    pub drain_time: Duration,
+    /// Upstream connect attempts per downstream connection (distinct hosts).
+    pub connect_attempts: u32,
+    /// Delta or state-of-the-world ADS (default: delta with fallback).
+    pub xds_mode: xds::XdsMode,
+}
+
+impl GatewayConfig {
+    pub fn new(
+        xds_address: impl Into<String>,
+        node: NodeIdentity,
+        admin_address: SocketAddr,
+    ) -> Self {
+        Self {
+            xds_address: xds_address.into(),
+            node,
+            admin_address,
+            cert: None,
+            drain_time: Duration::from_secs(30),
+            connect_attempts: 3,
+            xds_mode: xds::XdsMode::Auto,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    #[error(transparent)]
+    Metrics(#[from] metrics::MetricsError),
+    #[error(transparent)]
+    Admin(#[from] admin::AdminError),
+    #[error("xDS address {0:?} is not a valid URI (expected e.g. http://istiod:15010): {1}")]
+    XdsAddress(String, String),
+    #[error("installing the SIGTERM handler: {0}")]
+    Signal(std::io::Error),
+}
+
+/// A running data plane.
+#[derive(Debug)]
+pub struct Gateway {
+    admin_address: SocketAddr,
+    ready: watch::Receiver<bool>,
+    bound: watch::Receiver<BTreeMap<String, SocketAddr>>,
+    listeners: listener::ListenerManager,
+    stop: CancellationToken,
+    tracker: TaskTracker,
+    drain_time: Duration,
+}
+
+impl Gateway {
+    /// Binds the admin server and starts the xDS client. Listeners appear
+    /// as configuration arrives.
+    pub async fn start(config: GatewayConfig) -> Result<Self, GatewayError> {
+        tonic::transport::Endpoint::from_shared(config.xds_address.clone())
+            .map_err(|e| GatewayError::XdsAddress(config.xds_address.clone(), e.to_string()))?;
+        let metrics = Arc::new(metrics::Metrics::new()?);
+        let (clusters_tx, clusters_rx) = watch::channel(Arc::new(state::ClusterTable::default()));
+        let (dump_tx, dump_rx) = watch::channel(Arc::new(state::ResourceSet::default()));
+        let (ready_tx, ready_rx) = watch::channel(false);
+        let tracker = TaskTracker::new();
+        let stop = CancellationToken::new();
+        let ctx = proxy::connection::ProxyContext {
+            clusters: clusters_rx.clone(),
+            metrics: metrics.clone(),
+            connect_attempts: config.connect_attempts.max(1),
+        };
+        let listeners = listener::ListenerManager::spawn(ctx, config.drain_time, tracker.clone());
+        let admin_state = admin::AdminState {
+            metrics: metrics.clone(),
+            ready: ready_rx.clone(),
+            resources: dump_rx,
+            clusters: clusters_rx,
+            bound: listeners.bound(),
+        };
+        let (admin_address, admin) =
+            admin::bind(config.admin_address, admin_state, stop.clone()).await?;
+        tokio::spawn(admin);
+        tracing::info!(address = %admin_address, "admin server listening");
+        let applier =
+            apply::Applier::new(clusters_tx, dump_tx, listeners.clone(), config.cert.clone());
+        let client = xds::XdsClient::new(
+            config.xds_address.clone(),
+            node_proto(&config.node),
+            applier,
+            ready_tx,
+            metrics,
+            config.xds_mode,
+        );
+        tokio::spawn(client.run(stop.clone()));
+        Ok(Self {
+            admin_address,
+            ready: ready_rx,
+            bound: listeners.bound(),
+            listeners,
+            stop,
+            tracker,
+            drain_time: config.drain_time,
+        })
+    }
+
+    pub fn admin_address(&self) -> SocketAddr {
+        self.admin_address
+    }
+
+    pub fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    /// Waits until the first complete configuration is applied.
+    pub async fn wait_ready(&self, timeout: Duration) -> bool {
+        let mut rx = self.ready.clone();
+        tokio::time::timeout(timeout, rx.wait_for(|r| *r))
+            .await
+            .is_ok_and(|r| r.is_ok())
+    }
+
+    /// The bound address of a listener (its port resolved when configured as 0).
+    pub fn listener_address(&self, name: &str) -> Option<SocketAddr> {
+        self.bound.borrow().get(name).copied()
+    }
+
+    /// Waits until a listener with `name` is bound.
+    pub async fn wait_listener(&self, name: &str, timeout: Duration) -> Option<SocketAddr> {
+        let mut rx = self.bound.clone();
+        let r = tokio::time::timeout(timeout, rx.wait_for(|m| m.contains_key(name))).await;
+        match r {
+            Ok(Ok(m)) => m.get(name).copied(),
+            _ => None,
+        }
+    }
+
+    /// Graceful drain: stop accepting, let connections finish for up to
+    /// the drain time, then stop the xDS client and the admin server.
+    pub async fn shutdown(self) {
+        self.listeners.shutdown().await;
+        self.tracker.close();
+        if tokio::time::timeout(self.drain_time, self.tracker.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(
+                remaining = self.tracker.len(),
+                "drain time over; closing remaining connections"
+            );
+        }
+        self.stop.cancel();
+    }
+}
+
+/// The `isthmus gateway` entry: runs until SIGTERM or Ctrl-C, then drains.
+pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .map_err(GatewayError::Signal)?;
+    let gateway = Gateway::start(config).await?;
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: draining"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("interrupt: draining"),
+    }
+    gateway.shutdown().await;
+    Ok(())
+}
+
+fn node_proto(n: &NodeIdentity) -> Node {
+    Node {
+        id: n.id.clone(),
+        cluster: n.cluster.clone(),
+        metadata: Some(json_struct(&n.metadata)),
+        locality: Some(Locality {
+            region: n.locality.region.clone(),
+            zone: n.locality.zone.clone(),
+            sub_zone: n.locality.sub_zone.clone(),
+        }),
+        user_agent_name: "isthmus-gateway".into(),
+        ..Default::default()
+    }
+}
+
+fn json_struct(m: &serde_json::Map<String, serde_json::Value>) -> Struct {
+    Struct {
+        fields: m.iter().map(|(k, v)| (k.clone(), json_value(v))).collect(),
+    }
+}
+
+fn json_value(v: &serde_json::Value) -> Value {
+    let kind = match v {
+        serde_json::Value::Null => Kind::NullValue(0),
+        serde_json::Value::Bool(b) => Kind::BoolValue(*b),
+        serde_json::Value::Number(n) => Kind::NumberValue(n.as_f64().unwrap_or_default()),
+        serde_json::Value::String(s) => Kind::StringValue(s.clone()),
+        serde_json::Value::Array(a) => Kind::ListValue(ListValue {
+            values: a.iter().map(json_value).collect(),
+        }),
+        serde_json::Value::Object(o) => Kind::StructValue(json_struct(o)),
+    };
+    Value { kind: Some(kind) }
+}

@@ -1,0 +1,254 @@
+//! The life of one downstream connection: inspect, choose a chain,
+//! optionally terminate TLS, run the network filter, log one line.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use rand::Rng;
+use tokio::net::TcpStream;
+use tokio::sync::{oneshot, watch};
+use tokio::time::Instant;
+
+use super::tcp::{relay, Transferred};
+use super::upstream::{self, UpstreamError};
+use super::BoxIo;
+use crate::config::{
+    FilterChainConfig, NetworkFilter, TcpProxyConfig, TcpRoute, TransportProtocol,
+};
+use crate::lb::ring_hash::hash64;
+use crate::listener::chain::{self, ConnectionInfo};
+use crate::metrics::Metrics;
+use crate::state::{ChainRuntime, ClusterTable, ListenerRuntime};
+use crate::tls::{self, sni};
+
+/// What every connection needs besides its listener.
+#[derive(Clone, Debug)]
+pub struct ProxyContext {
+    pub clusters: watch::Receiver<Arc<ClusterTable>>,
+    pub metrics: Arc<Metrics>,
+    /// Upstream connect attempts per downstream connection when the
+    /// tcp_proxy sets no `max_connect_attempts` (retries pick other hosts).
+    pub connect_attempts: u32,
+}
+
+#[derive(Debug, thiserror::Error)]
+enum ConnError {
+    #[error("reading the ClientHello: {0}")]
+    Inspect(std::io::Error),
+    #[error("malformed TLS ClientHello: {0}")]
+    BadHello(String),
+    #[error("no filter chain matches (sni={sni:?}, transport={transport:?}, port={port})")]
+    NoChain {
+        sni: Option<String>,
+        transport: TransportProtocol,
+        port: u16,
+    },
+    #[error("TLS termination not ready: {0}")]
+    TlsNotReady(String),
+    #[error("downstream TLS handshake failed: {0}")]
+    Handshake(std::io::Error),
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+}
+
+/// Accounting for the access log line.
+#[derive(Debug, Default)]
+struct Log {
+    listener: String,
+    chain: String,
+    sni: Option<String>,
+    downstream_identity: Option<String>,
+    cluster: Option<String>,
+    upstream: Option<SocketAddr>,
+    upstream_identity: Option<String>,
+    bytes: Transferred,
+    relay_error: Option<String>,
+}
+
+/// Runs one connection. The chosen chain's config is sent on `chosen` so
+/// the listener can drain the connection if that chain goes away.
+pub async fn handle(
+    listener: Arc<ListenerRuntime>,
+    ctx: ProxyContext,
+    stream: TcpStream,
+    peer: SocketAddr,
+    chosen: oneshot::Sender<FilterChainConfig>,
+) {
+    let start = Instant::now();
+    let name = listener.config.name.clone();
+    let local = stream.local_addr().ok();
+    let _ = stream.set_nodelay(true);
+    let mut log = Log {
+        listener: name.clone(),
+        ..Log::default()
+    };
+    let result = run(&listener, &ctx, stream, peer, local, &mut log, chosen).await;
+    let m = &ctx.metrics;
+    m.bytes_total
+        .with_label_values(&[&name, "rx"])
+        .inc_by(log.bytes.downstream_to_upstream);
+    m.bytes_total
+        .with_label_values(&[&name, "tx"])
+        .inc_by(log.bytes.upstream_to_downstream);
+    let outcome = match &result {
+        Ok(()) => log.relay_error.clone().unwrap_or_else(|| "ok".to_string()),
+        Err(e) => e.to_string(),
+    };
+    tracing::info!(
+        target: "isthmus_gateway::access",
+        listener = %name,
+        chain = %log.chain,
+        downstream = %peer,
+        local = ?local,
+        sni = ?log.sni,
+        downstream_identity = ?log.downstream_identity,
+        cluster = ?log.cluster,
+        upstream = ?log.upstream,
+        upstream_identity = ?log.upstream_identity,
+        bytes_rx = log.bytes.downstream_to_upstream,
+        bytes_tx = log.bytes.upstream_to_downstream,
+        duration_ms = start.elapsed().as_millis() as u64,
+        result = %outcome,
+        "connection"
+    );
+}
+
+async fn run(
+    listener: &ListenerRuntime,
+    ctx: &ProxyContext,
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    log: &mut Log,
+    chosen: oneshot::Sender<FilterChainConfig>,
+) -> Result<(), ConnError> {
+    let (inspection, buffered) = if listener.config.tls_inspector {
+        sni::read_client_hello(&mut stream, listener.config.listener_filters_timeout)
+            .await
+            .map_err(ConnError::Inspect)?
+    } else {
+        (sni::Inspection::NotTls, Vec::new())
+    };
+    let (transport, server_name, alpn) = match inspection {
+        sni::Inspection::Tls { sni, alpn } => (TransportProtocol::Tls, sni, alpn),
+        sni::Inspection::NotTls | sni::Inspection::NeedMore => {
+            (TransportProtocol::RawBuffer, None, Vec::new())
+        }
+        sni::Inspection::Invalid(e) => return Err(ConnError::BadHello(e)),
+    };
+    log.sni = server_name.clone();
+    let port = local.map_or(listener.config.address.port(), |a| a.port());
+    let info = ConnectionInfo {
+        destination_port: port,
+        server_name: server_name.as_deref(),
+        transport_protocol: Some(transport),
+        application_protocols: &alpn,
+    };
+    let chain: &ChainRuntime =
+        match chain::select(listener.chains.iter().map(|c| &c.config.matcher), &info) {
+            Some(i) => &listener.chains[i],
+            None => match &listener.default_chain {
+                Some(d) => d,
+                None => {
+                    ctx.metrics
+                        .downstream_cx_no_chain
+                        .with_label_values(&[&listener.config.name])
+                        .inc();
+                    return Err(ConnError::NoChain {
+                        sni: server_name,
+                        transport,
+                        port,
+                    });
+                }
+            },
+        };
+    log.chain = chain.config.name.clone();
+    let _ = chosen.send(chain.config.clone());
+    let stream = sni::Rewind::new(buffered, stream);
+    let downstream: BoxIo = match &chain.tls {
+        None => Box::new(stream),
+        Some(Err(e)) => return Err(ConnError::TlsNotReady(e.clone())),
+        Some(Ok(config)) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(config.clone());
+            let tls = acceptor.accept(stream).await.map_err(|e| {
+                ctx.metrics
+                    .downstream_tls_handshake_error
+                    .with_label_values(&[&listener.config.name])
+                    .inc();
+                ConnError::Handshake(e)
+            })?;
+            log.downstream_identity = tls::peer_identity(tls.get_ref().1.peer_certificates());
+            Box::new(tls)
+        }
+    };
+    match &chain.config.filter {
+        NetworkFilter::TcpProxy(tp) => tcp_proxy(tp, ctx, downstream, peer, log).await,
+    }
+}
+
+async fn tcp_proxy(
+    tp: &TcpProxyConfig,
+    ctx: &ProxyContext,
+    downstream: BoxIo,
+    peer: SocketAddr,
+    log: &mut Log,
+) -> Result<(), ConnError> {
+    let cluster_name = choose_cluster(&tp.route, rand::rng().random::<f64>());
+    log.cluster = Some(cluster_name.to_string());
+    let cluster = ctx
+        .clusters
+        .borrow()
+        .get(cluster_name)
+        .ok_or_else(|| UpstreamError::UnknownCluster(cluster_name.to_string()))?;
+    // tcp_proxy's hash policy: the downstream source IP.
+    let hash = Some(hash64(peer.ip().to_string().as_bytes()));
+    let up = upstream::connect(
+        &cluster,
+        hash,
+        tp.max_connect_attempts.unwrap_or(ctx.connect_attempts),
+        &ctx.metrics,
+    )
+    .await?;
+    log.upstream = Some(up.addr);
+    log.upstream_identity = up.peer_identity.clone();
+    let _guard = up.guard;
+    ctx.metrics
+        .tcp_connections_opened
+        .with_label_values(&[
+            log.listener.as_str(),
+            log.downstream_identity.as_deref().unwrap_or("unknown"),
+            log.upstream_identity.as_deref().unwrap_or("unknown"),
+        ])
+        .inc();
+    let (bytes, result) = relay(downstream, up.io, tp.idle_timeout).await;
+    log.bytes = bytes;
+    if let Err(e) = result {
+        log.relay_error = Some(e.to_string());
+    }
+    Ok(())
+}
+
+/// Picks a cluster from a route; `r` in `[0, 1)`.
+pub fn choose_cluster(route: &TcpRoute, r: f64) -> &str {
+    match route {
+        TcpRoute::Cluster(c) => c,
+        TcpRoute::Weighted(w) => {
+            let weights: Vec<f64> = w.iter().map(|(_, x)| f64::from(*x)).collect();
+            let i = crate::lb::priority::pick_weighted(&weights, r).unwrap_or(0);
+            &w[i].0
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn weighted_route_choice() {
+        let r = TcpRoute::Weighted(vec![("a".into(), 1), ("b".into(), 3)]);
+        assert_eq!(choose_cluster(&r, 0.1), "a");
+        assert_eq!(choose_cluster(&r, 0.5), "b");
+        assert_eq!(choose_cluster(&TcpRoute::Cluster("x".into()), 0.9), "x");
+    }
+}

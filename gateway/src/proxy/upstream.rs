@@ -1,0 +1,231 @@
+//! Connecting to a cluster: circuit breaking, host choice, TCP connect with
+//! the cluster's timeout, optional TLS origination, outlier bookkeeping and
+//! retries on other hosts.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use tokio::net::TcpStream;
+
+use super::BoxIo;
+use crate::lb::Host;
+use crate::metrics::Metrics;
+use crate::outlier::Outcome;
+use crate::state::{ClusterCounters, ClusterRuntime};
+use crate::tls;
+
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("cluster {0:?} is not configured (check the tcp_proxy cluster name and CDS)")]
+    UnknownCluster(String),
+    #[error("cluster {0:?} has no endpoints (EDS not received, or every endpoint removed)")]
+    NoHost(String),
+    #[error("cluster {cluster:?} is at max_connections ({limit}); connection refused by the circuit breaker")]
+    Overflow { cluster: String, limit: u32 },
+    #[error("cluster {cluster:?} is at max_pending_requests ({limit}); connection refused by the circuit breaker")]
+    PendingOverflow { cluster: String, limit: u32 },
+    #[error("cluster {cluster:?}: TLS is not ready: {reason}")]
+    TlsNotReady { cluster: String, reason: String },
+    #[error("cluster {cluster:?}: {attempts} connect attempt(s) failed; last to {addr}: {reason}")]
+    ConnectFailed {
+        cluster: String,
+        attempts: u32,
+        addr: SocketAddr,
+        reason: String,
+    },
+}
+
+/// Holds one slot of a cluster's connection budget and the host's
+/// active-request count; released on drop.
+#[derive(Debug)]
+pub struct UpstreamGuard {
+    _slot: Slot,
+    host: Host,
+    cluster: String,
+    metrics: Arc<Metrics>,
+}
+
+/// One reserved unit of `max_connections`.
+#[derive(Debug)]
+struct Slot(Arc<ClusterCounters>);
+impl Drop for Slot {
+    fn drop(&mut self) {
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+impl Drop for UpstreamGuard {
+    fn drop(&mut self) {
+        self.host.stats.active.fetch_sub(1, Ordering::Relaxed);
+        self.metrics
+            .upstream_cx_active
+            .with_label_values(&[&self.cluster])
+            .dec();
+    }
+}
+
+struct PendingGuard<'a>(&'a ClusterCounters);
+impl Drop for PendingGuard<'_> {
+    fn drop(&mut self) {
+        self.0.pending.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// An established upstream connection.
+pub struct Upstream {
+    pub io: BoxIo,
+    pub addr: SocketAddr,
+    /// The server's SPIFFE identity when TLS was originated.
+    pub peer_identity: Option<String>,
+    pub guard: UpstreamGuard,
+}
+
+/// Connects to `cluster`, trying up to `attempts` distinct hosts.
+pub async fn connect(
+    cluster: &ClusterRuntime,
+    hash: Option<u64>,
+    attempts: u32,
+    metrics: &Arc<Metrics>,
+) -> Result<Upstream, UpstreamError> {
+    let name = cluster.config.name.as_str();
+    let limits = cluster.config.circuit_breakers;
+    let counters = &cluster.counters;
+    // Reserve before connecting so concurrent connects cannot overshoot.
+    let slot = Slot(counters.clone());
+    if counters.active.fetch_add(1, Ordering::AcqRel) >= u64::from(limits.max_connections) {
+        drop(slot);
+        metrics
+            .upstream_cx_overflow
+            .with_label_values(&[name])
+            .inc();
+        return Err(UpstreamError::Overflow {
+            cluster: name.to_string(),
+            limit: limits.max_connections,
+        });
+    }
+    if counters.pending.fetch_add(1, Ordering::AcqRel) >= u64::from(limits.max_pending_requests) {
+        counters.pending.fetch_sub(1, Ordering::AcqRel);
+        metrics
+            .upstream_cx_pending_overflow
+            .with_label_values(&[name])
+            .inc();
+        return Err(UpstreamError::PendingOverflow {
+            cluster: name.to_string(),
+            limit: limits.max_pending_requests,
+        });
+    }
+    let _pending = PendingGuard(counters);
+    let tls_config = match &cluster.tls {
+        None => None,
+        Some(Ok(c)) => Some(c.clone()),
+        Some(Err(reason)) => {
+            return Err(UpstreamError::TlsNotReady {
+                cluster: name.to_string(),
+                reason: reason.clone(),
+            })
+        }
+    };
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut last: Option<(SocketAddr, String)> = None;
+    for _ in 0..attempts.max(1) {
+        let Some(host) = cluster.lb.pick(hash, &tried) else {
+            break;
+        };
+        tried.push(host.addr);
+        match attempt(cluster, &host, tls_config.as_ref()).await {
+            Ok((io, peer_identity)) => {
+                record(cluster, &host, Outcome::Success, metrics);
+                host.stats.active.fetch_add(1, Ordering::Relaxed);
+                metrics.upstream_cx_total.with_label_values(&[name]).inc();
+                metrics.upstream_cx_active.with_label_values(&[name]).inc();
+                return Ok(Upstream {
+                    io,
+                    addr: host.addr,
+                    peer_identity,
+                    guard: UpstreamGuard {
+                        _slot: slot,
+                        host: host.clone(),
+                        cluster: name.to_string(),
+                        metrics: metrics.clone(),
+                    },
+                });
+            }
+            Err(reason) => {
+                metrics
+                    .upstream_cx_connect_fail
+                    .with_label_values(&[name])
+                    .inc();
+                tracing::debug!(cluster = name, host = %host.addr, %reason, "upstream connect attempt failed");
+                record(cluster, &host, Outcome::LocalOriginFailure, metrics);
+                last = Some((host.addr, reason));
+            }
+        }
+    }
+    match last {
+        Some((addr, reason)) => Err(UpstreamError::ConnectFailed {
+            cluster: name.to_string(),
+            attempts: tried.len() as u32,
+            addr,
+            reason,
+        }),
+        None => {
+            metrics
+                .upstream_cx_none_healthy
+                .with_label_values(&[name])
+                .inc();
+            Err(UpstreamError::NoHost(name.to_string()))
+        }
+    }
+}
+
+fn record(cluster: &ClusterRuntime, host: &Host, outcome: Outcome, metrics: &Metrics) {
+    if let Some(cfg) = &cluster.config.outlier {
+        if host
+            .stats
+            .outlier
+            .record(cfg, outcome, || cluster.lb.ejected_fraction())
+        {
+            metrics
+                .outlier_ejections_total
+                .with_label_values(&[&cluster.config.name])
+                .inc();
+            tracing::warn!(
+                cluster = %cluster.config.name,
+                host = %host.addr,
+                ejections = host.stats.outlier.ejection_count(),
+                "outlier detection ejected host"
+            );
+        }
+    }
+}
+
+async fn attempt(
+    cluster: &ClusterRuntime,
+    host: &Host,
+    tls_config: Option<&Arc<rustls::ClientConfig>>,
+) -> Result<(BoxIo, Option<String>), String> {
+    let deadline = tokio::time::Instant::now() + cluster.config.connect_timeout;
+    let tcp = tokio::time::timeout_at(deadline, TcpStream::connect(host.addr))
+        .await
+        .map_err(|_| {
+            format!(
+                "connect timed out after {:?}",
+                cluster.config.connect_timeout
+            )
+        })?
+        .map_err(|e| e.to_string())?;
+    let _ = tcp.set_nodelay(true);
+    let Some(config) = tls_config else {
+        return Ok((Box::new(tcp), None));
+    };
+    let sni = cluster.config.tls.as_ref().and_then(|t| t.sni.as_deref());
+    let name = tls::server_name(sni, host.addr.ip()).map_err(|e| e.to_string())?;
+    let connector = tokio_rustls::TlsConnector::from(config.clone());
+    let stream = tokio::time::timeout_at(deadline, connector.connect(name, tcp))
+        .await
+        .map_err(|_| "TLS handshake timed out".to_string())?
+        .map_err(|e| format!("TLS handshake failed: {e}"))?;
+    let peer = tls::peer_identity(stream.get_ref().1.peer_certificates());
+    Ok((Box::new(stream), peer))
+}

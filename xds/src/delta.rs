@@ -1,0 +1,251 @@
+//! Incremental (delta) streams (`DeltaAggregatedResources` and the per-type
+//! `Delta*` methods).
+//!
+//! Per type the stream tracks the subscription and the version of every
+//! resource the client holds (seeded from `initial_resource_versions` on a
+//! reconnect), and sends only resources whose version differs plus the names
+//! of subscribed resources that no longer exist.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use envoy_types::pb::envoy::service::discovery::v3::{
+    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as PbResource,
+};
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tonic::{Status, Streaming};
+use tracing::debug;
+
+use crate::generator::Names;
+use crate::resource::{ResourceMap, SetDigest};
+use crate::stream::{End, StreamCtx, Subscription};
+use crate::types::TypeUrl;
+
+type Tx = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
+
+#[derive(Default)]
+struct TypeState {
+    sub: Subscription,
+    /// Wildcard because the first request named nothing, not through `*`;
+    /// ends as soon as the client names resources without `*`.
+    legacy_wildcard: bool,
+    /// Name → version the client holds.
+    known: BTreeMap<String, String>,
+    /// Digest of `known`, reported as the stream's version in status.
+    digest: SetDigest,
+    /// The bodies we sent that the client still holds (config dump).
+    sent: Arc<ResourceMap>,
+    nonce: Option<String>,
+}
+
+struct Delta {
+    ctx: StreamCtx,
+    types: BTreeMap<TypeUrl, TypeState>,
+    tx: Tx,
+}
+
+pub(crate) async fn run(
+    ctx: StreamCtx,
+    first: DeltaDiscoveryRequest,
+    mut inbound: Streaming<DeltaDiscoveryRequest>,
+    tx: Tx,
+) {
+    let _connected = ctx.shared.metrics.connection();
+    let mut push_log = ctx.push_log.clone();
+    let mut d = Delta {
+        ctx,
+        types: BTreeMap::new(),
+        tx,
+    };
+    let mut result = d.on_request(first).await;
+    while result.is_ok() {
+        result = tokio::select! {
+            msg = inbound.message() => match msg {
+                Ok(Some(req)) => d.on_request(req).await,
+                Ok(None) => Err(End::ClientGone),
+                Err(status) => {
+                    debug!(node = %d.ctx.proxy.node_id, %status, "stream ended by transport");
+                    Err(End::ClientGone)
+                }
+            },
+            changed = push_log.changed() => match changed {
+                Ok(()) => d.on_push().await,
+                Err(_) => Err(End::ClientGone),
+            },
+        };
+    }
+    if let Err(End::Refuse(status)) = result {
+        let _ = d.tx.send(Err(status)).await;
+    }
+}
+
+impl Delta {
+    async fn on_request(&mut self, req: DeltaDiscoveryRequest) -> Result<(), End> {
+        let Some(t) = self.ctx.resolve_type(&req.type_url).map_err(End::Refuse)? else {
+            return Ok(());
+        };
+        let first = !self.types.contains_key(&t);
+        let state = self.types.entry(t).or_default();
+        if first {
+            state.known = req.initial_resource_versions.into_iter().collect();
+            for (n, v) in &state.known {
+                state.digest.add(n, v);
+            }
+            // Legacy wildcard: a first request that names nothing.
+            state.sub.wildcard = req.resource_names_subscribe.is_empty();
+            state.legacy_wildcard = state.sub.wildcard;
+        } else if state.legacy_wildcard && !req.resource_names_subscribe.is_empty() {
+            state.legacy_wildcard = false;
+            state.sub.wildcard = req.resource_names_subscribe.iter().any(|n| n == "*");
+        }
+        let mut added = BTreeSet::new();
+        let mut wildcard_added = false;
+        for name in req.resource_names_subscribe {
+            if name == "*" {
+                wildcard_added |= !state.sub.wildcard;
+                state.sub.wildcard = true;
+            } else if state.sub.names.insert(name.clone()) {
+                added.insert(name);
+            }
+        }
+        let mut unsubscribed = false;
+        for name in req.resource_names_unsubscribe {
+            unsubscribed = true;
+            if name == "*" {
+                state.sub.wildcard = false;
+            } else {
+                state.sub.names.remove(&name);
+                // The client forgets it; if it subscribes again it gets a
+                // fresh copy.
+                if let Some(v) = state.known.remove(&name) {
+                    state.digest.remove(&name, &v);
+                }
+            }
+        }
+        if unsubscribed {
+            let sub = state.sub.clone();
+            Arc::make_mut(&mut state.sent).retain(|n, _| sub.contains(n));
+            self.ctx.note_sent(t, &state.sent);
+        }
+        let nonce_matches =
+            !req.response_nonce.is_empty() && state.nonce.as_deref() == Some(&req.response_nonce);
+        let sub = state.sub.clone();
+        if first || wildcard_added || unsubscribed || !added.is_empty() {
+            self.ctx.note_subscription(t, &sub);
+        }
+        if nonce_matches {
+            match req.error_detail {
+                Some(err) => self.ctx.record_nack(t, &req.response_nonce, err.message),
+                None => self.ctx.record_ack(t, &state.digest.version()),
+            }
+        }
+        let domain = if first || wildcard_added {
+            Some(sub.names())
+        } else if !added.is_empty() {
+            Some(Names::Some(added))
+        } else {
+            None
+        };
+        match domain {
+            Some(domain) => self.respond(t, domain, true, None).await,
+            None => Ok(()),
+        }
+    }
+
+    async fn on_push(&mut self) -> Result<(), End> {
+        let Some((affected, triggered_at)) = self.ctx.take_push() else {
+            return Ok(());
+        };
+        for t in TypeUrl::ALL {
+            let Some(state) = self.types.get(&t) else {
+                continue;
+            };
+            if let Some(domain) = affected.names_for(t, &state.sub) {
+                self.respond(t, domain, false, triggered_at).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Sends what changed within `domain`. `answer_missing` (on a new
+    /// subscription): names the client asked for that do not exist are
+    /// listed in `removed_resources`, so the client need not wait out its
+    /// initial fetch timeout to learn that.
+    async fn respond(
+        &mut self,
+        t: TypeUrl,
+        domain: Names,
+        answer_missing: bool,
+        triggered_at: Option<Instant>,
+    ) -> Result<(), End> {
+        let Ok(generated) = self.ctx.generate(t, &domain).await else {
+            return Ok(());
+        };
+        let Some(state) = self.types.get_mut(&t) else {
+            return Ok(());
+        };
+        let updates: Vec<_> = generated
+            .iter()
+            .filter(|(n, r)| state.sub.contains(n) && state.known.get(*n) != Some(&r.version))
+            .map(|(_, r)| r.clone())
+            .collect();
+        let mut removed: Vec<String> = state
+            .known
+            .keys()
+            .filter(|n| domain.contains(n) && !generated.contains_key(*n))
+            .cloned()
+            .collect();
+        if let (true, Names::Some(asked)) = (answer_missing, &domain) {
+            removed.extend(
+                asked
+                    .iter()
+                    .filter(|n| !generated.contains_key(*n) && !state.known.contains_key(*n))
+                    .cloned(),
+            );
+        }
+        if updates.is_empty() && removed.is_empty() {
+            return Ok(());
+        }
+        // Status holds only a weak reference, so this updates in place.
+        let sent = Arc::make_mut(&mut state.sent);
+        for name in &removed {
+            if let Some(v) = state.known.remove(name) {
+                state.digest.remove(name, &v);
+            }
+            sent.remove(name);
+        }
+        for r in &updates {
+            if let Some(v) = state.known.insert(r.name.clone(), r.version.clone()) {
+                state.digest.remove(&r.name, &v);
+            }
+            state.digest.add(&r.name, &r.version);
+            sent.insert(r.name.clone(), r.clone());
+        }
+        let nonce = self.ctx.next_nonce();
+        state.nonce = Some(nonce.clone());
+        let version = state.digest.version();
+        self.ctx
+            .record_sent(t, &version, &nonce, &state.sent, triggered_at);
+        let response = DeltaDiscoveryResponse {
+            system_version_info: self.ctx.input_version.to_string(),
+            resources: updates
+                .iter()
+                .map(|r| PbResource {
+                    name: r.name.clone(),
+                    version: r.version.clone(),
+                    resource: Some(r.body.clone()),
+                    ..Default::default()
+                })
+                .collect(),
+            type_url: t.as_str().to_owned(),
+            removed_resources: removed,
+            nonce,
+            ..Default::default()
+        };
+        self.tx
+            .send(Ok(response))
+            .await
+            .map_err(|_| End::ClientGone)
+    }
+}

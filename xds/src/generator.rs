@@ -1,0 +1,67 @@
+//! The seam to the control plane: what the server asks for resources.
+
+use std::collections::BTreeSet;
+
+use crate::proxy::Proxy;
+use crate::resource::Resource;
+use crate::types::TypeUrl;
+
+/// Which resources of a type are wanted.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Names {
+    /// Every resource of the type that applies to the proxy (wildcard).
+    All,
+    /// Only these; names that do not exist are simply left out.
+    Some(BTreeSet<String>),
+}
+
+impl Names {
+    pub fn contains(&self, name: &str) -> bool {
+        match self {
+            Names::All => true,
+            Names::Some(set) => set.contains(name),
+        }
+    }
+}
+
+/// A generator failed; the server keeps the proxy's last good config and
+/// reports the message in status and logs.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct GenerateError {
+    message: String,
+}
+
+impl GenerateError {
+    pub fn new(message: impl Into<String>) -> GenerateError {
+        GenerateError {
+            message: message.into(),
+        }
+    }
+}
+
+/// Produces xDS resources for a proxy from the control plane's current input.
+///
+/// Calls run on tokio's blocking pool, so a generator may do CPU-heavy
+/// translation. Results are cached per ([`Generator::shape`], type, names,
+/// push), so proxies with the same shape share one call per push.
+pub trait Generator: Send + Sync + 'static {
+    /// The resources of `type_url` that `proxy` should see, filtered to
+    /// `names`. Resources not in `names` may be returned; the server drops
+    /// them.
+    fn generate(
+        &self,
+        proxy: &Proxy,
+        type_url: TypeUrl,
+        names: &Names,
+    ) -> Result<Vec<Resource>, GenerateError>;
+
+    /// A key for the proxy properties this generator's output depends on.
+    /// Proxies with equal keys must get equal output. The default keys on
+    /// everything but the pod name, which is always safe; a generator whose
+    /// output does not depend on, say, the IP can return a coarser key so more
+    /// proxies share one computation.
+    fn shape(&self, proxy: &Proxy) -> u64 {
+        proxy.shape_key()
+    }
+}
