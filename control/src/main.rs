@@ -41,6 +41,14 @@ enum Command {
     Control(isthmus_control::app::ControlOptions),
     /// Run the data plane as a sidecar, east-west, ingress or egress gateway.
     Gateway(cli::gateway::GatewayArgs),
+    /// Three clusters on loopback with live traffic and a failover you can watch.
+    Demo(cli::demo::DemoArgs),
+    /// Sample workloads for the demo and the scenario tests.
+    #[command(hide = true)]
+    Workload {
+        #[command(subcommand)]
+        command: cli::workload::WorkloadCommand,
+    },
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -94,6 +102,11 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Gateway(args) => {
             runtime()?.block_on(cli::gateway::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Demo(args) => runtime()?.block_on(cli::demo::run(args)),
+        Command::Workload { command } => {
+            runtime()?.block_on(cli::workload::run(command))?;
             Ok(ExitCode::SUCCESS)
         }
     }

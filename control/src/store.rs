@@ -194,7 +194,13 @@ mod tests {
             .into_iter()
             .filter_map(|d| {
                 let r = d.resource?;
-                Some((r.key(), StoredResource { resource: r, location: d.location }))
+                Some((
+                    r.key(),
+                    StoredResource {
+                        resource: r,
+                        location: d.location,
+                    },
+                ))
             })
             .collect()
     }
@@ -210,7 +216,9 @@ mod tests {
         let snap = rx.borrow_and_update().clone();
         assert_eq!(snap.version(), 1);
         assert_eq!(snap.service_exports().count(), 1);
-        assert!(snap.get_by(Kind::ServiceExport, "shop", "reviews").is_some());
+        assert!(snap
+            .get_by(Kind::ServiceExport, "shop", "reviews")
+            .is_some());
         assert_eq!(snap.virtual_services().count(), 0);
         store.publish(BTreeMap::new(), Vec::new());
         assert_eq!(store.current().version(), 2);

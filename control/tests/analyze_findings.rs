@@ -26,25 +26,90 @@ fn line_of(path: &Path, needle: &str, nth: usize) -> usize {
 /// which occurrence of that text)
 const CASES: &[(&str, Code, &str, usize)] = &[
     ("unknown-field", Code::UnknownField, "end-user:", 0),
-    ("subset-not-found", Code::ReferencedSubsetNotFound, "subset: v3", 0),
-    ("subset-without-rule", Code::ReferencedSubsetNotFound, "subset: v1", 0),
+    (
+        "subset-not-found",
+        Code::ReferencedSubsetNotFound,
+        "subset: v3",
+        0,
+    ),
+    (
+        "subset-without-rule",
+        Code::ReferencedSubsetNotFound,
+        "subset: v1",
+        0,
+    ),
     ("weights", Code::WeightsNotHundred, "route:", 0),
-    ("host-not-found", Code::ReferencedHostNotFound, "host: reviewz", 0),
-    ("duplicate-resource", Code::DuplicateResource, "name: reviews", 2),
-    ("conflicting-destination-rules", Code::ConflictingDestinationRules, "host: reviews.shop", 0),
-    ("mesh-wide-peer-authentication", Code::ConflictingMeshWidePeerAuthentication, "name: permissive", 0),
-    ("gateway-selector", Code::GatewaySelectorMatchesNothing, "selector:", 0),
+    (
+        "host-not-found",
+        Code::ReferencedHostNotFound,
+        "host: reviewz",
+        0,
+    ),
+    (
+        "duplicate-resource",
+        Code::DuplicateResource,
+        "name: reviews",
+        2,
+    ),
+    (
+        "conflicting-destination-rules",
+        Code::ConflictingDestinationRules,
+        "host: reviews.shop",
+        0,
+    ),
+    (
+        "mesh-wide-peer-authentication",
+        Code::ConflictingMeshWidePeerAuthentication,
+        "name: permissive",
+        0,
+    ),
+    (
+        "gateway-selector",
+        Code::GatewaySelectorMatchesNothing,
+        "selector:",
+        0,
+    ),
     ("gateway-not-found", Code::GatewayNotFound, "- public", 0),
     ("authz-empty-rule", Code::AuthzMatchesEverything, "- {}", 0),
-    ("authz-allows-nothing", Code::AuthzAllowsNothing, "rules: []", 0),
-    ("invalid-duration", Code::InvalidDuration, "connectTimeout", 0),
-    ("invalid-percentage", Code::InvalidPercentage, "value: 150", 0),
+    (
+        "authz-allows-nothing",
+        Code::AuthzAllowsNothing,
+        "rules: []",
+        0,
+    ),
+    (
+        "invalid-duration",
+        Code::InvalidDuration,
+        "connectTimeout",
+        0,
+    ),
+    (
+        "invalid-percentage",
+        Code::InvalidPercentage,
+        "value: 150",
+        0,
+    ),
     ("invalid-regex", Code::InvalidRegex, "regex:", 0),
-    ("jwt-without-issuer", Code::JwtRuleWithoutIssuer, "- jwksUri", 0),
+    (
+        "jwt-without-issuer",
+        Code::JwtRuleWithoutIssuer,
+        "- jwksUri",
+        0,
+    ),
     ("invalid-jwks", Code::InvalidJwks, "jwks:", 0),
     ("yaml-syntax", Code::YamlSyntax, "---", 0),
-    ("unsupported-version", Code::UnsupportedVersion, "apiVersion", 0),
-    ("conflicting-virtual-services", Code::ConflictingVirtualServiceHosts, "- reviews.shop.svc", 1),
+    (
+        "unsupported-version",
+        Code::UnsupportedVersion,
+        "apiVersion",
+        0,
+    ),
+    (
+        "conflicting-virtual-services",
+        Code::ConflictingVirtualServiceHosts,
+        "- reviews.shop.svc",
+        1,
+    ),
     ("string-match", Code::InvalidStringMatch, "uri:", 0),
     ("duplicate-subset", Code::DuplicateSubset, "- name: v1", 1),
 ];
@@ -70,11 +135,18 @@ fn every_finding_fires_on_its_bad_fixture_at_the_right_line() {
         assert_eq!(found[0].severity, code.severity());
         assert_eq!(
             report.has_errors(),
-            report.diagnostics.iter().any(|d| d.severity == Severity::Error),
+            report
+                .diagnostics
+                .iter()
+                .any(|d| d.severity == Severity::Error),
         );
         codes.insert(*code);
     }
-    assert!(codes.len() >= 12, "only {} distinct findings covered", codes.len());
+    assert!(
+        codes.len() >= 12,
+        "only {} distinct findings covered",
+        codes.len()
+    );
 }
 
 #[test]
@@ -117,7 +189,10 @@ fn json_output_carries_code_severity_and_location() {
     let first = &json["diagnostics"][0];
     assert_eq!(first["code"], "ISM0201");
     assert_eq!(first["severity"], "error");
-    assert!(first["location"]["file"].as_str().unwrap().ends_with("bad.yaml"));
+    assert!(first["location"]["file"]
+        .as_str()
+        .unwrap()
+        .ends_with("bad.yaml"));
     assert!(first["location"]["line"].as_u64().unwrap() > 0);
     assert!(first["location"]["column"].as_u64().unwrap() > 0);
     assert_eq!(first["resource"], "VirtualService shop/reviews");
@@ -137,9 +212,16 @@ fn directories_are_read_recursively_and_missing_paths_are_errors() {
 
 #[test]
 fn every_code_has_a_row_in_the_docs() {
-    let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md"))
-        .expect("docs/configuration.md");
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../docs/configuration.md"),
+    )
+    .expect("docs/configuration.md");
     for code in Code::ALL {
-        assert!(doc.contains(code.id()), "{} ({}) missing from docs/configuration.md", code.id(), code.name());
+        assert!(
+            doc.contains(code.id()),
+            "{} ({}) missing from docs/configuration.md",
+            code.id(),
+            code.name()
+        );
     }
 }

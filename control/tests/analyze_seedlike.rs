@@ -14,7 +14,13 @@ fn reports_exactly_the_mistakes() {
         .diagnostics
         .iter()
         .map(|d| {
-            let file = d.location.file.file_name().unwrap().to_string_lossy().into_owned();
+            let file = d
+                .location
+                .file
+                .file_name()
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             (file, d.location.line, d.location.column, d.code)
         })
         .collect();
@@ -23,12 +29,32 @@ fn reports_exactly_the_mistakes() {
         ("01-vs-ratings-by-user.yaml", 13, 7, Code::UnknownField),
         ("06-servicemonitor.yaml", 1, 1, Code::SkippedForeignGroup),
         // No service defines `frontend` (reported once per VirtualService).
-        ("07-vs-frontend-canary.yaml", 12, 9, Code::ReferencedHostNotFound),
-        ("07-vs-frontend-canary.yaml", 13, 9, Code::ReferencedSubsetNotFound),
-        ("07-vs-frontend-canary.yaml", 17, 9, Code::ReferencedSubsetNotFound),
+        (
+            "07-vs-frontend-canary.yaml",
+            12,
+            9,
+            Code::ReferencedHostNotFound,
+        ),
+        (
+            "07-vs-frontend-canary.yaml",
+            13,
+            9,
+            Code::ReferencedSubsetNotFound,
+        ),
+        (
+            "07-vs-frontend-canary.yaml",
+            17,
+            9,
+            Code::ReferencedSubsetNotFound,
+        ),
         // Same name as 01 (which is itself rejected).
         ("09-vs-ratings-delay.yaml", 5, 3, Code::DuplicateResource),
-        ("09-vs-ratings-delay.yaml", 17, 9, Code::ReferencedHostNotFound),
+        (
+            "09-vs-ratings-delay.yaml",
+            17,
+            9,
+            Code::ReferencedHostNotFound,
+        ),
         ("10-istiooperator.yaml", 2, 1, Code::SkippedForeignGroup),
     ]
     .into_iter()
@@ -42,5 +68,9 @@ fn reports_exactly_the_mistakes() {
     assert_eq!(report.resources, 7);
     let unknown = report.with_code(Code::UnknownField).next().unwrap();
     assert!(unknown.message.contains("`x-user`"), "{}", unknown.message);
-    assert!(unknown.message.contains("indentation"), "{}", unknown.message);
+    assert!(
+        unknown.message.contains("indentation"),
+        "{}",
+        unknown.message
+    );
 }

@@ -107,12 +107,20 @@ async fn watches_edits_keeps_last_good_and_drops_deleted_files() {
     assert_eq!(first.len(), 2, "{:#?}", first.diagnostics());
     assert_eq!(timeout_of(&first).as_deref(), Some("1s"));
     assert!(!first.has_errors());
-    let dr = first.get_by(Kind::DestinationRule, "shop", "reviews").unwrap();
+    let dr = first
+        .get_by(Kind::DestinationRule, "shop", "reviews")
+        .unwrap();
     assert_eq!(dr.location.line, 15);
 
     // A valid edit is picked up.
-    write(&file, &format!("{}---\n{DR}", VS_V1.replace("timeout: 1s", "timeout: 2s")));
-    let snap = wait_for(&mut rx, "timeout 2s", |s| timeout_of(s).as_deref() == Some("2s")).await;
+    write(
+        &file,
+        &format!("{}---\n{DR}", VS_V1.replace("timeout: 1s", "timeout: 2s")),
+    );
+    let snap = wait_for(&mut rx, "timeout 2s", |s| {
+        timeout_of(s).as_deref() == Some("2s")
+    })
+    .await;
     assert!(snap.version() > first.version());
     assert!(!snap.has_errors());
 
@@ -122,16 +130,30 @@ async fn watches_edits_keeps_last_good_and_drops_deleted_files() {
     let broken_vs = VS_V1
         .replace("timeout: 1s", "timeout: 3s")
         .replace("        host: reviews", "        hots: reviews");
-    let dr_v2 = DR.replace("name: v1", "name: v2").replace("version: v1", "version: v2");
+    let dr_v2 = DR
+        .replace("name: v1", "name: v2")
+        .replace("version: v1", "version: v2");
     write(&file, &format!("{broken_vs}---\n{dr_v2}"));
-    let snap = wait_for(&mut rx, "an error for the broken document", |s| s.has_errors()).await;
+    let snap = wait_for(&mut rx, "an error for the broken document", |s| {
+        s.has_errors()
+    })
+    .await;
     let err = snap.errors().next().unwrap();
     assert_eq!(err.code, Code::UnknownField, "{err}");
     assert_eq!(err.location.file.as_path(), file.as_path());
     assert_eq!((err.location.line, err.location.column), (13, 9), "{err}");
     assert!(err.message.contains("hots"), "{err}");
-    assert_eq!(timeout_of(&snap).as_deref(), Some("2s"), "last good VirtualService stays");
-    match snap.get_by(Kind::DestinationRule, "shop", "reviews").unwrap().resource.as_ref() {
+    assert_eq!(
+        timeout_of(&snap).as_deref(),
+        Some("2s"),
+        "last good VirtualService stays"
+    );
+    match snap
+        .get_by(Kind::DestinationRule, "shop", "reviews")
+        .unwrap()
+        .resource
+        .as_ref()
+    {
         Resource::DestinationRule(o) => assert_eq!(o.spec.subsets[0].name, "v2"),
         other => panic!("unexpected {other:?}"),
     }
@@ -146,7 +168,10 @@ async fn watches_edits_keeps_last_good_and_drops_deleted_files() {
     assert_eq!(timeout_of(&snap).as_deref(), Some("2s"));
 
     // Fixing the file clears the errors.
-    write(&file, &format!("{}---\n{DR}", VS_V1.replace("timeout: 1s", "timeout: 4s")));
+    write(
+        &file,
+        &format!("{}---\n{DR}", VS_V1.replace("timeout: 1s", "timeout: 4s")),
+    );
     let snap = wait_for(&mut rx, "the fixed file", |s| {
         !s.has_errors() && timeout_of(s).as_deref() == Some("4s")
     })
@@ -187,7 +212,10 @@ async fn watches_edits_keeps_last_good_and_drops_deleted_files() {
 async fn duplicates_across_files_keep_the_first_and_report_the_second() {
     let dir = tempfile::tempdir().unwrap();
     write(&dir.path().join("a.yaml"), DR);
-    write(&dir.path().join("b.yaml"), &DR.replace("name: v1", "name: other"));
+    write(
+        &dir.path().join("b.yaml"),
+        &DR.replace("name: v1", "name: other"),
+    );
     let store = ConfigStore::new();
     let rx = store.subscribe();
     let _handle = FileSource::new(vec![dir.path().to_path_buf()])
@@ -196,7 +224,12 @@ async fn duplicates_across_files_keep_the_first_and_report_the_second() {
         .unwrap();
     let snap = rx.borrow().clone();
     assert_eq!(snap.len(), 1);
-    match snap.get_by(Kind::DestinationRule, "shop", "reviews").unwrap().resource.as_ref() {
+    match snap
+        .get_by(Kind::DestinationRule, "shop", "reviews")
+        .unwrap()
+        .resource
+        .as_ref()
+    {
         Resource::DestinationRule(o) => assert_eq!(o.spec.subsets[0].name, "v1"),
         other => panic!("unexpected {other:?}"),
     }
@@ -213,5 +246,8 @@ async fn a_missing_root_is_a_clear_error() {
         .start(ConfigStore::new())
         .await
         .unwrap_err();
-    assert!(err.to_string().contains(&missing.display().to_string()), "{err}");
+    assert!(
+        err.to_string().contains(&missing.display().to_string()),
+        "{err}"
+    );
 }

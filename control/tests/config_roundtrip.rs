@@ -21,7 +21,10 @@ fn docs_of(text: &str) -> Vec<String> {
 fn every_kind_round_trips_without_losing_fields() {
     let dir = fixture("roundtrip");
     let mut kinds = BTreeSet::new();
-    let mut entries: Vec<_> = std::fs::read_dir(&dir).unwrap().map(|e| e.unwrap().path()).collect();
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
     entries.sort();
     for path in entries {
         let text = std::fs::read_to_string(&path).unwrap();
@@ -48,7 +51,12 @@ fn every_kind_round_trips_without_losing_fields() {
             // original as YAML values (field order and comments aside).
             let want: serde_yaml_ng::Value = serde_yaml_ng::from_str(&original).unwrap();
             let got: serde_yaml_ng::Value = serde_yaml_ng::from_str(&yaml).unwrap();
-            assert_eq!(want, got, "{}: written form differs:\n{yaml}", path.display());
+            assert_eq!(
+                want,
+                got,
+                "{}: written form differs:\n{yaml}",
+                path.display()
+            );
         }
     }
     let missing: Vec<_> = Kind::ALL.iter().filter(|k| !kinds.contains(k)).collect();
@@ -180,7 +188,12 @@ fn unknown_fields_are_errors_with_their_position() {
             .diagnostics
             .iter()
             .find(|d| d.code == Code::UnknownField)
-            .unwrap_or_else(|| panic!("{field}: no unknown-field finding in {:#?}", doc.diagnostics));
+            .unwrap_or_else(|| {
+                panic!(
+                    "{field}: no unknown-field finding in {:#?}",
+                    doc.diagnostics
+                )
+            });
         assert!(d.message.contains(&format!("`{field}`")), "{}", d.message);
         let (want_line, want_col) = text
             .lines()

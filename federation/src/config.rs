@@ -50,8 +50,15 @@ pub struct NodeConfig {
     /// Watch history length in events; older revisions get `Compacted`.
     pub history_limit: usize,
     pub max_size_per_msg: u64,
+    /// How long a snapshot send may go unreported by the transport before
+    /// the leader counts it as failed and retries.
+    pub snapshot_timeout: Duration,
     pub max_inflight_msgs: usize,
     pub lease: LeaseConfig,
+    /// A witness votes and stores the log but applies no registry command
+    /// and keeps no registry data (see `witness`). It never serves snapshots
+    /// and hands leadership to a replica whenever it wins an election.
+    pub witness: bool,
 }
 
 impl NodeConfig {
@@ -68,9 +75,21 @@ impl NodeConfig {
             keep_entries: 1_000,
             history_limit: 10_000,
             max_size_per_msg: 1 << 20,
+            snapshot_timeout: Duration::from_secs(180),
             max_inflight_msgs: 256,
             lease: LeaseConfig::default(),
+            witness: false,
         }
+    }
+
+    /// A witness: keeps more log than a replica (it cannot send snapshots,
+    /// so the log is all it can catch a lagging replica up with while it
+    /// leads) and applies nothing.
+    pub fn witness(id: u64, data_dir: impl Into<PathBuf>, bootstrap_voters: Vec<u64>) -> NodeConfig {
+        let mut cfg = NodeConfig::new(id, data_dir, bootstrap_voters);
+        cfg.witness = true;
+        cfg.keep_entries = 50_000;
+        cfg
     }
 
     /// Election timeout as wall time (the lower bound Raft uses).

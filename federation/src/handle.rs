@@ -33,6 +33,8 @@ pub enum FederationError {
     ConfChange(String),
     #[error("the federation node has stopped (see its log for the cause)")]
     Stopped,
+    #[error("node {node} is a witness: it holds no registry data and serves no reads or writes; use a cluster's control plane")]
+    Witness { node: u64 },
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

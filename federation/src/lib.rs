@@ -25,6 +25,7 @@ pub mod snapfile;
 pub mod state;
 pub mod storage;
 pub mod transport;
+pub mod witness;
 
 #[cfg(any(test, feature = "testing"))]
 pub mod fixtures;
@@ -38,3 +39,4 @@ pub use metrics::Metrics;
 pub use node::{Node, StartError};
 pub use state::{Event, EventKind, LeaseState, RegistrySnapshot};
 pub use transport::Transport;
+pub use witness::{run_witness, Witness, WitnessConfig, WitnessError};

@@ -20,7 +20,9 @@ pub struct Metrics {
     pub registry_revision: IntGauge,
     pub transport_dropped: IntCounterVec,
     pub transport_malformed: IntCounter,
-    pub transport_refused_peers: IntCounter,
+    pub transport_refused_peers: IntCounterVec,
+    pub snapshots_failed: IntCounter,
+    pub snapshot_bytes_sent: IntCounter,
     pub peer_rtt_seconds: prometheus::GaugeVec,
 }
 
@@ -44,6 +46,8 @@ impl Metrics {
         registry.register(Box::new(m.transport_dropped.clone()))?;
         registry.register(Box::new(m.transport_malformed.clone()))?;
         registry.register(Box::new(m.transport_refused_peers.clone()))?;
+        registry.register(Box::new(m.snapshots_failed.clone()))?;
+        registry.register(Box::new(m.snapshot_bytes_sent.clone()))?;
         registry.register(Box::new(m.peer_rtt_seconds.clone()))?;
         Ok(m)
     }
@@ -106,9 +110,20 @@ impl Metrics {
                 "transport_malformed_total",
                 "Inbound peer frames rejected as malformed or oversized",
             )?,
-            transport_refused_peers: c(
-                "transport_refused_peers_total",
-                "Peer connections refused (wrong trust domain or identity)",
+            transport_refused_peers: IntCounterVec::new(
+                Opts::new(
+                    "isthmus_federation_transport_refused_peers_total",
+                    "Peer connections or streams refused, by reason: tls (handshake), hello (bad stream hello), identity (certificate not the one of the claimed node id), outbound_identity (the peer we dialed is not the node configured at that address)",
+                ),
+                &["reason"],
+            )?,
+            snapshots_failed: c(
+                "snapshots_failed_total",
+                "Raft snapshots that did not reach the peer (the leader retries)",
+            )?,
+            snapshot_bytes_sent: c(
+                "snapshot_bytes_sent_total",
+                "Bytes of Raft snapshots sent to peers",
             )?,
             peer_rtt_seconds: prometheus::GaugeVec::new(
                 Opts::new(
@@ -118,5 +133,15 @@ impl Metrics {
                 &["peer"],
             )?,
         })
+    }
+}
+
+impl Metrics {
+    /// Refused peers over every reason.
+    pub fn refused_peers_total(&self) -> u64 {
+        ["tls", "hello", "identity", "outbound_identity"]
+            .iter()
+            .map(|r| self.transport_refused_peers.with_label_values(&[r]).get())
+            .sum()
     }
 }

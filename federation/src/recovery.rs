@@ -48,6 +48,8 @@ pub enum RecoveryError {
     Log(#[from] raft::Error),
     #[error("node id must not be 0")]
     ZeroId,
+    #[error("{0} holds a witness's data: a witness keeps no registry, so there is nothing to recover from it; recover from a replica's data directory or a saved snapshot")]
+    Witness(PathBuf),
 }
 
 /// What `save` wrote.
@@ -77,10 +79,15 @@ pub async fn save(handle: &Handle, path: &Path) -> Result<SavedSnapshot, Recover
 /// Reads and verifies a saved registry image.
 pub fn load(path: &Path) -> Result<StateImage, RecoveryError> {
     let snap = snapfile::read(path)?;
-    serde_json::from_slice(&snap.data).map_err(|source| RecoveryError::Image {
-        path: path.to_path_buf(),
-        source,
-    })
+    let image: StateImage =
+        serde_json::from_slice(&snap.data).map_err(|source| RecoveryError::Image {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if image.witness {
+        return Err(RecoveryError::Witness(path.to_path_buf()));
+    }
+    Ok(image)
 }
 
 /// Seeds the empty `data_dir` with `image` as a new federation whose only
@@ -88,6 +95,9 @@ pub fn load(path: &Path) -> Result<StateImage, RecoveryError> {
 pub fn restore(image: &StateImage, data_dir: &Path, node_id: u64) -> Result<(), RecoveryError> {
     if node_id == 0 {
         return Err(RecoveryError::ZeroId);
+    }
+    if image.witness {
+        return Err(RecoveryError::Witness(data_dir.to_path_buf()));
     }
     if has_state(data_dir)? {
         return Err(RecoveryError::NotEmpty(data_dir.to_path_buf()));
@@ -142,6 +152,9 @@ fn survivor_image(data_dir: &Path) -> Result<StateImage, RecoveryError> {
                 path: data_dir.to_path_buf(),
                 source,
             })?;
+        if image.witness {
+            return Err(RecoveryError::Witness(data_dir.to_path_buf()));
+        }
         Registry::from_image(image, 1)
     } else {
         Registry::new(1)

@@ -129,6 +129,18 @@ pub struct StateImage {
     pub recent_proposals: Vec<ProposalId>,
     #[serde(default)]
     pub members: Vec<(u64, String)>,
+    /// Taken by a witness: holds membership only, never registry data. A
+    /// replica refuses to start from or install such an image.
+    #[serde(default)]
+    pub witness: bool,
+}
+
+/// The part of an image a witness keeps when it installs a leader's snapshot
+/// (serde skips the registry data without building it).
+#[derive(Debug, Default, Deserialize)]
+pub struct MembersOnly {
+    #[serde(default)]
+    pub members: Vec<(u64, String)>,
 }
 
 #[derive(Debug)]
@@ -438,6 +450,7 @@ impl Registry {
                 .iter()
                 .map(|(k, v)| (*k, v.clone()))
                 .collect(),
+            witness: false,
         }
     }
 

@@ -107,6 +107,9 @@ pub struct DiskStorage {
     /// Set when Raft asked for a snapshot the stored one cannot serve; the
     /// node takes a fresh one (Raft retries the send by itself).
     snapshot_wanted: AtomicBool,
+    /// False on a witness: its snapshots hold no registry data, so it must
+    /// never send one.
+    serves_snapshots: bool,
 }
 
 fn store_err(e: impl std::error::Error + Send + Sync + 'static) -> raft::Error {
@@ -180,6 +183,7 @@ impl DiskStorage {
             snapshot,
             conf_index,
             snapshot_wanted: AtomicBool::new(false),
+            serves_snapshots: true,
         };
         // The snapshot only holds committed state, so the commit index is at
         // least its index even if the commit was not persisted before a crash.
@@ -197,9 +201,21 @@ impl DiskStorage {
             batch
                 .put_message(GROUP, KEY_CONF_STATE.to_vec(), &storage.conf_state)
                 .map_err(engine_err)?;
+            // Start at term 1, as etcd does: raft-rs 0.7 panics when it
+            // rejects a (pre-)vote while still at term 0, which election
+            // priorities (the witness) make possible on a fresh federation.
+            storage.hard_state.term = 1;
+            batch
+                .put_message(GROUP, KEY_HARD_STATE.to_vec(), &storage.hard_state)
+                .map_err(engine_err)?;
             storage.engine.write(&mut batch, true).map_err(engine_err)?;
         }
         Ok(storage)
+    }
+
+    /// Makes this a witness's storage: Raft gets no snapshot from it.
+    pub fn refuse_snapshots(&mut self) {
+        self.serves_snapshots = false;
     }
 
     pub fn hard_state(&self) -> &HardState {
@@ -419,6 +435,12 @@ impl raft::Storage for DiskStorage {
     }
 
     fn snapshot(&self, request_index: u64, to: u64) -> raft::Result<Snapshot> {
+        if !self.serves_snapshots {
+            // A witness leading briefly: the peer waits for a replica leader.
+            return Err(raft::Error::Store(
+                StorageError::SnapshotTemporarilyUnavailable,
+            ));
+        }
         let meta = self.snapshot.get_metadata();
         let cs = meta.get_conf_state();
         // A peer added after the snapshot was taken refuses a snapshot whose

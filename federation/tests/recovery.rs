@@ -128,7 +128,7 @@ async fn forced_recovery_from_permanent_quorum_loss() {
 async fn two_clusters_and_a_witness_survive_losing_either_cluster() {
     let dir = tempfile::tempdir().unwrap();
     // Nodes 1 and 2 are the clusters' control planes, node 3 is the witness.
-    let mut tc = TestCluster::start(dir.path(), &[1, 2, 3], |_| {})
+    let mut tc = TestCluster::start(dir.path(), &[1, 2, 3], |c| c.witness = c.id == 3)
         .await
         .unwrap();
     tc.wait_leader(&[1, 2, 3], WAIT).await.expect("leader");
@@ -154,4 +154,9 @@ async fn two_clusters_and_a_witness_survive_losing_either_cluster() {
             .revision;
         assert!(tc.wait_revision(&[lost], rev, WAIT).await);
     }
+    // The witness voted throughout but holds no registry data.
+    let w = tc.handle(3).unwrap();
+    let view = w.snapshot_stale();
+    assert!(view.clusters.is_empty() && view.services.is_empty());
+    assert!(w.status().await.unwrap().commit > 0);
 }

@@ -8,9 +8,9 @@ use std::sync::Arc;
 
 use tokio::sync::watch;
 
-use crate::config::{ClusterConfig, ListenerConfig, LoadAssignment, SecretConfig};
+use crate::config::{ClusterConfig, ListenerConfig, LoadAssignment, RouteTable, SecretConfig};
 use crate::listener::{ListenerError, ListenerManager};
-use crate::state::{build_clusters, build_listener, ClusterTable, ResourceSet};
+use crate::state::{build_clusters, build_listener, ClusterTable, ResourceSet, RouteTables};
 use crate::tls::CertReceiver;
 
 /// One accepted xDS response, converted.
@@ -24,6 +24,11 @@ pub enum Update {
     /// (others are dropped).
     Endpoints {
         assignments: BTreeMap<String, LoadAssignment>,
+        keep: Vec<String>,
+    },
+    /// Route configurations by name; `keep` as for endpoints.
+    Routes {
+        routes: BTreeMap<String, RouteTable>,
         keep: Vec<String>,
     },
     /// Secrets by name; `keep` as for endpoints.
@@ -46,6 +51,7 @@ pub struct Applier {
     set: ResourceSet,
     clusters_tx: watch::Sender<Arc<ClusterTable>>,
     dump_tx: watch::Sender<Arc<ResourceSet>>,
+    routes_tx: watch::Sender<Arc<RouteTables>>,
     listeners: ListenerManager,
     cert: Option<CertReceiver>,
 }
@@ -54,6 +60,7 @@ impl Applier {
     pub fn new(
         clusters_tx: watch::Sender<Arc<ClusterTable>>,
         dump_tx: watch::Sender<Arc<ResourceSet>>,
+        routes_tx: watch::Sender<Arc<RouteTables>>,
         listeners: ListenerManager,
         cert: Option<CertReceiver>,
     ) -> Self {
@@ -61,6 +68,7 @@ impl Applier {
             set: ResourceSet::default(),
             clusters_tx,
             dump_tx,
+            routes_tx,
             listeners,
             cert,
         }
@@ -86,6 +94,21 @@ impl Applier {
                 next.endpoints.retain(|k, _| keep.contains(k));
                 next.endpoints
                     .extend(assignments.into_iter().filter(|(k, _)| keep.contains(k)));
+            }
+            Update::Routes { routes, keep } => {
+                next.routes.retain(|k, _| keep.contains(k));
+                next.routes
+                    .extend(routes.into_iter().filter(|(k, _)| keep.contains(k)));
+                // Routes are read per request: no cluster or listener rebuild.
+                self.routes_tx.send_replace(Arc::new(
+                    next.routes
+                        .iter()
+                        .map(|(k, v)| (k.clone(), Arc::new(v.clone())))
+                        .collect(),
+                ));
+                self.set = next;
+                self.dump_tx.send_replace(Arc::new(self.set.clone()));
+                return Ok(());
             }
             Update::Secrets { secrets, keep } => {
                 next.secrets.retain(|k, _| keep.contains(k));

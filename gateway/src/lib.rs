@@ -11,6 +11,7 @@
 pub mod admin;
 pub mod apply;
 pub mod config;
+pub mod http;
 pub mod lb;
 pub mod listener;
 pub mod metrics;
@@ -117,10 +118,12 @@ impl Gateway {
         let (clusters_tx, clusters_rx) = watch::channel(Arc::new(state::ClusterTable::default()));
         let (dump_tx, dump_rx) = watch::channel(Arc::new(state::ResourceSet::default()));
         let (ready_tx, ready_rx) = watch::channel(false);
+        let (routes_tx, routes_rx) = watch::channel(Arc::new(state::RouteTables::default()));
         let tracker = TaskTracker::new();
         let stop = CancellationToken::new();
         let ctx = proxy::connection::ProxyContext {
             clusters: clusters_rx.clone(),
+            routes: routes_rx,
             metrics: metrics.clone(),
             connect_attempts: config.connect_attempts.max(1),
         };
@@ -137,7 +140,13 @@ impl Gateway {
         tokio::spawn(admin);
         tracing::info!(address = %admin_address, "admin server listening");
         let applier =
-            apply::Applier::new(clusters_tx, dump_tx, listeners.clone(), config.cert.clone());
+            apply::Applier::new(
+                clusters_tx,
+                dump_tx,
+                routes_tx,
+                listeners.clone(),
+                config.cert.clone(),
+            );
         let client = xds::XdsClient::new(
             config.xds_address.clone(),
             node_proto(&config.node),

@@ -2,7 +2,20 @@
 //! one exists (`downstream_cx_total`, `upstream_cx_overflow`, ...), with an
 //! `isthmus_gateway_` prefix.
 
-use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+use prometheus::{
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// Labels of Istio's HTTP metrics. Values are bounded: principals and
+/// clusters come from configuration and certificates, not from requests.
+pub const ISTIO_HTTP_LABELS: [&str; 6] = [
+    "reporter",
+    "source_principal",
+    "destination_service",
+    "destination_cluster",
+    "response_code",
+    "response_flags",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -34,6 +47,12 @@ pub struct Metrics {
     pub bytes_total: IntCounterVec,
     pub tcp_connections_opened: IntCounterVec,
     pub xds_updates_total: IntCounterVec,
+    /// `istio_requests_total`.
+    pub istio_requests_total: IntCounterVec,
+    /// `istio_request_duration_milliseconds`.
+    pub istio_request_duration: HistogramVec,
+    pub upstream_rq_retry: IntCounterVec,
+    pub upstream_rq_overflow: IntCounterVec,
 }
 
 fn counter(
@@ -87,6 +106,36 @@ impl Metrics {
                 &["listener", "source_principal", "destination_principal"],
             )?,
             xds_updates_total: counter(&r, "xds_updates_total", "xDS responses by type and result (ack/nack)", &["type", "result"])?,
+            istio_requests_total: {
+                let c = IntCounterVec::new(
+                    Opts::new("istio_requests_total", "HTTP requests (Istio standard metric)"),
+                    &ISTIO_HTTP_LABELS,
+                )
+                .map_err(|source| MetricsError::Register { name: "istio_requests_total", source })?;
+                r.register(Box::new(c.clone()))
+                    .map_err(|source| MetricsError::Register { name: "istio_requests_total", source })?;
+                c
+            },
+            istio_request_duration: {
+                let h = HistogramVec::new(
+                    HistogramOpts::new(
+                        "istio_request_duration_milliseconds",
+                        "HTTP request duration in milliseconds (Istio standard metric)",
+                    )
+                    .buckets(vec![
+                        0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0,
+                        5000.0, 10000.0, 30000.0, 60000.0, 300000.0, 600000.0, 1800000.0,
+                        3600000.0,
+                    ]),
+                    &ISTIO_HTTP_LABELS,
+                )
+                .map_err(|source| MetricsError::Register { name: "istio_request_duration_milliseconds", source })?;
+                r.register(Box::new(h.clone()))
+                    .map_err(|source| MetricsError::Register { name: "istio_request_duration_milliseconds", source })?;
+                h
+            },
+            upstream_rq_retry: counter(&r, "upstream_rq_retry_total", "HTTP request retries", &["cluster"])?,
+            upstream_rq_overflow: counter(&r, "upstream_rq_pending_overflow_http_total", "HTTP requests refused by max_requests / max_pending_requests (response flag UO)", &["cluster"])?,
             registry: r,
         })
     }

@@ -10,8 +10,8 @@ use std::sync::Arc;
 use serde::Serialize;
 
 use crate::config::{
-    ClusterConfig, Discovery, FilterChainConfig, ListenerConfig, LoadAssignment, SanMatcher,
-    SecretConfig,
+    ClusterConfig, Discovery, FilterChainConfig, ListenerConfig, LoadAssignment, NetworkFilter,
+    RouteTable, SanMatcher, SecretConfig,
 };
 use crate::lb::LoadBalancer;
 use crate::tls::{self, CertReceiver, SecretLookup};
@@ -23,7 +23,11 @@ pub struct ResourceSet {
     pub clusters: BTreeMap<String, ClusterConfig>,
     pub endpoints: BTreeMap<String, LoadAssignment>,
     pub secrets: BTreeMap<String, SecretConfig>,
+    pub routes: BTreeMap<String, RouteTable>,
 }
+
+/// Route configurations received over RDS, read per request.
+pub type RouteTables = HashMap<String, Arc<RouteTable>>;
 
 impl SecretLookup for BTreeMap<String, SecretConfig> {
     fn roots(&self, name: &str) -> Option<(Vec<Vec<u8>>, Vec<SanMatcher>)> {
@@ -39,6 +43,22 @@ impl ResourceSet {
             .clusters
             .values()
             .filter_map(|c| c.eds_name().map(str::to_string))
+            .collect();
+        v.sort();
+        v.dedup();
+        v
+    }
+
+    /// RDS names referenced by HTTP connection managers.
+    pub fn rds_names(&self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .listeners
+            .values()
+            .flat_map(|l| l.filter_chains.iter().chain(l.default_chain.iter()))
+            .filter_map(|c| match &c.filter {
+                NetworkFilter::Http(h) => h.rds_name().map(str::to_string),
+                NetworkFilter::TcpProxy(_) => None,
+            })
             .collect();
         v.sort();
         v.dedup();
@@ -76,6 +96,8 @@ impl ResourceSet {
 pub struct ClusterCounters {
     pub active: AtomicU64,
     pub pending: AtomicU64,
+    /// In-flight HTTP requests (`max_requests`).
+    pub requests: AtomicU64,
 }
 
 #[derive(Debug)]
@@ -90,6 +112,8 @@ pub struct ClusterRuntime {
     pub warm: bool,
     /// The endpoints the balancer was built from (to skip no-op rebuilds).
     pub assignment: Option<LoadAssignment>,
+    /// Pooled HTTP connections to this cluster's hosts.
+    pub http_pool: crate::http::pool::ClusterPool,
 }
 
 #[derive(Debug, Default)]
@@ -151,6 +175,7 @@ pub fn build_clusters(
                 counters: prev.map(|p| p.counters.clone()).unwrap_or_default(),
                 warm,
                 assignment: la.cloned(),
+                http_pool: crate::http::pool::ClusterPool::new(cfg.http),
             }),
         );
     }
@@ -216,6 +241,7 @@ mod tests {
                 tls: None,
                 circuit_breakers: CircuitBreakerThresholds::default(),
                 outlier: None,
+                http: Default::default(),
             },
         );
         s.endpoints.insert(

@@ -140,6 +140,14 @@ impl Managed {
         Ok(())
     }
 
+    /// Sends SIGKILL without waiting, so several processes can die at the
+    /// same instant (a whole cluster); [`Managed::kill`] reaps them after.
+    pub fn start_kill(&mut self) {
+        if let Some(c) = self.child.as_mut() {
+            let _ = c.start_kill();
+        }
+    }
+
     /// kill -9 and reap: the crash a real machine failure looks like.
     pub async fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

@@ -43,8 +43,9 @@ impl Cache {
         }
     }
 
-    pub(crate) fn shape(&self, proxy: &Proxy) -> u64 {
-        self.generator.shape(proxy)
+    /// The proxy's shape key per resource type, computed once per stream.
+    pub(crate) fn shapes(&self, proxy: &Proxy) -> [u64; TypeUrl::ALL.len()] {
+        TypeUrl::ALL.map(|t| self.generator.shape_for(proxy, t))
     }
 
     /// The resources of `type_url` named by `names` for proxies of `shape`

@@ -18,7 +18,7 @@ use tonic::{Status, Streaming};
 use tracing::debug;
 
 use crate::generator::Names;
-use crate::resource::{ResourceMap, SetDigest};
+use crate::resource::{same_content, ResourceMap, SetDigest};
 use crate::stream::{End, StreamCtx, Subscription};
 use crate::types::TypeUrl;
 
@@ -187,7 +187,15 @@ impl Delta {
         };
         let updates: Vec<_> = generated
             .iter()
-            .filter(|(n, r)| state.sub.contains(n) && state.known.get(*n) != Some(&r.version))
+            .filter(|(n, r)| {
+                state.sub.contains(n)
+                    && match (state.known.get(*n), state.sent.get(*n)) {
+                        (Some(v), _) if *v == r.version => false,
+                        // Same message, other map order: the client is current.
+                        (Some(v), Some(s)) if *v == s.version => !same_content(s, r),
+                        _ => true,
+                    }
+            })
             .map(|(_, r)| r.clone())
             .collect();
         let mut removed: Vec<String> = state

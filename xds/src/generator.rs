@@ -43,7 +43,7 @@ impl GenerateError {
 /// Produces xDS resources for a proxy from the control plane's current input.
 ///
 /// Calls run on tokio's blocking pool, so a generator may do CPU-heavy
-/// translation. Results are cached per ([`Generator::shape`], type, names,
+/// translation. Results are cached per ([`Generator::shape_for`], type, names,
 /// push), so proxies with the same shape share one call per push.
 pub trait Generator: Send + Sync + 'static {
     /// The resources of `type_url` that `proxy` should see, filtered to
@@ -63,5 +63,14 @@ pub trait Generator: Send + Sync + 'static {
     /// proxies share one computation.
     fn shape(&self, proxy: &Proxy) -> u64 {
         proxy.shape_key()
+    }
+
+    /// [`Generator::shape`] for one resource type: a generator whose output
+    /// of some types ignores properties that others read (say, EDS never
+    /// reads the proxy's IP) returns a coarser key for those types. Equal
+    /// keys for a type must give equal output of that type.
+    fn shape_for(&self, proxy: &Proxy, type_url: TypeUrl) -> u64 {
+        let _ = type_url;
+        self.shape(proxy)
     }
 }

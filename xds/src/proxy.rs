@@ -119,6 +119,9 @@ pub struct Proxy {
     pub outbound_bind: IpAddr,
     /// `ISTHMUS_APP_ADDRESS`, default `127.0.0.1`.
     pub app_address: IpAddr,
+    /// Istio's `GENERATOR` metadata: which config flavour the client takes
+    /// (`grpc` for proxyless gRPC); `None` for Envoy-compatible proxies.
+    pub generator: Option<String>,
 }
 
 const LOOPBACK: IpAddr = IpAddr::V4(std::net::Ipv4Addr::LOCALHOST);
@@ -220,6 +223,7 @@ impl Proxy {
             locality,
             outbound_bind: meta.ip("ISTHMUS_OUTBOUND_BIND")?.unwrap_or(LOOPBACK),
             app_address: meta.ip("ISTHMUS_APP_ADDRESS")?.unwrap_or(LOOPBACK),
+            generator: meta.string("GENERATOR")?,
         })
     }
 
@@ -229,11 +233,27 @@ impl Proxy {
     /// listeners bind it; a generator whose output ignores the IP can offer a
     /// coarser key through [`crate::Generator::shape`].
     pub fn shape_key(&self) -> u64 {
+        self.shape_key_with(true)
+    }
+
+    /// [`Proxy::shape_key`] without the IP (and the per-instance bind
+    /// addresses): for resource types whose generation never reads them, so
+    /// every replica of a workload shares one computation.
+    pub fn shape_key_except_address(&self) -> u64 {
+        self.shape_key_with(false)
+    }
+
+    fn shape_key_with(&self, addresses: bool) -> u64 {
         // DefaultHasher::new() has fixed keys: the key is stable within a
         // process, which is all the shared cache needs.
         let mut h = std::collections::hash_map::DefaultHasher::new();
+        addresses.hash(&mut h);
+        if addresses {
+            self.ip.hash(&mut h);
+            self.outbound_bind.hash(&mut h);
+            self.app_address.hash(&mut h);
+        }
         self.node_type.hash(&mut h);
-        self.ip.hash(&mut h);
         self.namespace.hash(&mut h);
         self.dns_domain.hash(&mut h);
         self.role.hash(&mut h);
@@ -244,8 +264,7 @@ impl Proxy {
         self.interception_mode.hash(&mut h);
         self.labels.hash(&mut h);
         self.locality.hash(&mut h);
-        self.outbound_bind.hash(&mut h);
-        self.app_address.hash(&mut h);
+        self.generator.hash(&mut h);
         h.finish()
     }
 }

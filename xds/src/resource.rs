@@ -3,17 +3,28 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
+use envoy_types::pb::envoy::config::listener::v3::Listener;
+use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 use envoy_types::pb::google::protobuf::Any;
+use prost::Message;
 use ring::digest;
+
+use crate::types::TypeUrl;
 
 /// One generated resource: its name, the packed message, and a version that
 /// changes exactly when the content changes.
 ///
 /// The version is a hash of the encoded bytes, so it is the same on every
 /// control-plane replica and survives reconnects. Protobuf map fields (such as
-/// `google.protobuf.Struct`) encode in hash-map order, which differs between
-/// otherwise equal messages; a generator emitting such fields should give its
-/// own stable version with [`Resource::with_version`].
+/// `google.protobuf.Struct` or `typed_per_filter_config`) encode in hash-map
+/// order, so equal messages may encode differently; streams therefore treat a
+/// resource whose version changed but whose decoded message is equal to what
+/// the client holds as unchanged (see [`same_content`]), and generators need
+/// not care. Only a reconnect to another replica may then resend such a
+/// resource once.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Resource {
     pub name: String,
@@ -46,6 +57,34 @@ impl Resource {
             version: version.into(),
             body,
         }
+    }
+}
+
+/// Whether `new` says the same as `old`, which the client already holds:
+/// equal versions, or bodies of a type this server serves that decode to
+/// equal messages (prost compares map fields as maps, so this is immune to
+/// hash-map encoding order). Anything that does not decode counts as changed.
+pub(crate) fn same_content(old: &Resource, new: &Resource) -> bool {
+    if old.version == new.version {
+        return true;
+    }
+    if old.body.type_url != new.body.type_url {
+        return false;
+    }
+    fn eq<M: Message + Default + PartialEq>(a: &[u8], b: &[u8]) -> bool {
+        match (M::decode(a), M::decode(b)) {
+            (Ok(a), Ok(b)) => a == b,
+            _ => false,
+        }
+    }
+    let (a, b) = (old.body.value.as_slice(), new.body.value.as_slice());
+    match TypeUrl::parse(&new.body.type_url) {
+        Some(TypeUrl::Cluster) => eq::<Cluster>(a, b),
+        Some(TypeUrl::ClusterLoadAssignment) => eq::<ClusterLoadAssignment>(a, b),
+        Some(TypeUrl::Listener) => eq::<Listener>(a, b),
+        Some(TypeUrl::RouteConfiguration) => eq::<RouteConfiguration>(a, b),
+        Some(TypeUrl::Secret) => eq::<Secret>(a, b),
+        None => false,
     }
 }
 
@@ -132,6 +171,48 @@ mod tests {
             Resource::new("a", any(b"y")).version
         );
         assert_eq!(Resource::new("a", any(b"x")).version.len(), 16);
+    }
+
+    /// A route configuration whose one virtual host carries
+    /// `typed_per_filter_config` entries encoded in the given order, as
+    /// prost writes a hash map that iterates that way.
+    fn route_config_with_filters_in(order: &[&str]) -> Any {
+        use envoy_types::pb::envoy::config::route::v3::VirtualHost;
+        // Concatenated encodings of one message merge, and map entries
+        // append in order: one single-entry host encoding per key.
+        let mut host = VirtualHost {
+            name: "vh".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        for k in order {
+            let mut one = VirtualHost::default();
+            one.typed_per_filter_config
+                .insert((*k).to_owned(), any(k.as_bytes()));
+            host.extend(one.encode_to_vec());
+        }
+        let mut out = RouteConfiguration {
+            name: "r".into(),
+            ..Default::default()
+        }
+        .encode_to_vec();
+        // Field 2: virtual_hosts.
+        prost::encoding::bytes::encode(2, &host, &mut out);
+        Any {
+            type_url: TypeUrl::RouteConfiguration.as_str().into(),
+            value: out,
+        }
+    }
+
+    #[test]
+    fn map_order_does_not_make_a_change() {
+        let a = Resource::new("r", route_config_with_filters_in(&["x", "y"]));
+        let b = Resource::new("r", route_config_with_filters_in(&["y", "x"]));
+        assert_ne!(a.version, b.version, "the bytes differ");
+        assert!(same_content(&a, &b));
+        let c = Resource::new("r", route_config_with_filters_in(&["x", "z"]));
+        assert!(!same_content(&a, &c));
+        assert!(!same_content(&a, &Resource::new("r", any(b"junk"))));
     }
 
     #[test]

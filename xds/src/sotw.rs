@@ -17,7 +17,7 @@ use tonic::{Status, Streaming};
 use tracing::debug;
 
 use crate::generator::Names;
-use crate::resource::{set_version, Resource, ResourceMap, SetDigest};
+use crate::resource::{same_content, set_version, Resource, ResourceMap, SetDigest};
 use crate::stream::{End, StreamCtx, Subscription};
 use crate::types::TypeUrl;
 
@@ -241,7 +241,7 @@ impl Sotw {
         let updates: Vec<Arc<Resource>> = generated
             .iter()
             .filter(|(n, r)| {
-                state.sub.contains(n) && state.sent.get(*n).map(|s| &s.version) != Some(&r.version)
+                state.sub.contains(n) && state.sent.get(*n).is_none_or(|s| !same_content(s, r))
             })
             .map(|(_, r)| r.clone())
             .collect();

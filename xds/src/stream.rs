@@ -80,7 +80,8 @@ pub(crate) enum End {
 pub(crate) struct StreamCtx {
     pub(crate) shared: Arc<Shared>,
     pub(crate) proxy: Arc<Proxy>,
-    shape: u64,
+    /// Per resource type, indexed like [`TypeUrl::ALL`].
+    shapes: [u64; TypeUrl::ALL.len()],
     pub(crate) id: u64,
     nonces: u64,
     /// Set on per-type services: the only type this stream may carry.
@@ -114,7 +115,7 @@ impl StreamCtx {
             (log.seq, log.version)
         };
         StreamCtx {
-            shape: shared.cache.shape(&proxy),
+            shapes: shared.cache.shapes(&proxy),
             shared,
             proxy,
             id,
@@ -164,7 +165,7 @@ impl StreamCtx {
         let result = self
             .shared
             .cache
-            .get(&self.proxy, self.shape, self.seq, t, names)
+            .get(&self.proxy, self.shapes[t.index()], self.seq, t, names)
             .await;
         match &result {
             Ok(_) => self.status.update(t, |s| s.generate_error = None),

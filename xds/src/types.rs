@@ -28,6 +28,11 @@ impl TypeUrl {
         TypeUrl::Secret,
     ];
 
+    /// Position in [`TypeUrl::ALL`], for per-type arrays.
+    pub const fn index(self) -> usize {
+        self as usize
+    }
+
     /// The `type.googleapis.com/...` URL carried in requests and responses.
     pub const fn as_str(self) -> &'static str {
         match self {
@@ -106,5 +111,12 @@ mod tests {
             assert_eq!(TypeUrl::parse(t.as_str()), Some(t));
         }
         assert_eq!(TypeUrl::parse("type.googleapis.com/foo.Bar"), None);
+    }
+
+    #[test]
+    fn index_is_position_in_all() {
+        for (i, t) in TypeUrl::ALL.into_iter().enumerate() {
+            assert_eq!(t.index(), i);
+        }
     }
 }

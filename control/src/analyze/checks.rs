@@ -5,7 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Code, Diagnostic};
-use crate::config::host::{host_matches, resolve_fqdn, resolve_gateway_ref, service_fqdn, GatewayRef};
+use crate::config::host::{
+    host_matches, resolve_fqdn, resolve_gateway_ref, service_fqdn, GatewayRef,
+};
 use crate::config::{
     labels_match, Destination, DestinationRuleSpec, Kind, Object, Resource, ResourceKey,
     VirtualServiceSpec, DEFAULT_ROOT_NAMESPACE,
@@ -24,7 +26,12 @@ impl Entry<'_> {
     }
 
     fn report(&self, out: &mut Vec<Diagnostic>, code: Code, path: &str, message: String) {
-        out.push(Diagnostic::new(code, self.doc.locate(path), self.label(), message));
+        out.push(Diagnostic::new(
+            code,
+            self.doc.locate(path),
+            self.label(),
+            message,
+        ));
     }
 }
 
@@ -33,7 +40,9 @@ pub fn run(docs: &[ParsedDocument]) -> Vec<Diagnostic> {
     let entries: Vec<Entry<'_>> = docs
         .iter()
         .filter_map(|doc| {
-            doc.resource.as_deref().map(|resource| Entry { doc, resource })
+            doc.resource
+                .as_deref()
+                .map(|resource| Entry { doc, resource })
         })
         .collect();
     duplicates(docs, &mut out);
@@ -47,14 +56,18 @@ pub fn run(docs: &[ParsedDocument]) -> Vec<Diagnostic> {
     out
 }
 
-fn virtual_services<'a>(entries: &'a [Entry<'a>]) -> impl Iterator<Item = (&'a Entry<'a>, &'a Object<VirtualServiceSpec>)> {
+fn virtual_services<'a>(
+    entries: &'a [Entry<'a>],
+) -> impl Iterator<Item = (&'a Entry<'a>, &'a Object<VirtualServiceSpec>)> {
     entries.iter().filter_map(|e| match e.resource {
         Resource::VirtualService(o) => Some((e, o)),
         _ => None,
     })
 }
 
-fn destination_rules<'a>(entries: &'a [Entry<'a>]) -> impl Iterator<Item = (&'a Entry<'a>, &'a Object<DestinationRuleSpec>)> {
+fn destination_rules<'a>(
+    entries: &'a [Entry<'a>],
+) -> impl Iterator<Item = (&'a Entry<'a>, &'a Object<DestinationRuleSpec>)> {
     entries.iter().filter_map(|e| match e.resource {
         Resource::DestinationRule(o) => Some((e, o)),
         _ => None,
@@ -71,7 +84,9 @@ fn duplicates(docs: &[ParsedDocument], out: &mut Vec<Diagnostic>) {
         }
     }
     for (key, group) in &by_key {
-        let Some((first, rest)) = group.split_first() else { continue };
+        let Some((first, rest)) = group.split_first() else {
+            continue;
+        };
         for doc in rest {
             let note = if first.has_errors() {
                 " (that document has errors)"
@@ -124,23 +139,35 @@ fn vs_destinations(spec: &VirtualServiceSpec) -> Vec<(String, &Destination)> {
     let mut out = Vec::new();
     for (i, http) in spec.http.iter().enumerate() {
         for (j, r) in http.route.iter().enumerate() {
-            out.push((format!("spec.http[{i}].route[{j}].destination"), &r.destination));
+            out.push((
+                format!("spec.http[{i}].route[{j}].destination"),
+                &r.destination,
+            ));
         }
         if let Some(m) = &http.mirror {
             out.push((format!("spec.http[{i}].mirror"), m));
         }
         for (j, m) in http.mirrors.iter().enumerate() {
-            out.push((format!("spec.http[{i}].mirrors[{j}].destination"), &m.destination));
+            out.push((
+                format!("spec.http[{i}].mirrors[{j}].destination"),
+                &m.destination,
+            ));
         }
     }
     for (i, tls) in spec.tls.iter().enumerate() {
         for (j, r) in tls.route.iter().enumerate() {
-            out.push((format!("spec.tls[{i}].route[{j}].destination"), &r.destination));
+            out.push((
+                format!("spec.tls[{i}].route[{j}].destination"),
+                &r.destination,
+            ));
         }
     }
     for (i, tcp) in spec.tcp.iter().enumerate() {
         for (j, r) in tcp.route.iter().enumerate() {
-            out.push((format!("spec.tcp[{i}].route[{j}].destination"), &r.destination));
+            out.push((
+                format!("spec.tcp[{i}].route[{j}].destination"),
+                &r.destination,
+            ));
         }
     }
     out
@@ -176,14 +203,19 @@ fn destinations(docs: &[ParsedDocument], entries: &[Entry<'_>], out: &mut Vec<Di
         .filter(|d| d.resource.is_none())
         .filter_map(|d| {
             let key = d.key.as_ref().filter(|k| k.kind == Kind::DestinationRule)?;
-            Some(resolve_fqdn(d.positions.scalar("spec.host")?, &key.namespace))
+            Some(resolve_fqdn(
+                d.positions.scalar("spec.host")?,
+                &key.namespace,
+            ))
         })
         .collect();
     for (entry, vs) in virtual_services(entries) {
         let mut unknown_reported = BTreeSet::new();
         for (path, dest) in vs_destinations(&vs.spec) {
             let host = resolve_fqdn(&dest.host, vs.namespace());
-            if !known.iter().any(|k| host_matches(k, &host)) && unknown_reported.insert(host.clone()) {
+            if !known.iter().any(|k| host_matches(k, &host))
+                && unknown_reported.insert(host.clone())
+            {
                 entry.report(
                     out,
                     Code::ReferencedHostNotFound,
@@ -198,7 +230,10 @@ fn destinations(docs: &[ParsedDocument], entries: &[Entry<'_>], out: &mut Vec<Di
             if broken_rule_hosts.iter().any(|h| host_matches(h, &host)) {
                 continue;
             }
-            let matching: Vec<_> = rules.iter().filter(|(h, ..)| host_matches(h, &host)).collect();
+            let matching: Vec<_> = rules
+                .iter()
+                .filter(|(h, ..)| host_matches(h, &host))
+                .collect();
             if matching.is_empty() {
                 entry.report(
                     out,
@@ -247,7 +282,9 @@ fn destination_rule_conflicts(entries: &[Entry<'_>], out: &mut Vec<Diagnostic>) 
             .push(e);
     }
     for (host, group) in by_host {
-        let Some((first, rest)) = group.split_first() else { continue };
+        let Some((first, rest)) = group.split_first() else {
+            continue;
+        };
         for e in rest {
             e.report(
                 out,
@@ -278,7 +315,9 @@ fn peer_authentication_conflicts(entries: &[Entry<'_>], root_ns: &str, out: &mut
         }
     }
     for (ns, group) in by_ns {
-        let Some((first, rest)) = group.split_first() else { continue };
+        let Some((first, rest)) = group.split_first() else {
+            continue;
+        };
         let scope = if ns == root_ns {
             "mesh-wide".to_string()
         } else {
@@ -327,7 +366,9 @@ fn virtual_service_host_conflicts(entries: &[Entry<'_>], out: &mut Vec<Diagnosti
         }
     }
     for ((host, gw), group) in claims {
-        let Some(((first, _), rest)) = group.split_first() else { continue };
+        let Some(((first, _), rest)) = group.split_first() else {
+            continue;
+        };
         for (e, i) in rest {
             if std::ptr::eq(*e, *first) {
                 continue;
@@ -373,7 +414,9 @@ fn gateway_references(docs: &[ParsedDocument], entries: &[Entry<'_>], out: &mut 
             }
         }
         for (path, reference) in refs {
-            if let GatewayRef::Gateway { namespace, name } = resolve_gateway_ref(reference, vs.namespace()) {
+            if let GatewayRef::Gateway { namespace, name } =
+                resolve_gateway_ref(reference, vs.namespace())
+            {
                 if !gateways.contains(&(namespace.clone(), name.clone())) {
                     e.report(
                         out,
@@ -394,17 +437,29 @@ fn gateway_selectors(entries: &[Entry<'_>], out: &mut Vec<Diagnostic>) {
     for e in entries {
         match e.resource {
             Resource::WorkloadEntry(we) => workloads.push(&we.spec.labels),
-            Resource::ServiceEntry(se) => workloads.extend(se.spec.endpoints.iter().map(|ep| &ep.labels)),
+            Resource::ServiceEntry(se) => {
+                workloads.extend(se.spec.endpoints.iter().map(|ep| &ep.labels))
+            }
             _ => {}
         }
     }
     for e in entries {
-        let Resource::Gateway(gw) = e.resource else { continue };
+        let Resource::Gateway(gw) = e.resource else {
+            continue;
+        };
         if gw.spec.selector.is_empty() {
             continue;
         }
-        if !workloads.iter().any(|labels| labels_match(&gw.spec.selector, labels)) {
-            let selector: Vec<String> = gw.spec.selector.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        if !workloads
+            .iter()
+            .any(|labels| labels_match(&gw.spec.selector, labels))
+        {
+            let selector: Vec<String> = gw
+                .spec
+                .selector
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect();
             e.report(
                 out,
                 Code::GatewaySelectorMatchesNothing,

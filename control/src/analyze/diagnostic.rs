@@ -19,7 +19,12 @@ pub struct Diagnostic {
 }
 
 impl Diagnostic {
-    pub fn new(code: Code, location: Location, resource: Option<String>, message: impl Into<String>) -> Self {
+    pub fn new(
+        code: Code,
+        location: Location,
+        resource: Option<String>,
+        message: impl Into<String>,
+    ) -> Self {
         Self {
             code,
             severity: code.severity(),
@@ -38,7 +43,13 @@ impl fmt::Display for Diagnostic {
     /// `Error [ISM0201] file:line:col (VirtualService default/x) message`,
     /// shaped like `istioctl analyze` output.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} [{}] {}", self.severity, self.code.id(), self.location)?;
+        write!(
+            f,
+            "{} [{}] {}",
+            self.severity,
+            self.code.id(),
+            self.location
+        )?;
         if let Some(r) = &self.resource {
             write!(f, " ({r})")?;
         }

@@ -132,7 +132,6 @@ pub fn analyze_documents(docs: &[ParsedDocument]) -> AnalysisReport {
 }
 
 fn sort(diagnostics: &mut [Diagnostic]) {
-    diagnostics.sort_by(|a, b| {
-        (&a.location, a.code, &a.message).cmp(&(&b.location, b.code, &b.message))
-    });
+    diagnostics
+        .sort_by(|a, b| (&a.location, a.code, &a.message).cmp(&(&b.location, b.code, &b.message)));
 }

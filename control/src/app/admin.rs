@@ -1,7 +1,10 @@
 //! The control plane's admin HTTP port: `/metrics`, `/healthz`, `/readyz`
 //! and the debug views operators know from istiod (`/debug/syncz` for push
 //! and ACK status per proxy, `/debug/registry`, `/debug/federation`,
-//! `/debug/config`).
+//! `/debug/config`), plus what `isthmus status` and `isthmus proxy-config`
+//! read: `/debug/status` and `/debug/config_dump?proxy=ID&type=clusters`.
+
+pub mod views;
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -74,6 +77,12 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
     if req.method() != Method::GET {
         return reply(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "only GET\n");
     }
+    let query: Vec<(String, String)> = req
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let param = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.as_str());
     match req.uri().path() {
         "/healthz" => reply(StatusCode::OK, "text/plain", "ok\n"),
         "/readyz" => {
@@ -97,6 +106,8 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
             Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{e}\n")),
         },
         "/debug/registry" => json_reply(registry_view(&state.federation)),
+        "/debug/status" => json_reply(serde_json::to_value(status_view(state).await).unwrap_or_default()),
+        "/debug/config_dump" => config_dump(state, param("proxy"), param("type")),
         "/debug/config" => {
             let snap = state.config.borrow().clone();
             let diagnostics: Vec<String> = snap.diagnostics().iter().map(|d| d.to_string()).collect();
@@ -107,6 +118,58 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
             }))
         }
         _ => reply(StatusCode::NOT_FOUND, "text/plain", "not found\n"),
+    }
+}
+
+/// Everything `isthmus status` shows, at one moment.
+pub async fn status_view(state: &AdminState) -> views::StatusView {
+    let now = std::time::SystemTime::now();
+    let (federation, federation_error) = match state.federation.status().await {
+        Ok(s) => (Some(views::federation_view(&s)), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    let mut proxies: Vec<views::ProxyView> = state
+        .xds
+        .status()
+        .iter()
+        .map(|p| views::proxy_view(p, now))
+        .collect();
+    proxies.sort_by(|a, b| (&a.node_id, a.stream).cmp(&(&b.node_id, b.stream)));
+    let config = state.config.borrow().clone();
+    views::StatusView {
+        cluster: config.mesh_config().map(|m| m.spec.cluster_id.clone()).unwrap_or_default(),
+        config: views::config_view(&config),
+        registry: views::registry_view(&state.federation.snapshot_stale()),
+        federation,
+        federation_error,
+        proxies,
+    }
+}
+
+fn text_error(status: StatusCode, message: String) -> Response<Full<Bytes>> {
+    reply(status, "text/plain", format!("{message}\n"))
+}
+
+fn config_dump(state: &AdminState, proxy: Option<&str>, kind: Option<&str>) -> Response<Full<Bytes>> {
+    let Some(proxy) = proxy.filter(|p| !p.is_empty()) else {
+        return text_error(
+            StatusCode::BAD_REQUEST,
+            "config_dump needs ?proxy=NODE_ID (see /debug/status for connected proxies)".into(),
+        );
+    };
+    let kind = kind.unwrap_or("clusters");
+    let Some(t) = views::parse_type(kind) else {
+        return text_error(
+            StatusCode::BAD_REQUEST,
+            format!("config_dump type {kind:?} is not one of clusters, endpoints, listeners, routes, secrets"),
+        );
+    };
+    match views::config_dump(&state.xds.status(), proxy, t) {
+        Some(resources) => json_reply(serde_json::to_value(resources).unwrap_or_default()),
+        None => text_error(
+            StatusCode::NOT_FOUND,
+            format!("no proxy with node id {proxy:?} is connected to this control plane; `isthmus status` lists the connected ones"),
+        ),
     }
 }
 

@@ -1,6 +1,8 @@
 //! Subcommands whose wiring lives at the binary's edge.
 
+pub mod demo;
 pub mod gateway;
+pub mod workload;
 
 /// Resolves on Ctrl-C or SIGTERM, whichever comes first.
 pub async fn shutdown_signal() {

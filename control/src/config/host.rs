@@ -81,8 +81,14 @@ mod tests {
 
     #[test]
     fn short_names_are_namespace_relative() {
-        assert_eq!(resolve_fqdn("reviews", "default"), "reviews.default.svc.cluster.local");
-        assert_eq!(resolve_fqdn("reviews", "shop"), "reviews.shop.svc.cluster.local");
+        assert_eq!(
+            resolve_fqdn("reviews", "default"),
+            "reviews.default.svc.cluster.local"
+        );
+        assert_eq!(
+            resolve_fqdn("reviews", "shop"),
+            "reviews.shop.svc.cluster.local"
+        );
         assert_eq!(
             resolve_fqdn("reviews.default.svc.cluster.local", "shop"),
             "reviews.default.svc.cluster.local"
@@ -110,11 +116,17 @@ mod tests {
         assert_eq!(resolve_gateway_ref("mesh", "default"), GatewayRef::Mesh);
         assert_eq!(
             resolve_gateway_ref("istio-system/ingress", "default"),
-            GatewayRef::Gateway { namespace: "istio-system".into(), name: "ingress".into() }
+            GatewayRef::Gateway {
+                namespace: "istio-system".into(),
+                name: "ingress".into()
+            }
         );
         assert_eq!(
             resolve_gateway_ref("ingress", "shop"),
-            GatewayRef::Gateway { namespace: "shop".into(), name: "ingress".into() }
+            GatewayRef::Gateway {
+                namespace: "shop".into(),
+                name: "ingress".into()
+            }
         );
     }
 }

@@ -110,12 +110,21 @@ impl fmt::Display for Kind {
 pub enum TypeLookup {
     Known(Kind),
     /// A kind Isthmus reads, at a version it does not accept.
-    UnsupportedVersion { kind: Kind, version: String },
+    UnsupportedVersion {
+        kind: Kind,
+        version: String,
+    },
     /// A kind of a handled group that Isthmus does not implement
     /// (e.g. networking.istio.io EnvoyFilter).
-    UnsupportedKind { group: String, kind: String },
+    UnsupportedKind {
+        group: String,
+        kind: String,
+    },
     /// A group Isthmus does not handle at all (skipped, not a failure).
-    ForeignGroup { group: String, kind: String },
+    ForeignGroup {
+        group: String,
+        kind: String,
+    },
 }
 
 /// Splits `group/version` (core kinds have no group) and classifies it.
@@ -169,6 +178,9 @@ mod tests {
             lookup("monitoring.coreos.com/v1", "ServiceMonitor"),
             TypeLookup::ForeignGroup { .. }
         ));
-        assert!(matches!(lookup("v1", "Service"), TypeLookup::ForeignGroup { .. }));
+        assert!(matches!(
+            lookup("v1", "Service"),
+            TypeLookup::ForeignGroup { .. }
+        ));
     }
 }

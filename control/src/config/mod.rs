@@ -31,6 +31,9 @@ pub use virtual_service::*;
 macro_rules! resources {
     ($($kind:ident => $spec:ty,)*) => {
         /// One typed resource of any kind Isthmus reads.
+        // Resources are built once per document and shared behind `Arc`, so
+        // the size spread between kinds costs nothing worth a Box per access.
+        #[allow(clippy::large_enum_variant)]
         #[derive(Debug, Clone, PartialEq)]
         pub enum Resource {
             $($kind(Object<$spec>),)*

@@ -42,7 +42,9 @@ impl fmt::Display for Duration {
 }
 
 fn parse_go_duration(text: &str) -> Result<StdDuration, String> {
-    let bad = |why: &str| format!("invalid duration {text:?}: {why} (expected e.g. \"5s\", \"100ms\", \"1h30m\")");
+    let bad = |why: &str| {
+        format!("invalid duration {text:?}: {why} (expected e.g. \"5s\", \"100ms\", \"1h30m\")")
+    };
     let s = text.trim();
     if s.is_empty() {
         return Err(bad("empty"));
@@ -278,10 +280,22 @@ mod tests {
 
     #[test]
     fn durations_parse_go_style() {
-        assert_eq!(Duration::parse("5s").unwrap().as_std(), StdDuration::from_secs(5));
-        assert_eq!(Duration::parse("100ms").unwrap().as_std(), StdDuration::from_millis(100));
-        assert_eq!(Duration::parse("1h30m").unwrap().as_std(), StdDuration::from_secs(5400));
-        assert_eq!(Duration::parse("1.5s").unwrap().as_std(), StdDuration::from_millis(1500));
+        assert_eq!(
+            Duration::parse("5s").unwrap().as_std(),
+            StdDuration::from_secs(5)
+        );
+        assert_eq!(
+            Duration::parse("100ms").unwrap().as_std(),
+            StdDuration::from_millis(100)
+        );
+        assert_eq!(
+            Duration::parse("1h30m").unwrap().as_std(),
+            StdDuration::from_secs(5400)
+        );
+        assert_eq!(
+            Duration::parse("1.5s").unwrap().as_std(),
+            StdDuration::from_millis(1500)
+        );
         assert_eq!(Duration::parse("0").unwrap().as_std(), StdDuration::ZERO);
         for bad in ["", "5", "5x", "-1s", "s", "1..2s", "abc"] {
             assert!(Duration::parse(bad).is_err(), "{bad:?} should be rejected");

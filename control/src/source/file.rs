@@ -369,7 +369,12 @@ pub fn collect_yaml_files(roots: &[PathBuf]) -> (Vec<PathBuf>, Vec<(PathBuf, std
     (files, errors)
 }
 
-fn walk(dir: &Path, depth: usize, files: &mut Vec<PathBuf>, errors: &mut Vec<(PathBuf, std::io::Error)>) {
+fn walk(
+    dir: &Path,
+    depth: usize,
+    files: &mut Vec<PathBuf>,
+    errors: &mut Vec<(PathBuf, std::io::Error)>,
+) {
     if depth > MAX_DEPTH {
         return;
     }

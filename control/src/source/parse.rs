@@ -92,7 +92,8 @@ fn parse_document(file: &Arc<PathBuf>, doc: YamlDocument) -> Option<ParsedDocume
         RootKind::Mapping => {}
     }
     let index = &doc.index;
-    let (Some(api_version), Some(kind_name)) = (index.scalar("apiVersion"), index.scalar("kind")) else {
+    let (Some(api_version), Some(kind_name)) = (index.scalar("apiVersion"), index.scalar("kind"))
+    else {
         parsed.diagnostics.push(Diagnostic::new(
             Code::MissingTypeInfo,
             location,
@@ -159,9 +160,12 @@ fn parse_document(file: &Arc<PathBuf>, doc: YamlDocument) -> Option<ParsedDocume
         Ok(resource) => {
             for issue in validate::validate(&resource) {
                 let at = parsed.locate(&issue.path);
-                parsed
-                    .diagnostics
-                    .push(Diagnostic::new(issue.code, at, Some(label.clone()), issue.message));
+                parsed.diagnostics.push(Diagnostic::new(
+                    issue.code,
+                    at,
+                    Some(label.clone()),
+                    issue.message,
+                ));
             }
             if !parsed.has_errors() {
                 parsed.resource = Some(Arc::new(resource));
@@ -181,12 +185,9 @@ fn parse_document(file: &Arc<PathBuf>, doc: YamlDocument) -> Option<ParsedDocume
             if code == Code::UnknownField {
                 message.push_str(" (check the spelling, and the indentation: a key indented too little lands in its parent)");
             }
-            parsed.diagnostics.push(Diagnostic::new(
-                code,
-                at,
-                Some(label),
-                message,
-            ));
+            parsed
+                .diagnostics
+                .push(Diagnostic::new(code, at, Some(label), message));
         }
     }
     Some(parsed)

@@ -145,11 +145,14 @@ fn line_col(span: &Span, line_offset: usize) -> LineCol {
     (span.start.line() + line_offset, span.start.col() + 1)
 }
 
+/// A document located in the stream, before its text is cut out:
+/// (start byte, start line, field index, syntax error).
+type Found = (usize, usize, PathIndex, Option<(LineCol, String)>);
+
 /// Splits `text` into documents, recovering from syntax errors at the next
 /// document separator.
 pub fn split_documents(text: &str) -> Vec<YamlDocument> {
-    // (start_byte, start_line, index, syntax_error)
-    let mut found: Vec<(usize, usize, PathIndex, Option<(LineCol, String)>)> = Vec::new();
+    let mut found: Vec<Found> = Vec::new();
     let mut chunk_start = 0usize;
     loop {
         let chunk = &text[chunk_start..];
@@ -183,7 +186,10 @@ pub fn split_documents(text: &str) -> Vec<YamlDocument> {
                         if complex_key_depth == 0 {
                             if let Some(path) = b.node_path(pos, Some(&value)) {
                                 if b.stack.is_empty() {
-                                    b.index.root_kind = if value.trim().is_empty() || value == "~" || value == "null" {
+                                    b.index.root_kind = if value.trim().is_empty()
+                                        || value == "~"
+                                        || value == "null"
+                                    {
                                         RootKind::Empty
                                     } else {
                                         RootKind::Other
@@ -212,8 +218,11 @@ pub fn split_documents(text: &str) -> Vec<YamlDocument> {
                         match b.node_path(pos, None) {
                             Some(path) => {
                                 if at_root {
-                                    b.index.root_kind =
-                                        if is_map { RootKind::Mapping } else { RootKind::Other };
+                                    b.index.root_kind = if is_map {
+                                        RootKind::Mapping
+                                    } else {
+                                        RootKind::Other
+                                    };
                                 }
                                 b.stack.push(if is_map {
                                     Frame::Map { path, key: None }
@@ -239,9 +248,11 @@ pub fn split_documents(text: &str) -> Vec<YamlDocument> {
         let marker = err.marker();
         let err_pos = (marker.line() + line_offset, marker.col() + 1);
         let err_byte = chars.byte(marker.index());
+        // Outside any document (e.g. a broken `---` line): the broken part
+        // starts on the error's own line, after the documents already found.
         let (start_byte, start_line) = match builder.take() {
             Some(b) => (b.start_byte, b.start_line),
-            None => (chunk_start, line_offset + 1),
+            None => (chunk_start + line_start(chunk, err_byte), err_pos.0),
         };
         found.push((
             start_byte,
@@ -343,7 +354,10 @@ mod tests {
         let docs = split_documents(text);
         assert_eq!(docs.len(), 3, "{docs:#?}");
         assert!(docs[0].syntax_error.is_none());
-        let (pos, _) = docs[1].syntax_error.clone().expect("second document is broken");
+        let (pos, _) = docs[1]
+            .syntax_error
+            .clone()
+            .expect("second document is broken");
         assert!(pos.0 >= 3 && pos.0 <= 5, "error line {pos:?}");
         assert!(docs[2].syntax_error.is_none());
         assert_eq!(docs[2].index.scalar("kind"), Some("C"));

@@ -15,8 +15,8 @@ use crate::metrics::Metrics;
 use crate::state::{Registry, RegistrySnapshot, StateImage};
 use crate::storage::{DiskStorage, StorageOpenError, StorageWriteError};
 use crate::transport::Transport;
-use raft::eraftpb::{ConfState, Message};
-use raft::RawNode;
+use raft::eraftpb::{ConfState, Message, MessageType};
+use raft::{RawNode, SnapshotStatus};
 use std::collections::HashMap;
 use std::sync::Arc;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -45,6 +45,8 @@ pub(crate) enum NodeError {
     Raft(#[from] raft::Error),
     #[error("snapshot from the leader does not decode as a registry image: {0}")]
     Image(serde_json::Error),
+    #[error("received a witness's snapshot, which holds no registry data; a witness must never send snapshots (is a member misconfigured?)")]
+    WitnessSnapshot,
 }
 
 /// A running node. Dropping it stops the node (without waiting); `stop`
@@ -192,6 +194,8 @@ pub(crate) struct Core {
     leases: LeaseClock,
     leader: u64,
     conf_state: ConfState,
+    /// Peers a snapshot was handed to the transport for, and when.
+    snapshots_in_flight: HashMap<u64, Instant>,
 }
 
 impl Core {
@@ -201,12 +205,21 @@ impl Core {
         metrics: Metrics,
         view_tx: watch::Sender<Arc<RegistrySnapshot>>,
     ) -> Result<Core, StartError> {
-        let storage = DiskStorage::open(&cfg.data_dir, &cfg.bootstrap_voters)?;
+        let mut storage = DiskStorage::open(&cfg.data_dir, &cfg.bootstrap_voters)?;
+        if cfg.witness {
+            storage.refuse_snapshots();
+        }
         let snap = storage.latest_snapshot().clone();
         let snap_index = snap.get_metadata().index;
         let registry = if snap_index > 0 {
             let image: StateImage =
                 serde_json::from_slice(&snap.data).map_err(StartError::Image)?;
+            if image.witness && !cfg.witness {
+                return Err(StartError::Config(format!(
+                    "the data directory {} belongs to a witness (it holds no registry data); start it as a witness, or give this replica an empty directory",
+                    cfg.data_dir.display()
+                )));
+            }
             Registry::from_image(image, cfg.history_limit)
         } else {
             Registry::new(cfg.history_limit)
@@ -223,6 +236,10 @@ impl Core {
             // rejoining after a partition does not disrupt the term.
             check_quorum: true,
             pre_vote: true,
+            // Replicas refuse a witness's candidacy unless its log is longer
+            // than theirs: a witness only leads when it alone holds the
+            // newest entries, and then hands over (see `on_tick`).
+            priority: if cfg.witness { 0 } else { 1 },
             ..Default::default()
         };
         raft_cfg.validate()?;
@@ -249,6 +266,7 @@ impl Core {
             leases,
             leader: 0,
             conf_state,
+            snapshots_in_flight: HashMap::new(),
         };
         // Members added at run time are known from the snapshot; those in
         // the log are announced again as the log replays.
@@ -320,6 +338,18 @@ impl Core {
                 to = msg.to,
                 "dropping raft message addressed to another node"
             );
+            return;
+        }
+        if msg.get_msg_type() == MessageType::MsgSnapStatus {
+            // Only the transport produces these (it drops network-received
+            // node-local types): a snapshot to `from` was or was not delivered.
+            self.snapshots_in_flight.remove(&msg.from);
+            let status = if msg.reject {
+                SnapshotStatus::Failure
+            } else {
+                SnapshotStatus::Finish
+            };
+            self.raw.report_snapshot(msg.from, status);
             return;
         }
         if let Err(e) = self.raw.step(msg) {

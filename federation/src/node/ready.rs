@@ -6,10 +6,10 @@ use super::requests::ConfContext;
 use super::{Core, NodeError};
 use crate::command::{Command, ProposalId};
 use crate::handle::FederationError;
-use crate::state::{Applied, Registry, StateImage};
+use crate::state::{Applied, MembersOnly, Registry, StateImage};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot};
-use raft::{SnapshotStatus, StateRole};
+use raft::StateRole;
 use std::sync::Arc;
 use tokio::time::Instant;
 
@@ -82,21 +82,41 @@ impl Core {
 
     fn send(&mut self, msgs: Vec<Message>) {
         for m in msgs {
-            let snapshot_to = (m.get_msg_type() == MessageType::MsgSnapshot).then_some(m.to);
-            self.transport.send(m);
-            if let Some(to) = snapshot_to {
+            if m.get_msg_type() == MessageType::MsgSnapshot {
                 self.metrics.snapshots_sent.inc();
-                // Sending is fire and forget; reporting it finished puts the
-                // peer back into probing, so a lost snapshot is sent again
-                // instead of pinning the peer in snapshot state.
-                self.raw.report_snapshot(to, SnapshotStatus::Finish);
+                // The transport reports delivery (MsgSnapStatus); until then
+                // raft-rs keeps the peer in snapshot state and sends nothing
+                // else to it, so a large snapshot is not sent over and over.
+                self.snapshots_in_flight.insert(m.to, Instant::now());
             }
+            self.transport.send(m);
         }
     }
 
-    fn install_snapshot(&mut self, snap: Snapshot) -> Result<(), NodeError> {
-        let image: StateImage = serde_json::from_slice(&snap.data).map_err(NodeError::Image)?;
+    fn install_snapshot(&mut self, mut snap: Snapshot) -> Result<(), NodeError> {
         let index = snap.get_metadata().index;
+        let image = if self.cfg.witness {
+            // Keep membership only; the registry data is not stored.
+            let members: MembersOnly =
+                serde_json::from_slice(&snap.data).map_err(NodeError::Image)?;
+            let image = StateImage {
+                applied_index: index,
+                members: members.members,
+                witness: true,
+                ..StateImage::default()
+            };
+            snap.data = serde_json::to_vec(&image)
+                .map_err(NodeError::Image)?
+                .into();
+            image
+        } else {
+            let image: StateImage =
+                serde_json::from_slice(&snap.data).map_err(NodeError::Image)?;
+            if image.witness {
+                return Err(NodeError::WitnessSnapshot);
+            }
+            image
+        };
         self.conf_state = snap.get_metadata().get_conf_state().clone();
         self.raw.mut_store().apply_snapshot(snap)?;
         self.registry = Registry::from_image(image, self.cfg.history_limit);
@@ -147,8 +167,9 @@ impl Core {
     }
 
     fn apply_normal(&mut self, e: Entry) {
-        if e.data.is_empty() {
-            // The empty entry a new leader appends.
+        if e.data.is_empty() || self.cfg.witness {
+            // The empty entry a new leader appends, or a witness, which
+            // keeps no registry.
             self.registry.set_applied_index(e.index);
             return;
         }
@@ -280,7 +301,9 @@ impl Core {
             return Ok(());
         }
         let term = raft::Storage::term(self.raw.store(), applied)?;
-        let data = serde_json::to_vec(&self.registry.to_image()).map_err(NodeError::Image)?;
+        let mut image = self.registry.to_image();
+        image.witness = self.cfg.witness;
+        let data = serde_json::to_vec(&image).map_err(NodeError::Image)?;
         let mut snap = Snapshot::default();
         snap.data = data.into();
         let meta = snap.mut_metadata();

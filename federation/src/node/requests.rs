@@ -12,6 +12,16 @@ impl Core {
     pub(super) fn on_request(&mut self, req: Request) {
         let now = Instant::now();
         let deadline = now + self.cfg.request_timeout;
+        let req = match req {
+            Request::Propose { reply, .. } if self.cfg.witness => {
+                return self.refuse_witness(reply);
+            }
+            Request::Read { reply } if self.cfg.witness => return self.refuse_witness(reply),
+            Request::ConfChange { reply, .. } if self.cfg.witness => {
+                return self.refuse_witness(reply);
+            }
+            other => other,
+        };
         match req {
             Request::Propose { cmd, reply } => {
                 let data = match cmd.encode() {
@@ -97,6 +107,35 @@ impl Core {
         }
     }
 
+    fn refuse_witness<T>(&self, reply: crate::handle::Reply<T>) {
+        let _ = reply.send(Err(FederationError::Witness { node: self.cfg.id }));
+    }
+
+    /// A witness that won an election (it alone had the newest entries)
+    /// hands leadership to the most caught-up replica; raft-rs brings that
+    /// replica up to date from the witness's log first.
+    fn witness_hand_over(&mut self) {
+        if !self.cfg.witness
+            || self.raw.raft.state != StateRole::Leader
+            || self.raw.raft.lead_transferee.is_some()
+        {
+            return;
+        }
+        let me = self.cfg.id;
+        let target = self
+            .raw
+            .raft
+            .prs()
+            .iter()
+            .filter(|(id, _)| **id != me && self.conf_state.voters.contains(id))
+            .max_by_key(|(id, pr)| (pr.recent_active, pr.matched, std::cmp::Reverse(**id)))
+            .map(|(id, _)| *id);
+        if let Some(to) = target {
+            tracing::info!(node = me, to, "witness is leader; handing leadership to a replica");
+            self.raw.transfer_leader(to);
+        }
+    }
+
     fn try_propose(&mut self, id: ProposalId, now: Instant) {
         let leader = self.raw.raft.leader_id;
         let term = self.raw.raft.term;
@@ -142,6 +181,7 @@ impl Core {
 
     pub(super) fn on_tick(&mut self) {
         let now = Instant::now();
+        self.witness_hand_over();
         let retry_after = self.cfg.election_timeout();
         let term = self.raw.raft.term;
 
@@ -217,6 +257,21 @@ impl Core {
                 let err = self.timeout_error(c.started);
                 let _ = c.reply.send(Err(err));
             }
+        }
+
+        // A transport that never reports would pin the peer in snapshot state
+        // forever; give up after the configured bound so the leader retries.
+        let stuck: Vec<u64> = self
+            .snapshots_in_flight
+            .iter()
+            .filter(|(_, at)| now >= **at + self.cfg.snapshot_timeout)
+            .map(|(p, _)| *p)
+            .collect();
+        for peer in stuck {
+            self.snapshots_in_flight.remove(&peer);
+            tracing::warn!(peer, timeout = ?self.cfg.snapshot_timeout, "no delivery report for a snapshot; marking it failed");
+            self.raw
+                .report_snapshot(peer, raft::SnapshotStatus::Failure);
         }
 
         for (cluster, renewed_at) in self.leases.due(now) {

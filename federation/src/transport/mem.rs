@@ -3,7 +3,7 @@
 //! by the multi-cluster harness.
 
 use super::{Transport, INBOUND_QUEUE};
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, MessageType};
 use rand::Rng;
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -130,6 +130,17 @@ pub struct MemTransport {
 
 impl MemTransport {
     fn deliver(&self, to: &mpsc::Sender<Message>, msg: Message, delay: Option<Duration>) {
+        // Snapshot delivery is reported back to the sender, as the QUIC
+        // transport does once the receiver acknowledged it.
+        let report = (msg.get_msg_type() == MessageType::MsgSnapshot)
+            .then(|| self.routes.borrow().get(&msg.from).cloned().map(|tx| (tx, msg.from, msg.to)))
+            .flatten();
+        let finish = move |stats: &NetStats, ok: bool| {
+            count(stats, ok);
+            if let Some((tx, from, peer)) = &report {
+                let _ = tx.try_send(snap_status(*from, *peer, ok));
+            }
+        };
         match delay {
             Some(d) => match tokio::runtime::Handle::try_current() {
                 Ok(rt) => {
@@ -137,15 +148,41 @@ impl MemTransport {
                     let stats = self.stats.clone();
                     rt.spawn(async move {
                         tokio::time::sleep(d).await;
-                        count(&stats, to.try_send(msg).is_ok());
+                        let ok = to.try_send(msg).is_ok();
+                        finish(&stats, ok);
                     });
                 }
                 // Outside a runtime there is nothing to delay on: deliver now.
-                Err(_) => count(&self.stats, to.try_send(msg).is_ok()),
+                Err(_) => {
+                    let ok = to.try_send(msg).is_ok();
+                    finish(&self.stats, ok);
+                }
             },
-            None => count(&self.stats, to.try_send(msg).is_ok()),
+            None => {
+                let ok = to.try_send(msg).is_ok();
+                finish(&self.stats, ok);
+            }
         }
     }
+
+    /// Counts a dropped message; a dropped snapshot is reported as failed.
+    fn dropped(&self, msg: &Message) {
+        self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+        if msg.get_msg_type() == MessageType::MsgSnapshot {
+            if let Some(tx) = self.routes.borrow().get(&msg.from) {
+                let _ = tx.try_send(snap_status(msg.from, msg.to, false));
+            }
+        }
+    }
+}
+
+fn snap_status(me: u64, peer: u64, ok: bool) -> Message {
+    let mut m = Message::default();
+    m.set_msg_type(MessageType::MsgSnapStatus);
+    m.from = peer;
+    m.to = me;
+    m.reject = !ok;
+    m
 }
 
 fn count(stats: &NetStats, ok: bool) {
@@ -161,12 +198,12 @@ impl Transport for MemTransport {
         let (to, delay, dup) = {
             let faults = self.faults.borrow();
             if faults.cut.contains(&(msg.from, msg.to)) {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                self.dropped(&msg);
                 return;
             }
             let mut rng = rand::rng();
             if faults.drop_rate > 0.0 && rng.random_bool(faults.drop_rate.min(1.0)) {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                self.dropped(&msg);
                 return;
             }
             let dup =
@@ -179,7 +216,8 @@ impl Transport for MemTransport {
                 }
             });
             let Some(to) = self.routes.borrow().get(&msg.to).cloned() else {
-                self.stats.dropped.fetch_add(1, Ordering::Relaxed);
+                drop(faults);
+                self.dropped(&msg);
                 return;
             };
             (to, delay, dup)

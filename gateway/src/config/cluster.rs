@@ -89,6 +89,7 @@ pub struct ClusterConfig {
     pub tls: Option<UpstreamTls>,
     pub circuit_breakers: CircuitBreakerThresholds,
     pub outlier: Option<OutlierConfig>,
+    pub http: HttpUpstreamOptions,
 }
 
 impl ClusterConfig {
@@ -275,6 +276,7 @@ pub fn cluster_from_proto(c: &Cluster) -> Result<ClusterConfig, ConfigError> {
             })
         }
     };
+    let http = http_options(&ctx, &c.typed_extension_protocol_options)?;
     Ok(ClusterConfig {
         name: c.name.clone(),
         discovery,
@@ -283,7 +285,77 @@ pub fn cluster_from_proto(c: &Cluster) -> Result<ClusterConfig, ConfigError> {
         tls,
         circuit_breakers,
         outlier,
+        http,
     })
+}
+
+/// The upstream HTTP protocol a cluster speaks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UpstreamProtocol {
+    #[default]
+    Http1,
+    Http2,
+    /// Whatever the downstream request used.
+    Downstream,
+}
+
+/// `envoy.extensions.upstreams.http.v3.HttpProtocolOptions`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct HttpUpstreamOptions {
+    pub protocol: UpstreamProtocol,
+    pub idle_timeout: Option<Duration>,
+    pub max_requests_per_connection: Option<u32>,
+}
+
+const HTTP_PROTOCOL_OPTIONS: &str = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions";
+
+fn http_options(
+    ctx: &Ctx,
+    m: &std::collections::HashMap<String, envoy_types::pb::google::protobuf::Any>,
+) -> Result<HttpUpstreamOptions, ConfigError> {
+    use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
+        http_protocol_options::{
+            explicit_http_config::ProtocolConfig, UpstreamProtocolOptions as U,
+        },
+        HttpProtocolOptions,
+    };
+    let mut out = HttpUpstreamOptions {
+        idle_timeout: Some(Duration::from_secs(3600)),
+        ..Default::default()
+    };
+    for (name, any) in m {
+        let f = format!("typed_extension_protocol_options[{name:?}]");
+        if name != HTTP_PROTOCOL_OPTIONS && any.type_url != <HttpProtocolOptions as prost::Name>::type_url() {
+            return Err(ctx.err(f, "only envoy.extensions.upstreams.http.v3.HttpProtocolOptions is supported"));
+        }
+        let o: HttpProtocolOptions = unpack(ctx, &f, any)?;
+        out.protocol = match &o.upstream_protocol_options {
+            None => UpstreamProtocol::Http1,
+            Some(U::ExplicitHttpConfig(e)) => match &e.protocol_config {
+                Some(ProtocolConfig::Http2ProtocolOptions(_)) => UpstreamProtocol::Http2,
+                Some(ProtocolConfig::HttpProtocolOptions(_)) | None => UpstreamProtocol::Http1,
+                Some(ProtocolConfig::Http3ProtocolOptions(_)) => {
+                    return Err(ctx.err(format!("{f}.explicit_http_config"), "HTTP/3 upstreams are not supported"))
+                }
+            },
+            Some(U::UseDownstreamProtocolConfig(_)) => UpstreamProtocol::Downstream,
+            // ALPN negotiation is not wired up: HTTP/1.1 always works.
+            Some(U::AutoConfig(_)) => UpstreamProtocol::Http1,
+        };
+        if let Some(common) = &o.common_http_protocol_options {
+            if let Some(d) = &common.idle_timeout {
+                let d = duration(ctx, &format!("{f}.common_http_protocol_options.idle_timeout"), Some(d), Duration::ZERO)?;
+                out.idle_timeout = (!d.is_zero()).then_some(d);
+            }
+            out.max_requests_per_connection = common
+                .max_requests_per_connection
+                .as_ref()
+                .map(|v| v.value)
+                .filter(|v| *v > 0);
+        }
+    }
+    Ok(out)
 }
 
 fn upstream_tls(

@@ -10,9 +10,11 @@ use envoy_types::pb::envoy::config::listener::v3::{
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
     tcp_proxy::ClusterSpecifier, TcpProxy,
 };
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
 use serde::Serialize;
 
+use super::http::{http_from_proto, HttpConfig, HTTP_CONNECTION_MANAGER};
 use super::common::{common_tls, duration, socket_addr, unpack, Validation};
 use super::{ConfigError, Ctx};
 
@@ -83,12 +85,12 @@ pub struct TcpProxyConfig {
     pub max_connect_attempts: Option<u32>,
 }
 
-/// The terminal network filter of a chain. HTTP (hyper) connection
-/// management is the next variant.
+/// The terminal network filter of a chain.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum NetworkFilter {
     TcpProxy(TcpProxyConfig),
+    Http(Box<HttpConfig>),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -274,7 +276,7 @@ fn filter_chain(
         return Err(ctx.err(
             format!("{field}.filters"),
             format!(
-                "only a single {TCP_PROXY} filter is supported; got {} filters",
+                "only a single terminal filter ({TCP_PROXY} or {HTTP_CONNECTION_MANAGER}) is supported; got {} filters",
                 fc.filters.len()
             ),
         ));
@@ -288,11 +290,20 @@ fn filter_chain(
     let filter = if nf.name == TCP_PROXY || any.type_url == <TcpProxy as prost::Name>::type_url() {
         let tp: TcpProxy = unpack(ctx, &format!("{ff}.typed_config"), any)?;
         NetworkFilter::TcpProxy(tcp_proxy(ctx, &format!("{ff}.typed_config"), &tp)?)
+    } else if nf.name == HTTP_CONNECTION_MANAGER
+        || any.type_url == <HttpConnectionManager as prost::Name>::type_url()
+    {
+        let h: HttpConnectionManager = unpack(ctx, &format!("{ff}.typed_config"), any)?;
+        NetworkFilter::Http(Box::new(http_from_proto(
+            ctx,
+            &format!("{ff}.typed_config"),
+            &h,
+        )?))
     } else {
         return Err(ctx.err(
             &ff,
             format!(
-                "network filter {:?} ({}) is not supported; use {TCP_PROXY}",
+                "network filter {:?} ({}) is not supported; use {TCP_PROXY} or {HTTP_CONNECTION_MANAGER}",
                 nf.name, any.type_url
             ),
         ));

@@ -8,12 +8,15 @@
 mod cluster;
 mod common;
 mod endpoint;
+mod fault;
+mod http;
 mod listener;
+mod route;
 mod secret;
 
 pub use cluster::{
-    cluster_from_proto, CircuitBreakerThresholds, ClusterConfig, Discovery, LbPolicy,
-    OutlierConfig, UpstreamTls,
+    cluster_from_proto, CircuitBreakerThresholds, ClusterConfig, Discovery, HttpUpstreamOptions,
+    LbPolicy, OutlierConfig, UpstreamProtocol, UpstreamTls,
 };
 pub use common::{SanMatcher, Validation};
 pub use endpoint::{
@@ -23,6 +26,14 @@ pub use endpoint::{
 pub use listener::{
     listener_from_proto, ChainMatch, DownstreamTls, FilterChainConfig, ListenerConfig,
     NetworkFilter, TcpProxyConfig, TcpRoute, TransportProtocol,
+};
+pub use fault::{AbortWith, FaultConfig};
+pub use http::{Codec, HttpConfig, RouteSource};
+pub use route::{
+    route_config_from_proto, Action, AppendAction, ClusterChoice, ForwardAction, HashOn,
+    HeaderMatch, HeaderMatchKind, HeaderOp, HeaderOps, Mirror, PathMatch, Pattern, QueryMatch,
+    Redirect, RetryOn, RetryPolicy, Route, RouteMatch, RouteTable, StringMatch, StringMatchCase,
+    VirtualHost, WeightedTarget, GRPC_RETRY_CODES,
 };
 pub use secret::{secret_from_proto, SecretConfig};
 

@@ -100,7 +100,9 @@ fn weighted_clusters_convert() {
         ..Default::default()
     }]);
     let c = listener_from_proto(&l).expect("valid");
-    let NetworkFilter::TcpProxy(tp) = &c.filter_chains[0].filter;
+    let NetworkFilter::TcpProxy(tp) = &c.filter_chains[0].filter else {
+        panic!("expected tcp_proxy");
+    };
     assert_eq!(
         tp.route,
         TcpRoute::Weighted(vec![("a".into(), 1), ("b".into(), 3)])
@@ -130,7 +132,7 @@ fn listener_errors_name_field() {
         (
             listener(vec![FilterChain {
                 filters: vec![Filter {
-                    name: "envoy.filters.network.http_connection_manager".into(),
+                    name: "envoy.filters.network.redis_proxy".into(),
                     config_type: Some(filter::ConfigType::TypedConfig(pack_any(UInt32Value {
                         value: 1,
                     }))),

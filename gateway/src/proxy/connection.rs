@@ -25,6 +25,8 @@ use crate::tls::{self, sni};
 #[derive(Clone, Debug)]
 pub struct ProxyContext {
     pub clusters: watch::Receiver<Arc<ClusterTable>>,
+    /// Route configurations received over RDS.
+    pub routes: watch::Receiver<Arc<crate::state::RouteTables>>,
     pub metrics: Arc<Metrics>,
     /// Upstream connect attempts per downstream connection when the
     /// tcp_proxy sets no `max_connect_attempts` (retries pick other hosts).
@@ -49,6 +51,8 @@ enum ConnError {
     Handshake(std::io::Error),
     #[error(transparent)]
     Upstream(#[from] UpstreamError),
+    #[error(transparent)]
+    Http(#[from] crate::http::server::ServeError),
 }
 
 /// Accounting for the access log line.
@@ -165,6 +169,7 @@ async fn run(
     log.chain = chain.config.name.clone();
     let _ = chosen.send(chain.config.clone());
     let stream = sni::Rewind::new(buffered, stream);
+    let mut alpn_h2 = false;
     let downstream: BoxIo = match &chain.tls {
         None => Box::new(stream),
         Some(Err(e)) => return Err(ConnError::TlsNotReady(e.clone())),
@@ -178,11 +183,24 @@ async fn run(
                 ConnError::Handshake(e)
             })?;
             log.downstream_identity = tls::peer_identity(tls.get_ref().1.peer_certificates());
+            alpn_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             Box::new(tls)
         }
     };
     match &chain.config.filter {
         NetworkFilter::TcpProxy(tp) => tcp_proxy(tp, ctx, downstream, peer, log).await,
+        NetworkFilter::Http(h) => {
+            let down = crate::http::server::Downstream {
+                listener: listener.config.name.clone(),
+                peer,
+                identity: log.downstream_identity.clone(),
+                tls: chain.tls.is_some(),
+                alpn_h2,
+            };
+            crate::http::server::serve(Arc::new((**h).clone()), ctx.clone(), downstream, down)
+                .await
+                .map_err(ConnError::from)
+        }
     }
 }
 

@@ -88,6 +88,18 @@ pub async fn connect(
     attempts: u32,
     metrics: &Arc<Metrics>,
 ) -> Result<Upstream, UpstreamError> {
+    connect_excluding(cluster, hash, attempts, metrics, &[]).await
+}
+
+/// As [`connect`], avoiding `exclude` (hosts an HTTP retry already tried)
+/// while any other host is usable.
+pub async fn connect_excluding(
+    cluster: &ClusterRuntime,
+    hash: Option<u64>,
+    attempts: u32,
+    metrics: &Arc<Metrics>,
+    exclude: &[SocketAddr],
+) -> Result<Upstream, UpstreamError> {
     let name = cluster.config.name.as_str();
     let limits = cluster.config.circuit_breakers;
     let counters = &cluster.counters;
@@ -129,7 +141,12 @@ pub async fn connect(
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last: Option<(SocketAddr, String)> = None;
     for _ in 0..attempts.max(1) {
-        let Some(host) = cluster.lb.pick(hash, &tried) else {
+        let avoid: Vec<SocketAddr> = tried.iter().chain(exclude).copied().collect();
+        let Some(host) = cluster
+            .lb
+            .pick(hash, &avoid)
+            .or_else(|| cluster.lb.pick(hash, &tried))
+        else {
             break;
         };
         tried.push(host.addr);
@@ -179,7 +196,81 @@ pub async fn connect(
     }
 }
 
-fn record(cluster: &ClusterRuntime, host: &Host, outcome: Outcome, metrics: &Metrics) {
+/// Connects to one chosen host (HTTP: the host is chosen per request, before
+/// the pool is consulted), with the same circuit breaking as [`connect`].
+pub async fn connect_host(
+    cluster: &ClusterRuntime,
+    host: &Host,
+    metrics: &Arc<Metrics>,
+) -> Result<Upstream, UpstreamError> {
+    let name = cluster.config.name.as_str();
+    let limits = cluster.config.circuit_breakers;
+    let counters = &cluster.counters;
+    let slot = Slot(counters.clone());
+    if counters.active.fetch_add(1, Ordering::AcqRel) >= u64::from(limits.max_connections) {
+        drop(slot);
+        metrics.upstream_cx_overflow.with_label_values(&[name]).inc();
+        return Err(UpstreamError::Overflow {
+            cluster: name.to_string(),
+            limit: limits.max_connections,
+        });
+    }
+    if counters.pending.fetch_add(1, Ordering::AcqRel) >= u64::from(limits.max_pending_requests) {
+        counters.pending.fetch_sub(1, Ordering::AcqRel);
+        metrics
+            .upstream_cx_pending_overflow
+            .with_label_values(&[name])
+            .inc();
+        return Err(UpstreamError::PendingOverflow {
+            cluster: name.to_string(),
+            limit: limits.max_pending_requests,
+        });
+    }
+    let _pending = PendingGuard(counters);
+    let tls_config = match &cluster.tls {
+        None => None,
+        Some(Ok(c)) => Some(c.clone()),
+        Some(Err(reason)) => {
+            return Err(UpstreamError::TlsNotReady {
+                cluster: name.to_string(),
+                reason: reason.clone(),
+            })
+        }
+    };
+    match attempt(cluster, host, tls_config.as_ref()).await {
+        Ok((io, peer_identity)) => {
+            host.stats.active.fetch_add(1, Ordering::Relaxed);
+            metrics.upstream_cx_total.with_label_values(&[name]).inc();
+            metrics.upstream_cx_active.with_label_values(&[name]).inc();
+            Ok(Upstream {
+                io,
+                addr: host.addr,
+                peer_identity,
+                guard: UpstreamGuard {
+                    _slot: slot,
+                    host: host.clone(),
+                    cluster: name.to_string(),
+                    metrics: metrics.clone(),
+                },
+            })
+        }
+        Err(reason) => {
+            metrics
+                .upstream_cx_connect_fail
+                .with_label_values(&[name])
+                .inc();
+            record(cluster, host, Outcome::LocalOriginFailure, metrics);
+            Err(UpstreamError::ConnectFailed {
+                cluster: name.to_string(),
+                attempts: 1,
+                addr: host.addr,
+                reason,
+            })
+        }
+    }
+}
+
+pub(crate) fn record(cluster: &ClusterRuntime, host: &Host, outcome: Outcome, metrics: &Metrics) {
     if let Some(cfg) = &cluster.config.outlier {
         if host
             .stats

@@ -73,6 +73,7 @@ impl XdsClient {
             TypeKind::Listener,
             TypeKind::Endpoint,
             TypeKind::Secret,
+            TypeKind::Route,
         ] {
             subs.insert(k, Sub::default());
         }
@@ -167,7 +168,7 @@ impl XdsClient {
         for kind in [TypeKind::Cluster, TypeKind::Listener] {
             send(&tx, self.request(kind, None)).await?;
         }
-        for kind in [TypeKind::Endpoint, TypeKind::Secret] {
+        for kind in [TypeKind::Endpoint, TypeKind::Secret, TypeKind::Route] {
             if !self.subs[&kind].names.is_empty() {
                 send(&tx, self.request(kind, None)).await?;
             }
@@ -240,6 +241,7 @@ impl XdsClient {
         let wanted = [
             (TypeKind::Endpoint, self.applier.resources().eds_names()),
             (TypeKind::Secret, self.applier.resources().sds_names()),
+            (TypeKind::Route, self.applier.resources().rds_names()),
         ];
         for (kind, names) in wanted {
             let changed = self.subs.get(&kind).is_some_and(|s| s.names != names);
@@ -263,7 +265,8 @@ impl XdsClient {
             .iter()
             .all(|n| set.endpoints.contains_key(n));
         let sds_ok = set.sds_names().iter().all(|n| set.secrets.contains_key(n));
-        if has(TypeKind::Cluster) && has(TypeKind::Listener) && eds_ok && sds_ok {
+        let rds_ok = set.rds_names().iter().all(|n| set.routes.contains_key(n));
+        if has(TypeKind::Cluster) && has(TypeKind::Listener) && eds_ok && sds_ok && rds_ok {
             self.ready_tx.send_if_modified(|r| {
                 let changed = !*r;
                 *r = true;
@@ -326,6 +329,7 @@ pub fn convert(
     use envoy_types::pb::envoy::config::cluster::v3::Cluster;
     use envoy_types::pb::envoy::config::endpoint::v3::ClusterLoadAssignment;
     use envoy_types::pb::envoy::config::listener::v3::Listener;
+    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
     use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::Secret;
 
     let mut errors = Vec::new();
@@ -375,6 +379,14 @@ pub fn convert(
                 Secret,
                 config::secret_from_proto,
                 |s: &config::SecretConfig| s.name.clone()
+            ),
+            keep: subscribed.to_vec(),
+        },
+        TypeKind::Route => Update::Routes {
+            routes: collect!(
+                RouteConfiguration,
+                config::route_config_from_proto,
+                |r: &config::RouteTable| r.name.clone()
             ),
             keep: subscribed.to_vec(),
         },

@@ -179,6 +179,7 @@ impl XdsClient {
         let wanted = [
             (TypeKind::Endpoint, self.applier.resources().eds_names()),
             (TypeKind::Secret, self.applier.resources().sds_names()),
+            (TypeKind::Route, self.applier.resources().rds_names()),
         ];
         for (kind, names) in wanted {
             let Some(sub) = self.subs.get_mut(&kind) else {

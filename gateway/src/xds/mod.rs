@@ -12,12 +12,14 @@ pub enum TypeKind {
     Listener,
     Endpoint,
     Secret,
+    Route,
 }
 
 pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
 pub const LISTENER_TYPE: &str = "type.googleapis.com/envoy.config.listener.v3.Listener";
 pub const ENDPOINT_TYPE: &str =
     "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment";
+pub const ROUTE_TYPE: &str = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration";
 pub const SECRET_TYPE: &str =
     "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret";
 
@@ -28,6 +30,7 @@ impl TypeKind {
             TypeKind::Listener => LISTENER_TYPE,
             TypeKind::Endpoint => ENDPOINT_TYPE,
             TypeKind::Secret => SECRET_TYPE,
+            TypeKind::Route => ROUTE_TYPE,
         }
     }
 
@@ -37,12 +40,13 @@ impl TypeKind {
             TypeKind::Listener,
             TypeKind::Endpoint,
             TypeKind::Secret,
+            TypeKind::Route,
         ]
         .into_iter()
         .find(|k| k.type_url() == url)
     }
 
-    /// CDS and LDS are wildcard subscriptions; EDS and SDS are by name.
+    /// CDS and LDS are wildcard subscriptions; EDS, SDS and RDS are by name.
     pub fn wildcard(self) -> bool {
         matches!(self, TypeKind::Cluster | TypeKind::Listener)
     }
@@ -53,6 +57,7 @@ impl TypeKind {
             TypeKind::Listener => "lds",
             TypeKind::Endpoint => "eds",
             TypeKind::Secret => "sds",
+            TypeKind::Route => "rds",
         }
     }
 
@@ -62,6 +67,7 @@ impl TypeKind {
             TypeKind::Listener => "Listener",
             TypeKind::Endpoint => "ClusterLoadAssignment",
             TypeKind::Secret => "Secret",
+            TypeKind::Route => "RouteConfiguration",
         }
     }
 }

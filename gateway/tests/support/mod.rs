@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod ads;
+pub mod http;
 pub mod pki;
 pub mod resources;
 

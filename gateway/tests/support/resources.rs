@@ -201,6 +201,30 @@ pub fn inbound_listener(
     }
 }
 
+/// Sidecar inbound terminating mTLS (STRICT) in front of any network filter.
+pub fn inbound_listener_with(name: &str, at: SocketAddr, filter: Filter, client_sans: &[&str]) -> Listener {
+    Listener {
+        name: name.into(),
+        address: Some(addr(at)),
+        listener_filters: vec![tls_inspector()],
+        filter_chains: vec![FilterChain {
+            name: "mtls".into(),
+            filter_chain_match: Some(FilterChainMatch {
+                transport_protocol: "tls".into(),
+                ..Default::default()
+            }),
+            transport_socket: Some(tls_socket(DownstreamTlsContext {
+                common_tls_context: Some(mesh_common(client_sans)),
+                require_client_certificate: Some(BoolValue { value: true }),
+                ..Default::default()
+            })),
+            filters: vec![filter],
+            ..Default::default()
+        }],
+        ..Default::default()
+    }
+}
+
 pub fn eds_cluster(name: &str) -> Cluster {
     Cluster {
         name: name.into(),

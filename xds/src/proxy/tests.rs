@@ -161,3 +161,36 @@ fn shape_ignores_pod_name_only() {
     assert_eq!(a.shape_key(), b.shape_key());
     assert_ne!(a.shape_key(), c.shape_key());
 }
+
+#[test]
+fn shape_except_address_ignores_ip_but_not_workload_shape() {
+    let a = Proxy::from_node(Some(&node("sidecar~10.0.0.1~a.ns~ns.svc", &[]))).unwrap();
+    let b = Proxy::from_node(Some(&node("sidecar~10.0.0.2~b.ns~ns.svc", &[]))).unwrap();
+    let other_ns = Proxy::from_node(Some(&node("sidecar~10.0.0.2~b.x~x.svc", &[]))).unwrap();
+    let grpc = Proxy::from_node(Some(&node(
+        "sidecar~10.0.0.2~b.ns~ns.svc",
+        &[("GENERATOR", s("grpc"))],
+    )))
+    .unwrap();
+    assert_eq!(a.shape_key_except_address(), b.shape_key_except_address());
+    assert_ne!(a.shape_key_except_address(), other_ns.shape_key_except_address());
+    assert_ne!(b.shape_key_except_address(), grpc.shape_key_except_address());
+    assert_ne!(b.shape_key(), grpc.shape_key());
+    assert_ne!(
+        a.shape_key(),
+        a.shape_key_except_address(),
+        "the two keys never collide by construction"
+    );
+}
+
+#[test]
+fn generator_metadata_is_read() {
+    let p = Proxy::from_node(Some(&node(
+        "sidecar~10.0.0.1~a.ns~ns.svc",
+        &[("GENERATOR", s("grpc"))],
+    )))
+    .unwrap();
+    assert_eq!(p.generator.as_deref(), Some("grpc"));
+    let envoy = Proxy::from_node(Some(&node("sidecar~10.0.0.1~a.ns~ns.svc", &[]))).unwrap();
+    assert_eq!(envoy.generator, None);
+}

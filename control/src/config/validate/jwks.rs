@@ -5,8 +5,8 @@
 use serde_json::Value;
 
 pub fn validate_jwks(text: &str) -> Result<(), String> {
-    let doc: Value = serde_json::from_str(text)
-        .map_err(|e| format!("inline jwks is not JSON: {e}"))?;
+    let doc: Value =
+        serde_json::from_str(text).map_err(|e| format!("inline jwks is not JSON: {e}"))?;
     let keys = doc
         .get("keys")
         .and_then(Value::as_array)
@@ -31,7 +31,11 @@ fn check_key(key: &Value) -> Result<(), String> {
         "EC" => &["crv", "x", "y"],
         "OKP" => &["crv", "x"],
         "oct" => &["k"],
-        other => return Err(format!("unknown kty {other:?} (expected RSA, EC, OKP or oct)")),
+        other => {
+            return Err(format!(
+                "unknown kty {other:?} (expected RSA, EC, OKP or oct)"
+            ))
+        }
     };
     for member in required {
         let value = obj

@@ -43,8 +43,9 @@ fn outbound_ports<'a>(ctx: &Context<'a>) -> BTreeMap<u16, OutboundPort<'a>> {
         }
     }
     // An outbound listener must not take the address of an inbound one
-    // (possible when the workload IP is the outbound bind address).
-    if ctx.proxy.outbound_bind == ctx.proxy.ip {
+    // (the workload IP, or the wildcard address, as the outbound bind).
+    let bind = ctx.proxy.outbound_bind;
+    if bind == ctx.proxy.ip || bind.is_unspecified() {
         for p in inbound_ports(ctx) {
             ports.remove(&p.target_port);
         }

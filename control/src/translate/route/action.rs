@@ -198,7 +198,7 @@ pub(super) fn hash_policy(
         .as_ref()
         .and_then(|p| u16::try_from(p.number).ok())
         .unwrap_or(port);
-    let policy = super::policy::effective(
+    let policy = effective(
         Some(&rule.spec),
         dest_port,
         dest.subset.as_deref().unwrap_or(""),

@@ -22,18 +22,14 @@ pub use auth::{
 use super::{Transport, INBOUND_QUEUE};
 use crate::metrics::Metrics;
 use protobuf::Message as _;
-use raft::eraftpb::Message;
+use raft::eraftpb::{Message, MessageType};
 use rustls_pki_types::CertificateDer;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
-
-/// Decides whether a peer's verified chain (leaf first) may talk Raft to us.
-pub type PeerAuthorizer =
-    Arc<dyn Fn(&[CertificateDer<'static>]) -> Result<(), String> + Send + Sync>;
+use wire::{Hello, SnapshotAck, StreamKind};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PeerAddr {
@@ -67,8 +63,13 @@ pub struct QuicConfig {
     pub client_tls: Arc<rustls::ClientConfig>,
     pub peers: HashMap<u64, PeerAddr>,
     pub authorize: PeerAuthorizer,
-    /// Largest accepted frame (a snapshot travels as one message).
+    /// Largest accepted Raft message frame (entries, heartbeats, votes).
+    /// Entry batches are bounded by `NodeConfig::max_size_per_msg`.
     pub max_message_bytes: usize,
+    /// Largest registry snapshot sent or accepted (encoded). Must be the same
+    /// on every member; a snapshot over it is refused with an error naming
+    /// this setting.
+    pub max_snapshot_bytes: usize,
     /// Outbound messages buffered per peer before dropping.
     pub peer_queue: usize,
     /// Server name for peers added later without one.
@@ -90,7 +91,8 @@ impl QuicConfig {
             client_tls,
             peers: HashMap::new(),
             authorize,
-            max_message_bytes: 64 << 20,
+            max_message_bytes: 16 << 20,
+            max_snapshot_bytes: 1 << 30,
             peer_queue: 1024,
             default_server_name: "federation.isthmus.local".into(),
         }
@@ -113,13 +115,42 @@ pub enum QuicError {
     BadPeerAddr { addr: String, reason: String },
 }
 
-pub struct QuicTransport {
+/// What every peer task shares.
+struct Shared {
     id: u64,
     endpoint: quinn::Endpoint,
+    authorize: PeerAuthorizer,
+    max_snapshot: usize,
+    /// The node's inbound queue, for snapshot delivery reports.
+    inbound: mpsc::Sender<Message>,
+    metrics: Metrics,
+}
+
+impl Shared {
+    /// Tells the node whether a snapshot reached `peer`, as raft-rs wants
+    /// (`MsgSnapStatus` stepped locally; never accepted from the network).
+    fn report_snapshot(&self, peer: u64, delivered: bool) {
+        if !delivered {
+            self.metrics.snapshots_failed.inc();
+        }
+        let mut m = Message::default();
+        m.set_msg_type(MessageType::MsgSnapStatus);
+        m.from = peer;
+        m.to = self.id;
+        m.reject = !delivered;
+        let inbound = self.inbound.clone();
+        // Rare and important: wait for room rather than drop it.
+        tokio::spawn(async move {
+            let _ = inbound.send(m).await;
+        });
+    }
+}
+
+pub struct QuicTransport {
+    shared: Arc<Shared>,
     queues: watch::Sender<HashMap<u64, mpsc::Sender<Message>>>,
     peer_queue: usize,
     default_server_name: String,
-    metrics: Metrics,
     runtime: tokio::runtime::Handle,
 }
 
@@ -155,21 +186,28 @@ impl QuicTransport {
 
         let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
         let runtime = tokio::runtime::Handle::current();
-        let transport = Arc::new(QuicTransport {
+        let shared = Arc::new(Shared {
             id: cfg.id,
             endpoint: endpoint.clone(),
+            authorize: cfg.authorize.clone(),
+            max_snapshot: cfg.max_snapshot_bytes,
+            inbound: in_tx.clone(),
+            metrics: metrics.clone(),
+        });
+        let transport = Arc::new(QuicTransport {
+            shared,
             queues: watch::channel(HashMap::new()).0,
             peer_queue: cfg.peer_queue.max(1),
             default_server_name: cfg.default_server_name.clone(),
-            metrics: metrics.clone(),
             runtime: runtime.clone(),
         });
         for (id, addr) in &cfg.peers {
             transport.add_peer(*id, addr.clone());
         }
-        let accept = Acceptor {
+        let accept = accept::Acceptor {
             authorize: cfg.authorize,
-            max: cfg.max_message_bytes,
+            max_message: cfg.max_message_bytes,
+            max_snapshot: cfg.max_snapshot_bytes,
             inbound: in_tx,
             metrics,
         };
@@ -178,13 +216,13 @@ impl QuicTransport {
     }
 
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.endpoint.local_addr()
+        self.shared.endpoint.local_addr()
     }
 
     /// Adds or replaces a peer; its previous task (if any) ends when its
     /// queue is dropped.
     pub fn add_peer(&self, id: u64, addr: PeerAddr) {
-        if id == self.id {
+        if id == self.shared.id {
             return;
         }
         let (tx, rx) = mpsc::channel(self.peer_queue);
@@ -194,8 +232,7 @@ impl QuicTransport {
         let peer = PeerSender {
             id,
             addr,
-            endpoint: self.endpoint.clone(),
-            metrics: self.metrics.clone(),
+            shared: self.shared.clone(),
         };
         self.runtime.spawn(peer.run(rx));
     }
@@ -209,13 +246,17 @@ impl QuicTransport {
     /// Closes every connection; peers see the node as gone.
     pub fn close(&self) {
         self.queues.send_modify(|q| q.clear());
-        self.endpoint.close(quinn::VarInt::from_u32(0), b"shutdown");
+        self.shared
+            .endpoint
+            .close(quinn::VarInt::from_u32(0), b"shutdown");
     }
 }
 
 impl Transport for QuicTransport {
     fn send(&self, msg: Message) {
-        let reason = match self.queues.borrow().get(&msg.to) {
+        let to = msg.to;
+        let snapshot = msg.get_msg_type() == MessageType::MsgSnapshot;
+        let reason = match self.queues.borrow().get(&to) {
             None => "unknown_peer",
             Some(q) => match q.try_send(msg) {
                 Ok(()) => return,
@@ -223,10 +264,14 @@ impl Transport for QuicTransport {
                 Err(mpsc::error::TrySendError::Closed(_)) => "peer_closed",
             },
         };
-        self.metrics
+        self.shared
+            .metrics
             .transport_dropped
             .with_label_values(&[reason])
             .inc();
+        if snapshot {
+            self.shared.report_snapshot(to, false);
+        }
     }
 
     fn set_peer(&self, id: u64, addr: &str) {
@@ -237,17 +282,37 @@ impl Transport for QuicTransport {
     }
 }
 
-/// Owns the connection to one peer: connect with backoff, stream frames,
-/// reconnect on error. Messages lost on a broken connection are Raft's to
-/// resend.
+/// Owns the connection to one peer: connect with backoff, check that the
+/// peer is who its node id says, stream frames, reconnect on error. Messages
+/// lost on a broken connection are Raft's to resend.
 struct PeerSender {
     id: u64,
     addr: PeerAddr,
-    endpoint: quinn::Endpoint,
-    metrics: Metrics,
+    shared: Arc<Shared>,
 }
 
 impl PeerSender {
+    /// Drops what arrives while the peer is away (keeping the queue from
+    /// filling with stale messages) until `wait` passed.
+    async fn drain_for(&self, rx: &mut mpsc::Receiver<Message>, wait: Duration) -> bool {
+        let sleep = tokio::time::sleep(wait);
+        tokio::pin!(sleep);
+        loop {
+            tokio::select! {
+                _ = &mut sleep => return true,
+                m = rx.recv() => match m {
+                    Some(m) => {
+                        self.shared.metrics.transport_dropped.with_label_values(&["peer_unreachable"]).inc();
+                        if m.get_msg_type() == MessageType::MsgSnapshot {
+                            self.shared.report_snapshot(self.id, false);
+                        }
+                    }
+                    None => return false,
+                },
+            }
+        }
+    }
+
     async fn run(self, mut rx: mpsc::Receiver<Message>) {
         let mut backoff = Duration::from_millis(50);
         let peer_label = self.id.to_string();
@@ -256,24 +321,22 @@ impl PeerSender {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::debug!(peer = self.id, addr = %self.addr.addr, error = %e, "cannot reach federation peer; retrying");
-                    // Keep the queue from filling with stale messages while the peer is away.
-                    let sleep = tokio::time::sleep(backoff);
-                    tokio::pin!(sleep);
-                    loop {
-                        tokio::select! {
-                            _ = &mut sleep => break,
-                            m = rx.recv() => match m {
-                                Some(_) => self.metrics.transport_dropped.with_label_values(&["peer_unreachable"]).inc(),
-                                None => return,
-                            },
-                        }
+                    if !self.drain_for(&mut rx, backoff).await {
+                        return;
                     }
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                     continue;
                 }
             };
+            if !self.authorized(&conn) {
+                conn.close(quinn::VarInt::from_u32(1), b"unexpected identity");
+                if !self.drain_for(&mut rx, Duration::from_secs(2)).await {
+                    return;
+                }
+                continue;
+            }
             backoff = Duration::from_millis(50);
-            let mut stream = match conn.open_uni().await {
+            let mut stream = match self.open_messages(&conn).await {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::debug!(peer = self.id, error = %e, "cannot open stream to federation peer");
@@ -285,7 +348,7 @@ impl PeerSender {
                 let msg = tokio::select! {
                     m = rx.recv() => m,
                     _ = rtt.tick() => {
-                        self.metrics.peer_rtt_seconds.with_label_values(&[&peer_label]).set(conn.rtt().as_secs_f64());
+                        self.shared.metrics.peer_rtt_seconds.with_label_values(&[&peer_label]).set(conn.rtt().as_secs_f64());
                         continue;
                     }
                 };
@@ -293,6 +356,15 @@ impl PeerSender {
                     conn.close(quinn::VarInt::from_u32(0), b"peer removed");
                     return;
                 };
+                if msg.get_msg_type() == MessageType::MsgSnapshot {
+                    tokio::spawn(send_snapshot(
+                        self.shared.clone(),
+                        self.id,
+                        conn.clone(),
+                        msg,
+                    ));
+                    continue;
+                }
                 let bytes = match msg.write_to_bytes() {
                     Ok(b) => b,
                     Err(e) => {
@@ -301,7 +373,8 @@ impl PeerSender {
                     }
                 };
                 let Ok(len) = u32::try_from(bytes.len()) else {
-                    self.metrics
+                    self.shared
+                        .metrics
                         .transport_dropped
                         .with_label_values(&["too_large"])
                         .inc();
@@ -312,7 +385,8 @@ impl PeerSender {
                 frame.extend_from_slice(&bytes);
                 if let Err(e) = stream.write_all(&frame).await {
                     tracing::debug!(peer = self.id, error = %e, "federation peer connection broke; reconnecting");
-                    self.metrics
+                    self.shared
+                        .metrics
                         .transport_dropped
                         .with_label_values(&["connection_lost"])
                         .inc();
@@ -322,8 +396,49 @@ impl PeerSender {
         }
     }
 
+    /// The server we reached must hold the certificate of the node we meant
+    /// to reach (an address pointing at the wrong member is refused too).
+    fn authorized(&self, conn: &quinn::Connection) -> bool {
+        let chain = conn
+            .peer_identity()
+            .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+            .map(|b| *b)
+            .unwrap_or_default();
+        let peer = PeerIdentity {
+            node_id: self.id,
+            direction: PeerDirection::Outbound,
+            chain: &chain,
+        };
+        match (self.shared.authorize)(&peer) {
+            Ok(()) => true,
+            Err(reason) => {
+                self.shared
+                    .metrics
+                    .transport_refused_peers
+                    .with_label_values(&["outbound_identity"])
+                    .inc();
+                tracing::warn!(peer = self.id, addr = %self.addr.addr, %reason, "federation peer at this address is not the node configured for it; not sending to it");
+                false
+            }
+        }
+    }
+
+    async fn open_messages(&self, conn: &quinn::Connection) -> Result<quinn::SendStream, String> {
+        let mut stream = conn.open_uni().await.map_err(|e| e.to_string())?;
+        let hello = Hello {
+            node_id: self.shared.id,
+            kind: StreamKind::Messages,
+        };
+        stream
+            .write_all(&hello.encode())
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(stream)
+    }
+
     async fn connect(&self) -> Result<quinn::Connection, String> {
         let connecting = self
+            .shared
             .endpoint
             .connect(self.addr.addr, &self.addr.server_name)
             .map_err(|e| e.to_string())?;
@@ -334,130 +449,66 @@ impl PeerSender {
     }
 }
 
-struct Acceptor {
-    authorize: PeerAuthorizer,
-    max: usize,
-    inbound: mpsc::Sender<Message>,
-    metrics: Metrics,
-}
-
-impl Acceptor {
-    async fn run(self, endpoint: quinn::Endpoint) {
-        let this = Arc::new(self);
-        while let Some(incoming) = endpoint.accept().await {
-            let this = this.clone();
-            tokio::spawn(async move {
-                let remote = incoming.remote_address();
-                match incoming.await {
-                    Ok(conn) => this.serve(conn).await,
-                    Err(e) => {
-                        // Includes TLS failures: a certificate from another root.
-                        this.metrics.transport_refused_peers.inc();
-                        tracing::warn!(%remote, error = %e, "refused federation peer connection");
-                    }
-                }
-            });
+/// Sends one snapshot on its own stream and reports the outcome to the node
+/// once the receiver acknowledged it.
+async fn send_snapshot(shared: Arc<Shared>, peer: u64, conn: quinn::Connection, msg: Message) {
+    let outcome = snapshot_exchange(&shared, &conn, &msg).await;
+    match &outcome {
+        Ok(()) => tracing::info!(peer, "registry snapshot delivered"),
+        Err(reason) => {
+            tracing::warn!(peer, %reason, "registry snapshot not delivered; the leader retries")
         }
     }
-
-    async fn serve(&self, conn: quinn::Connection) {
-        let remote = conn.remote_address();
-        let chain = conn
-            .peer_identity()
-            .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
-            .map(|b| *b)
-            .unwrap_or_default();
-        if let Err(reason) = (self.authorize)(&chain) {
-            self.metrics.transport_refused_peers.inc();
-            tracing::warn!(%remote, %reason, "refused federation peer: not a member of this trust domain");
-            conn.close(quinn::VarInt::from_u32(1), b"unauthorized peer");
-            return;
-        }
-        // One connection speaks for one node: the first sender id seen is
-        // pinned and frames claiming another id are refused.
-        let pinned = Arc::new(AtomicU64::new(0));
-        while let Ok(mut stream) = conn.accept_uni().await {
-            let inbound = self.inbound.clone();
-            let metrics = self.metrics.clone();
-            let max = self.max;
-            let pinned = pinned.clone();
-            tokio::spawn(async move {
-                loop {
-                    let mut len = [0u8; 4];
-                    if stream.read_exact(&mut len).await.is_err() {
-                        return;
-                    }
-                    let len = u32::from_be_bytes(len) as usize;
-                    if len > max {
-                        metrics.transport_malformed.inc();
-                        tracing::warn!(%remote, len, max, "federation peer sent an oversized frame; closing the stream");
-                        let _ = stream.stop(quinn::VarInt::from_u32(2));
-                        return;
-                    }
-                    let mut buf = vec![0u8; len];
-                    if stream.read_exact(&mut buf).await.is_err() {
-                        return;
-                    }
-                    match Message::parse_from_bytes(&buf) {
-                        Ok(m) => {
-                            let first = pinned
-                                .compare_exchange(0, m.from, Ordering::Relaxed, Ordering::Relaxed)
-                                .unwrap_or_else(|current| current);
-                            if first != 0 && first != m.from {
-                                metrics.transport_malformed.inc();
-                                tracing::warn!(%remote, pinned = first, claimed = m.from, "federation peer changed its node id mid-connection; closing the stream");
-                                let _ = stream.stop(quinn::VarInt::from_u32(4));
-                                return;
-                            }
-                            if inbound.try_send(m).is_err() {
-                                metrics
-                                    .transport_dropped
-                                    .with_label_values(&["inbound_full"])
-                                    .inc();
-                            }
-                        }
-                        Err(e) => {
-                            metrics.transport_malformed.inc();
-                            tracing::warn!(%remote, error = %e, "federation peer sent a malformed frame; closing the stream");
-                            let _ = stream.stop(quinn::VarInt::from_u32(3));
-                            return;
-                        }
-                    }
-                }
-            });
-        }
-    }
+    shared.report_snapshot(peer, outcome.is_ok());
 }
 
-/// Authorizes peers whose leaf certificate carries a SPIFFE URI SAN in
-/// `trust_domain` (`spiffe://<trust_domain>/...`).
-pub fn trust_domain_authorizer(trust_domain: &str) -> PeerAuthorizer {
-    let prefix = format!("spiffe://{trust_domain}/");
-    Arc::new(move |chain: &[CertificateDer<'static>]| {
-        let leaf = chain
-            .first()
-            .ok_or_else(|| "peer presented no certificate".to_string())?;
-        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
-            .map_err(|e| format!("unparsable peer certificate: {e}"))?;
-        let san = cert
-            .subject_alternative_name()
-            .map_err(|e| format!("bad subjectAltName: {e}"))?
-            .ok_or_else(|| "peer certificate has no subjectAltName".to_string())?;
-        let uris: Vec<&str> = san
-            .value
-            .general_names
-            .iter()
-            .filter_map(|n| match n {
-                x509_parser::extensions::GeneralName::URI(u) => Some(*u),
-                _ => None,
-            })
-            .collect();
-        if uris.iter().any(|u| u.starts_with(&prefix)) {
-            Ok(())
-        } else {
-            Err(format!(
-                "peer identity {uris:?} is not in trust domain {prefix}"
-            ))
-        }
-    })
+async fn snapshot_exchange(
+    shared: &Shared,
+    conn: &quinn::Connection,
+    msg: &Message,
+) -> Result<(), String> {
+    let bytes = msg.write_to_bytes().map_err(|e| e.to_string())?;
+    if bytes.len() > shared.max_snapshot {
+        tracing::error!(
+            len = bytes.len(),
+            max = shared.max_snapshot,
+            "registry snapshot is larger than max_snapshot_bytes; raise the limit on every member"
+        );
+        return Err(format!(
+            "snapshot of {} bytes exceeds max_snapshot_bytes {}",
+            bytes.len(),
+            shared.max_snapshot
+        ));
+    }
+    let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+    let hello = Hello {
+        node_id: shared.id,
+        kind: StreamKind::Snapshot,
+    };
+    send.write_all(&hello.encode())
+        .await
+        .map_err(|e| e.to_string())?;
+    send.write_all(&(bytes.len() as u64).to_be_bytes())
+        .await
+        .map_err(|e| e.to_string())?;
+    for chunk in bytes.chunks(wire::SNAPSHOT_CHUNK) {
+        send.write_all(chunk).await.map_err(|e| e.to_string())?;
+    }
+    send.finish().map_err(|e| e.to_string())?;
+    shared
+        .metrics
+        .snapshot_bytes_sent
+        .inc_by(bytes.len() as u64);
+    let mut ack = [0u8; 1];
+    // The receiver answers once the snapshot is queued for its node; a slow
+    // link gets a generous bound rather than an endless wait.
+    tokio::time::timeout(Duration::from_secs(120), recv.read_exact(&mut ack))
+        .await
+        .map_err(|_| "no acknowledgement within 120 s".to_string())?
+        .map_err(|e| e.to_string())?;
+    match SnapshotAck::from_byte(ack[0]) {
+        Some(SnapshotAck::Accepted) => Ok(()),
+        Some(other) => Err(format!("peer refused the snapshot: {other:?}")),
+        None => Err(format!("peer answered unknown status {}", ack[0])),
+    }
 }

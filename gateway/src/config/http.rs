@@ -1,0 +1,199 @@
+//! `envoy.filters.network.http_connection_manager` → how a chain speaks HTTP.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use envoy_types::pb::envoy::config::core::v3::config_source::ConfigSourceSpecifier;
+use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
+use envoy_types::pb::envoy::extensions::filters::http::router::v3::Router;
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::{
+    http_connection_manager::{CodecType, RouteSpecifier},
+    http_filter, HttpConnectionManager,
+};
+use serde::Serialize;
+
+use super::common::{duration, unpack};
+use super::fault::{fault_from_proto, FaultConfig};
+use super::route::{route_table, RouteTable, FAULT_FILTER};
+use super::{ConfigError, Ctx};
+
+pub const HTTP_CONNECTION_MANAGER: &str = "envoy.filters.network.http_connection_manager";
+const ROUTER: &str = "envoy.filters.http.router";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Codec {
+    Auto,
+    Http1,
+    Http2,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RouteSource {
+    /// RDS over ADS, by route configuration name.
+    Rds(String),
+    Inline(#[serde(serialize_with = "inline_table")] Arc<RouteTable>),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct HttpConfig {
+    pub stat_prefix: String,
+    pub codec: Codec,
+    pub routes: RouteSource,
+    /// The fault filter is in the chain; `Some` default config applies to
+    /// routes without per-route config.
+    pub fault: Option<FaultConfig>,
+    /// Request headers larger than this are refused with 431.
+    pub max_request_headers_bytes: usize,
+    pub stream_idle_timeout: Option<Duration>,
+    pub request_timeout: Option<Duration>,
+    /// `upgrade_configs` (e.g. `websocket`); lower case.
+    pub upgrades: Vec<String>,
+}
+
+fn inline_table<S: serde::Serializer>(t: &Arc<RouteTable>, s: S) -> Result<S::Ok, S::Error> {
+    t.as_ref().serialize(s)
+}
+
+impl HttpConfig {
+    pub fn rds_name(&self) -> Option<&str> {
+        match &self.routes {
+            RouteSource::Rds(n) => Some(n),
+            RouteSource::Inline(_) => None,
+        }
+    }
+}
+
+pub(crate) fn http_from_proto(
+    ctx: &Ctx,
+    f: &str,
+    h: &HttpConnectionManager,
+) -> Result<HttpConfig, ConfigError> {
+    let codec = match CodecType::try_from(h.codec_type) {
+        Ok(CodecType::Auto) => Codec::Auto,
+        Ok(CodecType::Http1) => Codec::Http1,
+        Ok(CodecType::Http2) => Codec::Http2,
+        Ok(CodecType::Http3) => {
+            return Err(ctx.err(format!("{f}.codec_type"), "HTTP/3 is not supported"))
+        }
+        Err(_) => return Err(ctx.err(format!("{f}.codec_type"), "unknown codec")),
+    };
+    let routes = match &h.route_specifier {
+        Some(RouteSpecifier::Rds(rds)) => {
+            match rds.config_source.as_ref().and_then(|c| c.config_source_specifier.as_ref()) {
+                Some(ConfigSourceSpecifier::Ads(_)) | None => {}
+                Some(_) => {
+                    return Err(ctx.err(
+                        format!("{f}.rds.config_source"),
+                        "only ADS is supported as the RDS config source",
+                    ))
+                }
+            }
+            if rds.route_config_name.is_empty() {
+                return Err(ctx.err(format!("{f}.rds.route_config_name"), "empty"));
+            }
+            RouteSource::Rds(rds.route_config_name.clone())
+        }
+        Some(RouteSpecifier::RouteConfig(rc)) => {
+            RouteSource::Inline(Arc::new(route_table(ctx, &format!("{f}.route_config."), rc)?))
+        }
+        Some(RouteSpecifier::ScopedRoutes(_)) => {
+            return Err(ctx.err(format!("{f}.scoped_routes"), "scoped routes are not supported"))
+        }
+        None => return Err(ctx.err(f, "rds or route_config is required")),
+    };
+    if h.http_filters.is_empty() {
+        return Err(ctx.err(
+            format!("{f}.http_filters"),
+            format!("at least the {ROUTER} filter is required"),
+        ));
+    }
+    let mut fault = None;
+    let last = h.http_filters.len() - 1;
+    for (i, hf) in h.http_filters.iter().enumerate() {
+        let ff = format!("{f}.http_filters[{i}]");
+        let any = match &hf.config_type {
+            Some(http_filter::ConfigType::TypedConfig(a)) => Some(a),
+            Some(http_filter::ConfigType::ConfigDiscovery(_)) => {
+                return Err(ctx.err(&ff, "filter config discovery (ECDS) is not supported"))
+            }
+            None => None,
+        };
+        let type_url = any.map(|a| a.type_url.as_str()).unwrap_or("");
+        let is_router = hf.name == ROUTER || type_url == <Router as prost::Name>::type_url();
+        let is_fault = hf.name == FAULT_FILTER || type_url == <HttpFault as prost::Name>::type_url();
+        if hf.disabled {
+            continue;
+        }
+        if is_router {
+            if i != last {
+                return Err(ctx.err(&ff, format!("{ROUTER} must be the last HTTP filter")));
+            }
+        } else if is_fault {
+            let cfg = match any {
+                Some(a) => {
+                    let pb: HttpFault = unpack(ctx, &format!("{ff}.typed_config"), a)?;
+                    fault_from_proto(ctx, &format!("{ff}.typed_config"), &pb)?
+                }
+                None => FaultConfig::default(),
+            };
+            fault = Some(cfg);
+        } else if hf.is_optional {
+            tracing::debug!(filter = %hf.name, "optional HTTP filter not supported; skipped");
+        } else {
+            return Err(ctx.err(
+                &ff,
+                format!(
+                    "HTTP filter {:?} ({type_url}) is not supported (supported: {FAULT_FILTER}, {ROUTER}); mark it is_optional to skip it",
+                    hf.name
+                ),
+            ));
+        }
+        if i == last && !is_router {
+            return Err(ctx.err(&ff, format!("the last HTTP filter must be {ROUTER}")));
+        }
+    }
+    let max_request_headers_bytes = h
+        .max_request_headers_kb
+        .as_ref()
+        .map_or(60 * 1024, |v| v.value as usize * 1024)
+        .max(1024);
+    let opt = |field: &str, d: Option<&envoy_types::pb::google::protobuf::Duration>, default: Option<Duration>| -> Result<Option<Duration>, ConfigError> {
+        match d {
+            None => Ok(default),
+            Some(d) => {
+                let d = duration(ctx, &format!("{f}.{field}"), Some(d), Duration::ZERO)?;
+                Ok((!d.is_zero()).then_some(d))
+            }
+        }
+    };
+    let stream_idle_timeout = opt(
+        "stream_idle_timeout",
+        h.stream_idle_timeout.as_ref(),
+        Some(Duration::from_secs(300)),
+    )?;
+    let request_timeout = opt("request_timeout", h.request_timeout.as_ref(), None)?;
+    let mut upgrades = Vec::new();
+    for (i, u) in h.upgrade_configs.iter().enumerate() {
+        if !u.filters.is_empty() {
+            return Err(ctx.err(
+                format!("{f}.upgrade_configs[{i}].filters"),
+                "per-upgrade filter chains are not supported",
+            ));
+        }
+        if u.enabled.as_ref().is_none_or(|b| b.value) {
+            upgrades.push(u.upgrade_type.to_ascii_lowercase());
+        }
+    }
+    Ok(HttpConfig {
+        stat_prefix: h.stat_prefix.clone(),
+        codec,
+        routes,
+        fault,
+        max_request_headers_bytes,
+        stream_idle_timeout,
+        request_timeout,
+        upgrades,
+    })
+}

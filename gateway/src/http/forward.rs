@@ -1,0 +1,474 @@
+//! The router filter: builds the upstream request, picks a host, uses a
+//! pooled connection or opens one, and retries per the retry policy (other
+//! hosts first with `previous_hosts`; the balancer moves to the next
+//! priority when a whole priority is excluded or unhealthy). Bodies up to
+//! [`BUFFER_LIMIT`] are buffered so they can be retried and mirrored;
+//! larger or streaming bodies get one attempt once a connection is up.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Body as _;
+use hyper::body::Incoming;
+use rand::Rng;
+
+use super::pool::{Sender, Wire};
+use super::respond::{apply_ops, local, strip_hop_by_hop, RequestLog};
+use super::{full, Body, BoxError};
+use crate::config::{
+    ForwardAction, HashOn, HeaderOps, RetryPolicy, UpstreamProtocol, GRPC_RETRY_CODES,
+};
+use crate::lb::ring_hash::hash64;
+use crate::outlier::Outcome;
+use crate::proxy::connection::ProxyContext;
+use crate::proxy::upstream::{self, UpstreamError};
+use crate::state::ClusterRuntime;
+
+/// Largest request body kept in memory for retries and mirrors.
+pub const BUFFER_LIMIT: u64 = 1024 * 1024;
+
+/// What the connection manager decided for one request.
+#[derive(Debug)]
+pub struct Forwarding<'a> {
+    pub action: &'a ForwardAction,
+    pub cluster: &'a str,
+    pub authority: &'a str,
+    pub path: &'a str,
+    pub scheme: &'a str,
+    /// Request/response header edits, most specific first.
+    pub header_levels: Vec<&'a HeaderOps>,
+    pub retry: Option<&'a RetryPolicy>,
+    pub peer: SocketAddr,
+}
+
+enum ReqBody {
+    Buffered(Bytes),
+    Streaming(Option<Incoming>),
+}
+
+/// Why one attempt failed.
+enum AttemptError {
+    Overflow,
+    NoHost,
+    Connect(String),
+    /// The request was sent and the stream reset / connection closed.
+    Reset(String, bool),
+    Timeout,
+    /// The cluster does not exist (misconfiguration).
+    NoCluster,
+}
+
+pub async fn forward(
+    ctx: &ProxyContext,
+    f: Forwarding<'_>,
+    mut req: Request<Incoming>,
+    log: &mut RequestLog,
+) -> Response<Body> {
+    log.cluster = Some(f.cluster.to_string());
+    let Some(cluster) = ctx.clusters.borrow().get(f.cluster) else {
+        log.flags.add("NC");
+        return local(StatusCode::SERVICE_UNAVAILABLE, "no cluster\n", &log.flags);
+    };
+    let upgrade = is_upgrade(&req);
+    let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
+    let version = req.version();
+    let (mut parts, body) = req.into_parts();
+    strip_hop_by_hop(&mut parts.headers, upgrade);
+    apply_ops(&mut parts.headers, f.header_levels.iter().copied(), true);
+    if !parts.headers.contains_key("x-request-id") {
+        let id = format!("{:032x}", rand::rng().random::<u128>());
+        if let Ok(v) = HeaderValue::from_str(&id) {
+            parts.headers.insert("x-request-id", v);
+        }
+    }
+    if let Ok(v) = HeaderValue::from_str(f.scheme) {
+        parts.headers.insert("x-forwarded-proto", v);
+    }
+    let authority = f.action.host_rewrite.as_deref().unwrap_or(f.authority).to_string();
+    let small = body.size_hint().upper().is_some_and(|u| u <= BUFFER_LIMIT);
+    let mut body = if !upgrade && (body.is_end_stream() || small) {
+        match body.collect().await {
+            Ok(c) => ReqBody::Buffered(c.to_bytes()),
+            Err(e) => {
+                log.flags.add("DPE");
+                return local(StatusCode::BAD_REQUEST, &format!("reading request body: {e}\n"), &log.flags);
+            }
+        }
+    } else {
+        ReqBody::Streaming(Some(body))
+    };
+    if let ReqBody::Buffered(b) = &body {
+        log.bytes_received = b.len() as u64;
+        mirror(ctx, &f, &parts, &authority, b);
+    }
+    let hash = request_hash(f.action, &parts.headers, f.path, f.peer);
+    let wire = match cluster.http_pool.options().protocol {
+        UpstreamProtocol::Http1 => Wire::Http1,
+        UpstreamProtocol::Http2 => Wire::Http2,
+        UpstreamProtocol::Downstream if version == Version::HTTP_2 => Wire::Http2,
+        UpstreamProtocol::Downstream => Wire::Http1,
+    };
+    let wire = if upgrade { Wire::Http1 } else { wire };
+    let retries = f.retry.map_or(0, |r| r.num_retries);
+    let per_try = f.retry.and_then(|r| r.per_try_timeout);
+    let overall = f.action.timeout.map(|t| tokio::time::Instant::now() + t);
+    let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut attempt = 0u32;
+    loop {
+        attempt += 1;
+        log.attempts = attempt;
+        let req_body = match &mut body {
+            ReqBody::Buffered(b) => full(b.clone()),
+            ReqBody::Streaming(s) => match s.take() {
+                Some(b) => b.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+                // A streamed body is gone after the first send.
+                None => break_out(log, "URX"),
+            },
+        };
+        let mut up_req = Request::from_parts(parts.clone(), req_body);
+        *up_req.version_mut() = Version::HTTP_11;
+        let exclude: Vec<SocketAddr> = if f.retry.is_some_and(|r| r.previous_hosts) {
+            tried.clone()
+        } else {
+            Vec::new()
+        };
+        let one = one_attempt(ctx, &cluster, wire, hash, &exclude, up_req, f.path, &authority, per_try);
+        let result = match overall {
+            Some(deadline) => match tokio::time::timeout_at(deadline, one).await {
+                Ok(r) => r,
+                Err(_) => {
+                    log.flags.add("UT");
+                    return local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n", &log.flags);
+                }
+            },
+            None => one.await,
+        };
+        let can_retry = attempt <= retries && matches!(body, ReqBody::Buffered(_) | ReqBody::Streaming(Some(_)));
+        match result {
+            (addr, Ok(mut resp)) => {
+                if let Some(a) = addr {
+                    tried.push(a);
+                    log.upstream_host = Some(a.to_string());
+                }
+                let status = resp.status();
+                record_outcome(ctx, &cluster, addr, status);
+                if can_retry && f.retry.is_some_and(|p| retriable_response(p, &resp)) {
+                    ctx.metrics.upstream_rq_retry.with_label_values(&[f.cluster]).inc();
+                    backoff(attempt).await;
+                    continue;
+                }
+                if attempt > 1 && f.retry.is_some_and(|p| retriable_response(p, &resp)) {
+                    log.flags.add("URX");
+                }
+                if status == StatusCode::SWITCHING_PROTOCOLS {
+                    if let Some(down) = down_upgrade {
+                        let up = hyper::upgrade::on(&mut resp);
+                        tokio::spawn(tunnel(down, up));
+                    }
+                }
+                let (mut rp, rb) = resp.into_parts();
+                strip_hop_by_hop(&mut rp.headers, status == StatusCode::SWITCHING_PROTOCOLS);
+                apply_ops(&mut rp.headers, f.header_levels.iter().copied(), false);
+                return Response::from_parts(rp, rb.map_err(|e| Box::new(e) as BoxError).boxed_unsync());
+            }
+            (addr, Err(e)) => {
+                if let Some(a) = addr {
+                    tried.push(a);
+                    log.upstream_host = Some(a.to_string());
+                }
+                let retriable = f.retry.is_some_and(|p| retriable_error(p, &e));
+                if can_retry && retriable {
+                    ctx.metrics.upstream_rq_retry.with_label_values(&[f.cluster]).inc();
+                    backoff(attempt).await;
+                    continue;
+                }
+                if attempt > 1 {
+                    log.flags.add("URX");
+                }
+                return error_response(ctx, f.cluster, e, log);
+            }
+        }
+    }
+}
+
+/// A streaming body cannot be resent; callers only reach this after a
+/// retry decision, which `can_retry` prevents for consumed bodies.
+fn break_out(log: &mut RequestLog, flag: &'static str) -> Body {
+    log.flags.add(flag);
+    super::empty()
+}
+
+fn error_response(ctx: &ProxyContext, cluster: &str, e: AttemptError, log: &mut RequestLog) -> Response<Body> {
+    let (status, flag, msg) = match e {
+        AttemptError::Overflow => {
+            ctx.metrics.upstream_rq_overflow.with_label_values(&[cluster]).inc();
+            (StatusCode::SERVICE_UNAVAILABLE, "UO", "upstream overflow (circuit breaker)".to_string())
+        }
+        AttemptError::NoHost => (StatusCode::SERVICE_UNAVAILABLE, "UH", "no healthy upstream".to_string()),
+        AttemptError::NoCluster => (StatusCode::SERVICE_UNAVAILABLE, "NC", "no cluster".to_string()),
+        AttemptError::Connect(m) => (StatusCode::SERVICE_UNAVAILABLE, "UF", format!("upstream connect error: {m}")),
+        AttemptError::Reset(m, _) => (StatusCode::SERVICE_UNAVAILABLE, "UC", format!("upstream reset: {m}")),
+        AttemptError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "UT", "upstream per-try timeout".to_string()),
+    };
+    log.flags.add(flag);
+    local(status, &format!("{msg}\n"), &log.flags)
+}
+
+fn is_upgrade<B>(req: &Request<B>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(http::header::UPGRADE)
+        && req
+            .headers()
+            .get(http::header::CONNECTION)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("upgrade")))
+}
+
+async fn tunnel(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
+    let (down, up) = match tokio::try_join!(down, up) {
+        Ok(x) => x,
+        Err(e) => {
+            tracing::debug!(error = %e, "upgrade failed");
+            return;
+        }
+    };
+    let mut down = hyper_util::rt::TokioIo::new(down);
+    let mut up = hyper_util::rt::TokioIo::new(up);
+    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
+        tracing::debug!(error = %e, "upgraded connection ended");
+    }
+}
+
+async fn backoff(attempt: u32) {
+    // Envoy's default: 25 ms base, doubling, jittered, at most 10x base.
+    let base = 25u64 << attempt.saturating_sub(1).min(3);
+    let ms = rand::rng().random_range(0..=base.min(250));
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+fn request_hash(a: &ForwardAction, h: &http::HeaderMap, path: &str, peer: SocketAddr) -> Option<u64> {
+    for on in &a.hash {
+        let key = match on {
+            HashOn::Header(n) => h.get(n.as_str()).map(|v| v.as_bytes().to_vec()),
+            HashOn::SourceIp => Some(peer.ip().to_string().into_bytes()),
+            HashOn::QueryParameter(q) => path.split_once('?').and_then(|(_, qs)| {
+                qs.split('&').find_map(|kv| {
+                    let (k, v) = kv.split_once('=').unwrap_or((kv, ""));
+                    (k == q).then(|| v.as_bytes().to_vec())
+                })
+            }),
+        };
+        if let Some(k) = key {
+            return Some(hash64(&k));
+        }
+    }
+    None
+}
+
+fn retriable_response<B>(p: &RetryPolicy, r: &Response<B>) -> bool {
+    let s = r.status().as_u16();
+    if p.on.five_xx && s >= 500 {
+        return true;
+    }
+    if p.on.gateway_error && matches!(s, 502..=504) {
+        return true;
+    }
+    if p.on.retriable_status_codes && p.retriable_status_codes.contains(&s) {
+        return true;
+    }
+    if let Some(code) = r
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        return GRPC_RETRY_CODES
+            .iter()
+            .enumerate()
+            .any(|(i, (_, c))| p.on.grpc[i] && *c == code);
+    }
+    false
+}
+
+fn retriable_error(p: &RetryPolicy, e: &AttemptError) -> bool {
+    match e {
+        AttemptError::Connect(_) | AttemptError::NoHost => {
+            p.on.connect_failure || p.on.five_xx || p.on.gateway_error
+        }
+        AttemptError::Reset(_, refused) => {
+            p.on.reset || p.on.five_xx || (*refused && p.on.refused_stream)
+        }
+        AttemptError::Timeout => p.on.five_xx || p.on.gateway_error,
+        AttemptError::Overflow | AttemptError::NoCluster => false,
+    }
+}
+
+fn record_outcome(ctx: &ProxyContext, cluster: &ClusterRuntime, addr: Option<SocketAddr>, s: StatusCode) {
+    let Some(addr) = addr else { return };
+    let Some(host) = cluster.lb.hosts().iter().find(|h| h.addr == addr) else {
+        return;
+    };
+    let outcome = match s.as_u16() {
+        502..=504 => Outcome::GatewayError,
+        500..=599 => Outcome::ServerError,
+        _ => Outcome::Success,
+    };
+    upstream::record(cluster, host, outcome, &ctx.metrics);
+}
+
+/// Reserves one of the cluster's `max_requests`; released on drop.
+struct RequestSlot(Arc<crate::state::ClusterCounters>);
+impl Drop for RequestSlot {
+    fn drop(&mut self) {
+        self.0.requests.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn one_attempt(
+    ctx: &ProxyContext,
+    cluster: &ClusterRuntime,
+    wire: Wire,
+    hash: Option<u64>,
+    exclude: &[SocketAddr],
+    mut req: Request<Body>,
+    path: &str,
+    authority: &str,
+    per_try: Option<Duration>,
+) -> (Option<SocketAddr>, Result<Response<Incoming>, AttemptError>) {
+    let counters = cluster.counters.clone();
+    if counters.requests.fetch_add(1, Ordering::AcqRel) >= u64::from(cluster.config.circuit_breakers.max_requests) {
+        counters.requests.fetch_sub(1, Ordering::AcqRel);
+        return (None, Err(AttemptError::Overflow));
+    }
+    let slot = RequestSlot(counters);
+    let host = cluster.lb.pick(hash, exclude).or_else(|| cluster.lb.pick(hash, &[]));
+    let Some(host) = host else {
+        if !cluster.warm {
+            return (None, Err(AttemptError::NoHost));
+        }
+        ctx.metrics
+            .upstream_cx_none_healthy
+            .with_label_values(&[&cluster.config.name])
+            .inc();
+        return (None, Err(AttemptError::NoHost));
+    };
+    let addr = host.addr;
+    let sender = match cluster.http_pool.take(addr, wire) {
+        Some(s) => s,
+        None => {
+            let up = match upstream::connect_host(cluster, &host, &ctx.metrics).await {
+                Ok(u) => u,
+                Err(UpstreamError::Overflow { .. }) | Err(UpstreamError::PendingOverflow { .. }) => {
+                    return (None, Err(AttemptError::Overflow))
+                }
+                Err(UpstreamError::UnknownCluster(_)) => return (None, Err(AttemptError::NoCluster)),
+                Err(UpstreamError::NoHost(_)) => return (None, Err(AttemptError::NoHost)),
+                Err(e) => return (Some(addr), Err(AttemptError::Connect(e.to_string()))),
+            };
+            match cluster.http_pool.handshake(up, wire).await {
+                Ok(s) => s,
+                Err(e) => return (Some(addr), Err(AttemptError::Connect(format!("HTTP handshake: {e}")))),
+            }
+        }
+    };
+    let tls = cluster.tls.is_some();
+    let send = async {
+        match sender {
+            Sender::H1(mut s, uses) => {
+                if let Ok(u) = path.parse::<Uri>() {
+                    *req.uri_mut() = u;
+                }
+                if let Ok(v) = HeaderValue::from_str(authority) {
+                    req.headers_mut().insert(http::header::HOST, v);
+                }
+                *req.version_mut() = Version::HTTP_11;
+                if s.ready().await.is_err() {
+                    return Err(AttemptError::Reset("connection closed before the request".into(), true));
+                }
+                let r = s.send_request(req).await;
+                if r.is_ok() {
+                    cluster.http_pool.put_h1(addr, s, uses + 1);
+                }
+                r.map_err(|e| classify(&e))
+            }
+            Sender::H2(mut s) => {
+                let scheme = if tls { "https" } else { "http" };
+                if let Ok(u) = format!("{scheme}://{authority}{path}").parse::<Uri>() {
+                    *req.uri_mut() = u;
+                }
+                req.headers_mut().remove(http::header::HOST);
+                *req.version_mut() = Version::HTTP_2;
+                if s.ready().await.is_err() {
+                    return Err(AttemptError::Reset("connection closed before the request".into(), true));
+                }
+                s.send_request(req).await.map_err(|e| classify(&e))
+            }
+        }
+    };
+    let result = match per_try {
+        Some(t) => match tokio::time::timeout(t, send).await {
+            Ok(r) => r,
+            Err(_) => Err(AttemptError::Timeout),
+        },
+        None => send.await,
+    };
+    if let Err(AttemptError::Reset(..)) | Err(AttemptError::Timeout) = &result {
+        upstream::record(cluster, &host, Outcome::GatewayError, &ctx.metrics);
+    }
+    drop(slot);
+    (Some(addr), result)
+}
+
+fn classify(e: &hyper::Error) -> AttemptError {
+    use std::error::Error;
+    let refused = e
+        .source()
+        .and_then(|s| s.downcast_ref::<h2::Error>())
+        .and_then(|h| h.reason())
+        .is_some_and(|r| r == h2::Reason::REFUSED_STREAM);
+    AttemptError::Reset(e.to_string(), refused || e.is_canceled())
+}
+
+/// Fire-and-forget copies to mirror clusters (Istio: authority gets `-shadow`).
+fn mirror(ctx: &ProxyContext, f: &Forwarding<'_>, parts: &http::request::Parts, authority: &str, body: &Bytes) {
+    for m in &f.action.mirrors {
+        if m.per_million < 1_000_000 && rand::rng().random_range(0..1_000_000) >= m.per_million {
+            continue;
+        }
+        let Some(cluster) = ctx.clusters.borrow().get(&m.cluster) else {
+            continue;
+        };
+        let host = strip_port_of(authority);
+        let shadow = match authority.get(host.len()..) {
+            Some(port) => format!("{host}-shadow{port}"),
+            None => format!("{host}-shadow"),
+        };
+        let req = Request::from_parts(parts.clone(), full(body.clone()));
+        let (ctx, path) = (ctx.clone(), f.path.to_string());
+        tokio::spawn(async move {
+            let wire = match cluster.http_pool.options().protocol {
+                UpstreamProtocol::Http2 => Wire::Http2,
+                _ => Wire::Http1,
+            };
+            let (_, r) = one_attempt(&ctx, &cluster, wire, None, &[], req, &path, &shadow, Some(Duration::from_secs(10))).await;
+            if let Ok(resp) = r {
+                // Drain so the pooled connection becomes reusable.
+                let _ = resp.into_body().collect().await;
+            }
+        });
+    }
+}
+
+fn strip_port_of(a: &str) -> &str {
+    match a.rsplit_once(':') {
+        Some((h, p)) if !h.ends_with(']') && !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
+        Some((h, p)) if h.ends_with(']') && p.bytes().all(|b| b.is_ascii_digit()) => h,
+        _ => a,
+    }
+}

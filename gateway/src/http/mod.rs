@@ -1,0 +1,54 @@
+//! HTTP in the data plane (hyper 1): the connection manager (`server`), the
+//! pure routing decision (`router`), forwarding with retries, timeouts and
+//! mirrors (`forward`), upstream connection pools (`pool`), and local
+//! replies, header edits and the per-request access log (`respond`).
+
+pub mod forward;
+pub mod pool;
+pub mod respond;
+pub mod router;
+pub mod server;
+
+use bytes::Bytes;
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::BodyExt;
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The body type on both sides of the proxy.
+pub type Body = UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn full(b: impl Into<Bytes>) -> Body {
+    http_body_util::Full::new(b.into())
+        .map_err(|never| match never {})
+        .boxed_unsync()
+}
+
+pub fn empty() -> Body {
+    full(Bytes::new())
+}
+
+/// Envoy response flags for the access log and `response_flags` label.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Flags(Vec<&'static str>);
+
+impl Flags {
+    pub fn add(&mut self, f: &'static str) {
+        if !self.0.contains(&f) {
+            self.0.push(f);
+        }
+    }
+
+    pub fn contains(&self, f: &str) -> bool {
+        self.0.contains(&f)
+    }
+}
+
+impl std::fmt::Display for Flags {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_empty() {
+            f.write_str("-")
+        } else {
+            f.write_str(&self.0.join(","))
+        }
+    }
+}

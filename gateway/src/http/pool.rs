@@ -1,0 +1,172 @@
+//! Upstream HTTP connections per cluster: HTTP/1.1 keep-alive (one request
+//! at a time per connection, idle connections reused) and HTTP/2
+//! multiplexing (one shared connection per host). The lock is held only to
+//! take or return a sender, never across an await.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Mutex;
+
+use hyper::client::conn::{http1, http2};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use tokio::time::Instant;
+
+use super::Body;
+use crate::config::HttpUpstreamOptions;
+use crate::proxy::upstream::{Upstream, UpstreamGuard};
+
+/// Whether a request goes out as HTTP/1.1 or HTTP/2.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Wire {
+    Http1,
+    Http2,
+}
+
+#[derive(Debug)]
+struct H1 {
+    sender: http1::SendRequest<Body>,
+    uses: u32,
+    last_used: Instant,
+}
+
+#[derive(Debug)]
+struct H2 {
+    sender: http2::SendRequest<Body>,
+    uses: u32,
+}
+
+#[derive(Debug, Default)]
+struct HostConns {
+    h1_idle: Vec<H1>,
+    h2: Option<H2>,
+}
+
+/// Connections of one cluster, by host.
+#[derive(Debug)]
+pub struct ClusterPool {
+    options: HttpUpstreamOptions,
+    hosts: Mutex<HashMap<SocketAddr, HostConns>>,
+}
+
+/// A sender ready for one request.
+#[derive(Debug)]
+pub enum Sender {
+    H1(http1::SendRequest<Body>, u32),
+    H2(http2::SendRequest<Body>),
+}
+
+/// Idle HTTP/1 connections kept per host; more are closed when returned.
+const MAX_IDLE_PER_HOST: usize = 64;
+
+impl ClusterPool {
+    pub fn new(options: HttpUpstreamOptions) -> Self {
+        Self {
+            options,
+            hosts: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn options(&self) -> HttpUpstreamOptions {
+        self.options
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, HostConns>> {
+        // A panic while holding this lock cannot leave the map inconsistent
+        // (only pushes/pops), so a poisoned lock is still usable.
+        self.hosts.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// A pooled sender to `addr`, if one is usable now.
+    pub fn take(&self, addr: SocketAddr, wire: Wire) -> Option<Sender> {
+        let mut hosts = self.lock();
+        let conns = hosts.get_mut(&addr)?;
+        match wire {
+            Wire::Http2 => {
+                let h2 = conns.h2.as_mut()?;
+                if h2.sender.is_closed() || self.exhausted(h2.uses) {
+                    conns.h2 = None;
+                    return None;
+                }
+                h2.uses += 1;
+                Some(Sender::H2(h2.sender.clone()))
+            }
+            Wire::Http1 => {
+                let now = Instant::now();
+                conns.h1_idle.retain(|c| {
+                    !c.sender.is_closed()
+                        && self
+                            .options
+                            .idle_timeout
+                            .is_none_or(|t| now.duration_since(c.last_used) < t)
+                });
+                let i = conns.h1_idle.iter().position(|c| c.sender.is_ready())?;
+                let c = conns.h1_idle.swap_remove(i);
+                Some(Sender::H1(c.sender, c.uses))
+            }
+        }
+    }
+
+    fn exhausted(&self, uses: u32) -> bool {
+        self.options
+            .max_requests_per_connection
+            .is_some_and(|m| uses >= m)
+    }
+
+    /// Returns an HTTP/1 sender after its request got a response. The
+    /// connection becomes ready again once that response is fully read.
+    pub fn put_h1(&self, addr: SocketAddr, sender: http1::SendRequest<Body>, uses: u32) {
+        if sender.is_closed() || self.exhausted(uses) {
+            return;
+        }
+        let mut hosts = self.lock();
+        let conns = hosts.entry(addr).or_default();
+        if conns.h1_idle.len() < MAX_IDLE_PER_HOST {
+            conns.h1_idle.push(H1 {
+                sender,
+                uses,
+                last_used: Instant::now(),
+            });
+        }
+    }
+
+    /// Opens a new connection on an established upstream stream.
+    pub async fn handshake(
+        &self,
+        up: Upstream,
+        wire: Wire,
+    ) -> Result<Sender, hyper::Error> {
+        let Upstream { io, addr, guard, .. } = up;
+        let io = TokioIo::new(io);
+        let idle = self.options.idle_timeout;
+        match wire {
+            Wire::Http1 => {
+                let (sender, conn) = http1::Builder::new().handshake(io).await?;
+                tokio::spawn(drive(conn.with_upgrades(), guard, idle));
+                Ok(Sender::H1(sender, 0))
+            }
+            Wire::Http2 => {
+                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                    .handshake(io)
+                    .await?;
+                self.lock().entry(addr).or_default().h2 = Some(H2 {
+                    sender: sender.clone(),
+                    uses: 1,
+                });
+                tokio::spawn(drive(conn, guard, idle));
+                Ok(Sender::H2(sender))
+            }
+        }
+    }
+}
+
+/// Runs a client connection to completion; the guard releases the
+/// cluster's connection slot when it ends.
+async fn drive<F>(conn: F, guard: UpstreamGuard, _idle: Option<std::time::Duration>)
+where
+    F: std::future::Future<Output = Result<(), hyper::Error>>,
+{
+    if let Err(e) = conn.await {
+        tracing::debug!(error = %e, "upstream HTTP connection ended with an error");
+    }
+    drop(guard);
+}

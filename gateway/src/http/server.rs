@@ -1,0 +1,271 @@
+//! The HTTP connection manager: serves one downstream connection with
+//! hyper (HTTP/1.1, h2c by prior knowledge, or h2 via ALPN), routes each
+//! request, runs the fault filter, and hands it to the router filter.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::server::conn::auto;
+use rand::Rng;
+use tokio::time::Instant;
+
+use super::forward::{forward, Forwarding};
+use super::respond::{apply_ops, grpc_status, local, Logged, RequestLog};
+use super::router::{decide, Decision, RequestMeta};
+use super::{full, Body};
+use crate::config::{AbortWith, Codec, FaultConfig, HttpConfig, RouteSource, RouteTable};
+use crate::proxy::connection::ProxyContext;
+use crate::proxy::BoxIo;
+
+/// Facts about the downstream connection every request inherits.
+#[derive(Debug, Clone)]
+pub struct Downstream {
+    pub listener: String,
+    pub peer: SocketAddr,
+    pub identity: Option<String>,
+    pub tls: bool,
+    /// ALPN negotiated `h2` on a TLS connection.
+    pub alpn_h2: bool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("HTTP connection: {0}")]
+    Http(String),
+}
+
+/// Serves one connection until it closes.
+pub async fn serve(
+    cfg: Arc<HttpConfig>,
+    ctx: ProxyContext,
+    io: BoxIo,
+    down: Downstream,
+) -> Result<(), ServeError> {
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    match cfg.codec {
+        Codec::Http1 => builder = builder.http1_only(),
+        Codec::Http2 => builder = builder.http2_only(),
+        Codec::Auto if down.alpn_h2 => builder = builder.http2_only(),
+        Codec::Auto => {}
+    }
+    // hyper's minimum read buffer is 8 KiB; a head that does not fit gets 431.
+    builder
+        .http1()
+        .max_buf_size(cfg.max_request_headers_bytes.max(8192))
+        .timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(std::time::Duration::from_secs(30));
+    builder
+        .http2()
+        .max_header_list_size(u32::try_from(cfg.max_request_headers_bytes).unwrap_or(u32::MAX))
+        .timer(hyper_util::rt::TokioTimer::new());
+    let down = Arc::new(down);
+    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+        let (cfg, ctx, down) = (cfg.clone(), ctx.clone(), down.clone());
+        async move { Ok::<_, Infallible>(handle(cfg, ctx, down, req).await) }
+    });
+    builder
+        .serve_connection_with_upgrades(TokioIo::new(io), svc)
+        .await
+        .map_err(|e| ServeError::Http(e.to_string()))
+}
+
+fn reporter(listener: &str) -> &'static str {
+    if listener.starts_with("inbound") || listener.starts_with("virtualInbound") {
+        "destination"
+    } else {
+        "source"
+    }
+}
+
+async fn handle(
+    cfg: Arc<HttpConfig>,
+    ctx: ProxyContext,
+    down: Arc<Downstream>,
+    req: Request<Incoming>,
+) -> Response<Body> {
+    let start = Instant::now();
+    let authority = req
+        .uri()
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
+            req.headers()
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
+    let path = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".to_string());
+    let mut log = RequestLog {
+        listener: down.listener.clone(),
+        reporter: reporter(&down.listener),
+        method: req.method().to_string(),
+        authority: authority.clone().unwrap_or_default(),
+        path: path.clone(),
+        protocol: format!("{:?}", req.version()),
+        downstream: down.peer.to_string(),
+        source_principal: down.identity.clone(),
+        ..Default::default()
+    };
+    let resp = route_request(&cfg, &ctx, &down, req, authority, &path, &mut log).await;
+    log.status = resp.status().as_u16();
+    Logged::wrap(resp, log, start, ctx.metrics.clone())
+}
+
+async fn route_request(
+    cfg: &HttpConfig,
+    ctx: &ProxyContext,
+    down: &Downstream,
+    req: Request<Incoming>,
+    authority: Option<String>,
+    path: &str,
+    log: &mut RequestLog,
+) -> Response<Body> {
+    let Some(authority) = authority else {
+        log.flags.add("DPE");
+        return local(StatusCode::BAD_REQUEST, "missing Host / :authority\n", &log.flags);
+    };
+    let table: Option<Arc<RouteTable>> = match &cfg.routes {
+        RouteSource::Inline(t) => Some(t.clone()),
+        RouteSource::Rds(name) => ctx.routes.borrow().get(name).cloned(),
+    };
+    let Some(table) = table else {
+        log.flags.add("NR");
+        return local(StatusCode::NOT_FOUND, "route configuration not received yet\n", &log.flags);
+    };
+    let scheme = if down.tls { "https" } else { "http" };
+    let draw = rand::rng().random::<f64>();
+    let meta = RequestMeta {
+        method: req.method(),
+        authority: &authority,
+        path_and_query: path,
+        scheme,
+        headers: req.headers(),
+    };
+    let decision = decide(&table, &meta, draw);
+    let (vhost, route) = match &decision {
+        Decision::NoRoute => {
+            log.flags.add("NR");
+            return local(StatusCode::NOT_FOUND, "no route\n", &log.flags);
+        }
+        Decision::Forward { vhost, route, .. }
+        | Decision::Redirect { vhost, route, .. }
+        | Decision::Direct { vhost, route, .. } => (*vhost, *route),
+    };
+    log.vhost = Some(vhost.name.clone());
+    log.route = Some(route.name.clone());
+    // Fault filter: per-route config, else virtual host, else the filter's own.
+    if let Some(defaults) = &cfg.fault {
+        let fault: &FaultConfig = route.fault.as_ref().or(vhost.fault.as_ref()).unwrap_or(defaults);
+        if let Some(resp) = run_fault(fault, &req, log).await {
+            return resp;
+        }
+    }
+    let levels_resp = [&route.headers, &vhost.headers, &table.headers];
+    match decision {
+        Decision::NoRoute => unreachable_no_route(log),
+        Decision::Direct { status, body, .. } => {
+            let mut r = Response::new(full(body.unwrap_or("").to_string()));
+            *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
+            apply_ops(r.headers_mut(), levels_resp, false);
+            r
+        }
+        Decision::Redirect { status, location, .. } => {
+            let mut r = Response::new(super::empty());
+            *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
+            if let Ok(v) = http::HeaderValue::from_str(&location) {
+                r.headers_mut().insert(http::header::LOCATION, v);
+            }
+            apply_ops(r.headers_mut(), levels_resp, false);
+            r
+        }
+        Decision::Forward {
+            action,
+            target,
+            cluster,
+            path: new_path,
+            ..
+        } => {
+            let target_ops = match &action.clusters {
+                crate::config::ClusterChoice::Weighted(w) => w.get(target).map(|t| &t.headers),
+                crate::config::ClusterChoice::Single(_) => None,
+            };
+            let f = Forwarding {
+                action,
+                cluster,
+                authority: &authority,
+                path: new_path.as_deref().unwrap_or(path),
+                scheme,
+                header_levels: target_ops
+                    .into_iter()
+                    .chain([&route.headers, &vhost.headers, &table.headers])
+                    .collect(),
+                retry: action.retry.as_ref().or(vhost.retry.as_ref()),
+                peer: down.peer,
+            };
+            forward(ctx, f, req, log).await
+        }
+    }
+}
+
+/// `decide` returned NoRoute earlier and the function returned then; kept
+/// total without a panic.
+fn unreachable_no_route(log: &mut RequestLog) -> Response<Body> {
+    log.flags.add("NR");
+    local(StatusCode::NOT_FOUND, "no route\n", &log.flags)
+}
+
+fn roll(per_million: u32) -> bool {
+    per_million >= 1_000_000 || rand::rng().random_range(0..1_000_000) < per_million
+}
+
+async fn run_fault(
+    f: &FaultConfig,
+    req: &Request<Incoming>,
+    log: &mut RequestLog,
+) -> Option<Response<Body>> {
+    if let Some((d, pct)) = f.delay {
+        if roll(pct) {
+            log.flags.add("DI");
+            tokio::time::sleep(d).await;
+        }
+    }
+    let (with, pct) = f.abort?;
+    if !roll(pct) {
+        return None;
+    }
+    log.flags.add("FI");
+    let grpc = req
+        .headers()
+        .get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"));
+    Some(match with {
+        AbortWith::Http(s) if grpc => grpc_status(http_to_grpc(s), "fault filter abort"),
+        AbortWith::Http(s) => local(
+            StatusCode::from_u16(s).unwrap_or(StatusCode::SERVICE_UNAVAILABLE),
+            "fault filter abort",
+            &log.flags,
+        ),
+        AbortWith::Grpc(c) => grpc_status(c, "fault filter abort"),
+    })
+}
+
+/// gRPC's HTTP→status mapping for aborts on gRPC requests.
+fn http_to_grpc(s: u16) -> u32 {
+    match s {
+        400 => 13,
+        401 => 16,
+        403 => 7,
+        404 => 12,
+        429 | 502..=504 => 14,
+        _ => 2,
+    }
+}
