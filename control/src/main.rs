@@ -41,6 +41,11 @@ enum Command {
     Control(isthmus_control::app::ControlOptions),
     /// Run the data plane as a sidecar, east-west, ingress or egress gateway.
     Gateway(cli::gateway::GatewayArgs),
+    /// Per connected proxy, per type: synced, NACKed (with the message) or
+    /// stale; the registry, federation and config state (like `istioctl proxy-status`).
+    Status(cli::status::StatusArgs),
+    /// What a connected proxy was last sent: clusters, endpoints, listeners, routes, secrets.
+    ProxyConfig(cli::status::ProxyConfigArgs),
     /// Three clusters on loopback with live traffic and a failover you can watch.
     Demo(cli::demo::DemoArgs),
     /// Sample workloads for the demo and the scenario tests.
@@ -104,6 +109,14 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(cli::gateway::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Status(args) => {
+            runtime()?.block_on(cli::status::status(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::ProxyConfig(args) => {
+            runtime()?.block_on(cli::status::proxy_config(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Demo(args) => runtime()?.block_on(cli::demo::run(args)),
         Command::Workload { command } => {
             runtime()?.block_on(cli::workload::run(command))?;
@@ -115,5 +128,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     // rustls needs one process-wide crypto provider; ring is the one built in.
     let _ = rustls::crypto::ring::default_provider().install_default();
-    Ok(tokio::runtime::Builder::new_multi_thread().enable_all().build()?)
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
 }

@@ -306,3 +306,50 @@ fn grpc_targets_resolve_only_for_known_ports() {
     assert_eq!(ask("reviews.shop.svc.cluster.local:9999"), 0);
     assert_eq!(ask("nothing.shop.svc.cluster.local:9080"), 0);
 }
+
+#[test]
+fn gateway_virtual_services_merge_per_host_and_redirect_to_https() {
+    use envoy_types::pb::envoy::config::route::v3::{
+        virtual_host::TlsRequirementType, RouteConfiguration,
+    };
+    let l = case("ingress-gateway");
+    let routes = generate(
+        &l.inputs,
+        &l.proxy,
+        l.flavor,
+        TypeUrl::RouteConfiguration,
+        &Names::All,
+    );
+    let get = |name: &str| {
+        let r = routes
+            .iter()
+            .find(|r| r.name == name)
+            .unwrap_or_else(|| panic!("{name} generated"));
+        RouteConfiguration::decode(r.body.value.as_slice()).expect("decodes")
+    };
+    let http = get("http.8080");
+    assert_eq!(
+        http.virtual_hosts.len(),
+        1,
+        "`*` narrowed to the server's host, merged"
+    );
+    let names: Vec<&str> = http.virtual_hosts[0]
+        .routes
+        .iter()
+        .map(|r| r.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["shop.bookinfo.0", "istio-system.mesh-entry.0"],
+        "exact host first"
+    );
+    assert_eq!(
+        http.virtual_hosts[0].require_tls,
+        TlsRequirementType::None as i32
+    );
+    let redirect = get("http.8081");
+    assert!(redirect
+        .virtual_hosts
+        .iter()
+        .all(|v| v.require_tls == TlsRequirementType::All as i32));
+}

@@ -85,7 +85,11 @@ impl NodeConfig {
     /// A witness: keeps more log than a replica (it cannot send snapshots,
     /// so the log is all it can catch a lagging replica up with while it
     /// leads) and applies nothing.
-    pub fn witness(id: u64, data_dir: impl Into<PathBuf>, bootstrap_voters: Vec<u64>) -> NodeConfig {
+    pub fn witness(
+        id: u64,
+        data_dir: impl Into<PathBuf>,
+        bootstrap_voters: Vec<u64>,
+    ) -> NodeConfig {
         let mut cfg = NodeConfig::new(id, data_dir, bootstrap_voters);
         cfg.witness = true;
         cfg.keep_entries = 50_000;

@@ -134,10 +134,7 @@ async fn refuses_peer_of_another_trust_domain() {
         got.is_none(),
         "a peer of another trust domain must not be heard"
     );
-    assert!(
-        m2.refused_peers_total() > 0,
-        "the refusal is counted"
-    );
+    assert!(m2.refused_peers_total() > 0, "the refusal is counted");
 }
 
 #[tokio::test]
@@ -293,7 +290,10 @@ async fn a_member_cannot_claim_another_members_node_id() {
     let (t2, mut rx2, m2) = start_as(&ca, TD, 2, 2, bound_authorizer(), 1 << 20);
     t1.add_peer(2, peer(&t2));
     let got = send_for(&t1, msg(1, 2, 0), &mut rx2, Duration::from_millis(1500)).await;
-    assert!(got.is_none(), "node 5's certificate must not speak as node 1");
+    assert!(
+        got.is_none(),
+        "node 5's certificate must not speak as node 1"
+    );
     assert!(
         m2.transport_refused_peers
             .with_label_values(&["identity"])
@@ -383,7 +383,10 @@ async fn snapshots_travel_on_their_own_stream_and_are_reported() {
         .await
         .expect("delivery is reported to the sending node")
         .unwrap();
-    assert_eq!(report.get_msg_type(), raft::eraftpb::MessageType::MsgSnapStatus);
+    assert_eq!(
+        report.get_msg_type(),
+        raft::eraftpb::MessageType::MsgSnapStatus
+    );
     assert_eq!((report.from, report.to, report.reject), (2, 1, false));
     assert!(m1.snapshot_bytes_sent.get() >= 5 << 20);
 }
@@ -409,7 +412,10 @@ async fn oversized_snapshots_are_refused_and_reported_failed() {
         .await
         .expect("the failure is reported")
         .unwrap();
-    assert_eq!(report.get_msg_type(), raft::eraftpb::MessageType::MsgSnapStatus);
+    assert_eq!(
+        report.get_msg_type(),
+        raft::eraftpb::MessageType::MsgSnapStatus
+    );
     assert!(report.reject, "an undelivered snapshot is reported failed");
     assert_eq!(m1.snapshots_failed.get(), 1);
     while let Ok(m) = rx2.try_recv() {

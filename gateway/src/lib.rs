@@ -19,6 +19,7 @@ pub mod outlier;
 pub mod proxy;
 pub mod state;
 pub mod tls;
+pub mod tunnel;
 pub mod xds;
 
 use std::collections::BTreeMap;
@@ -64,6 +65,8 @@ pub struct GatewayConfig {
     pub connect_attempts: u32,
     /// Delta or state-of-the-world ADS (default: delta with fallback).
     pub xds_mode: xds::XdsMode,
+    /// East-west gateways: serve and use the QUIC tunnel (needs `cert`).
+    pub tunnel: Option<tunnel::TunnelConfig>,
 }
 
 impl GatewayConfig {
@@ -80,6 +83,7 @@ impl GatewayConfig {
             drain_time: Duration::from_secs(30),
             connect_attempts: 3,
             xds_mode: xds::XdsMode::Auto,
+            tunnel: None,
         }
     }
 }
@@ -92,6 +96,10 @@ pub enum GatewayError {
     Admin(#[from] admin::AdminError),
     #[error("xDS address {0:?} is not a valid URI (expected e.g. http://istiod:15010): {1}")]
     XdsAddress(String, String),
+    #[error(transparent)]
+    Tunnel(#[from] tunnel::TunnelError),
+    #[error("the QUIC tunnel needs this gateway's own certificate (GatewayConfig.cert)")]
+    TunnelWithoutCertificate,
     #[error("installing the SIGTERM handler: {0}")]
     Signal(std::io::Error),
 }
@@ -100,6 +108,7 @@ pub enum GatewayError {
 #[derive(Debug)]
 pub struct Gateway {
     admin_address: SocketAddr,
+    tunnel_address: Option<SocketAddr>,
     ready: watch::Receiver<bool>,
     bound: watch::Receiver<BTreeMap<String, SocketAddr>>,
     listeners: listener::ListenerManager,
@@ -121,13 +130,29 @@ impl Gateway {
         let (routes_tx, routes_rx) = watch::channel(Arc::new(state::RouteTables::default()));
         let tracker = TaskTracker::new();
         let stop = CancellationToken::new();
+        let tunnel_endpoint = match (&config.tunnel, &config.cert) {
+            (None, _) => None,
+            (Some(_), None) => return Err(GatewayError::TunnelWithoutCertificate),
+            (Some(t), Some(cert)) => Some(tunnel::endpoint(*t, cert)?),
+        };
         let ctx = proxy::connection::ProxyContext {
+            tunnel: tunnel_endpoint.clone().map(tunnel::TunnelClient::new),
             clusters: clusters_rx.clone(),
             routes: routes_rx,
             metrics: metrics.clone(),
             connect_attempts: config.connect_attempts.max(1),
         };
-        let listeners = listener::ListenerManager::spawn(ctx, config.drain_time, tracker.clone());
+        let listeners =
+            listener::ListenerManager::spawn(ctx.clone(), config.drain_time, tracker.clone());
+        let tunnel_address = match tunnel_endpoint {
+            Some(ep) => {
+                let addr = ep.local_addr().ok();
+                tracing::info!(address = ?addr, "QUIC tunnel listening");
+                tokio::spawn(tunnel::serve(ep, listeners.by_port(), ctx, stop.clone()));
+                addr
+            }
+            None => None,
+        };
         let admin_state = admin::AdminState {
             metrics: metrics.clone(),
             ready: ready_rx.clone(),
@@ -139,14 +164,13 @@ impl Gateway {
             admin::bind(config.admin_address, admin_state, stop.clone()).await?;
         tokio::spawn(admin);
         tracing::info!(address = %admin_address, "admin server listening");
-        let applier =
-            apply::Applier::new(
-                clusters_tx,
-                dump_tx,
-                routes_tx,
-                listeners.clone(),
-                config.cert.clone(),
-            );
+        let applier = apply::Applier::new(
+            clusters_tx,
+            dump_tx,
+            routes_tx,
+            listeners.clone(),
+            config.cert.clone(),
+        );
         let client = xds::XdsClient::new(
             config.xds_address.clone(),
             node_proto(&config.node),
@@ -158,6 +182,7 @@ impl Gateway {
         tokio::spawn(client.run(stop.clone()));
         Ok(Self {
             admin_address,
+            tunnel_address,
             ready: ready_rx,
             bound: listeners.bound(),
             listeners,
@@ -169,6 +194,11 @@ impl Gateway {
 
     pub fn admin_address(&self) -> SocketAddr {
         self.admin_address
+    }
+
+    /// The bound UDP address of the QUIC tunnel, if it runs.
+    pub fn tunnel_address(&self) -> Option<SocketAddr> {
+        self.tunnel_address
     }
 
     pub fn is_ready(&self) -> bool {

@@ -242,6 +242,7 @@ mod tests {
                 circuit_breakers: CircuitBreakerThresholds::default(),
                 outlier: None,
                 http: Default::default(),
+                tunnel: false,
             },
         );
         s.endpoints.insert(

@@ -80,7 +80,10 @@ pub async fn get_json(addr: SocketAddr, path: &str) -> Result<serde_json::Value,
 
 /// `Ok` when `/readyz` answers 200.
 pub async fn ready(addr: SocketAddr) -> Result<(), String> {
-    get(addr, "/readyz").await.map(|_| ()).map_err(|e| e.to_string())
+    get(addr, "/readyz")
+        .await
+        .map(|_| ())
+        .map_err(|e| e.to_string())
 }
 
 /// One sample of a Prometheus text exposition.
@@ -118,7 +121,11 @@ fn parse_line(line: &str) -> Option<Sample> {
             (name.to_string(), labels)
         }
     };
-    Some(Sample { name, labels, value })
+    Some(Sample {
+        name,
+        labels,
+        value,
+    })
 }
 
 /// The sum of every sample named `name` whose labels include all of `want`.
@@ -126,7 +133,10 @@ pub fn sum(samples: &[Sample], name: &str, want: &[(&str, &str)]) -> f64 {
     samples
         .iter()
         .filter(|s| s.name == name)
-        .filter(|s| want.iter().all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v)))
+        .filter(|s| {
+            want.iter()
+                .all(|(k, v)| s.labels.get(*k).map(String::as_str) == Some(*v))
+        })
         .map(|s| s.value)
         .sum()
 }
@@ -152,9 +162,15 @@ mod tests {
         assert_eq!(s[2].name, "plain_metric");
         assert_eq!(s[2].value, 3.5);
         let pp = [("source_principal", "spiffe://t/ns/default/sa/pp")];
-        assert_eq!(sum(&s, "isthmus_gateway_tcp_connections_opened_total", &pp), 8.0);
+        assert_eq!(
+            sum(&s, "isthmus_gateway_tcp_connections_opened_total", &pp),
+            8.0
+        );
         let one = [("listener", "in")];
-        assert_eq!(sum(&s, "isthmus_gateway_tcp_connections_opened_total", &one), 6.0);
+        assert_eq!(
+            sum(&s, "isthmus_gateway_tcp_connections_opened_total", &one),
+            6.0
+        );
         assert_eq!(sum(&s, "nothing", &[]), 0.0);
     }
 

@@ -40,9 +40,14 @@ fn layout(exe: &Path) -> Option<(PathBuf, String)> {
 fn build() -> Result<PathBuf, BinaryError> {
     if let Some(p) = std::env::var_os("ISTHMUS_BIN") {
         let p = PathBuf::from(p);
-        return if p.exists() { Ok(p) } else { Err(BinaryError::Missing(p)) };
+        return if p.exists() {
+            Ok(p)
+        } else {
+            Err(BinaryError::Missing(p))
+        };
     }
-    let exe = std::env::current_exe().map_err(|e| BinaryError::Layout(PathBuf::from(e.to_string())))?;
+    let exe =
+        std::env::current_exe().map_err(|e| BinaryError::Layout(PathBuf::from(e.to_string())))?;
     let (target, profile) = layout(&exe).ok_or_else(|| BinaryError::Layout(exe.clone()))?;
     let cargo = std::env::var("CARGO")
         .ok()
@@ -50,7 +55,15 @@ fn build() -> Result<PathBuf, BinaryError> {
         .unwrap_or_else(|| "cargo".to_string());
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../Cargo.toml");
     let out = Command::new(&cargo)
-        .args(["build", "--quiet", "-p", "isthmus-control", "--bin", "isthmus", "--profile"])
+        .args([
+            "build",
+            "--quiet",
+            "-p",
+            "isthmus-control",
+            "--bin",
+            "isthmus",
+            "--profile",
+        ])
         .arg(&profile)
         .arg("--manifest-path")
         .arg(&manifest)
@@ -62,7 +75,9 @@ fn build() -> Result<PathBuf, BinaryError> {
             reason: e.to_string(),
         })?;
     if !out.status.success() {
-        return Err(BinaryError::Build(String::from_utf8_lossy(&out.stderr).into_owned()));
+        return Err(BinaryError::Build(
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        ));
     }
     let dir = exe
         .parent()

@@ -4,8 +4,8 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use crate::faultproxy::FaultProxy;
 use crate::error::HarnessError;
+use crate::faultproxy::FaultProxy;
 use crate::process::{Managed, ProcessError, Spec};
 use crate::spec::{Block, ClusterSpec, Timing};
 
@@ -53,74 +53,98 @@ impl Cluster {
     }
 
     pub(crate) fn control_spec(spec: &ClusterSpec, block: Block, dir: &Path, l: &Launch) -> Spec {
-        Spec::new(format!("{}-control", spec.name), &l.binary, &Self::log_dir(dir))
-            .arg("--log")
-            .arg(&l.log_filter)
-            .arg("control")
-            .arg("--config-dir")
-            .arg(dir.join("config"))
-            .arg("--ca-dir")
-            .arg(dir.join("ca"))
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .arg("--grpc-addr")
-            .arg(block.grpc().to_string())
-            .arg("--plaintext-xds-addr")
-            .arg(block.plaintext_xds().to_string())
-            .arg("--admin-addr")
-            .arg(block.control_admin().to_string())
-            .arg("--bootstrap-tokens")
-            .arg(dir.join("tokens"))
-            .arg("--raft-tick")
-            .arg(durations(l.timing.raft_tick))
-            .arg("--lease-renew")
-            .arg(durations(l.timing.lease_renew))
-            .arg("--lease-ttl")
-            .arg(durations(l.timing.lease_ttl))
+        Spec::new(
+            format!("{}-control", spec.name),
+            &l.binary,
+            &Self::log_dir(dir),
+        )
+        .arg("--log")
+        .arg(&l.log_filter)
+        .arg("control")
+        .arg("--config-dir")
+        .arg(dir.join("config"))
+        .arg("--ca-dir")
+        .arg(dir.join("ca"))
+        .arg("--data-dir")
+        .arg(dir.join("data"))
+        .arg("--grpc-addr")
+        .arg(block.grpc().to_string())
+        .arg("--plaintext-xds-addr")
+        .arg(block.plaintext_xds().to_string())
+        .arg("--admin-addr")
+        .arg(block.control_admin().to_string())
+        .arg("--bootstrap-tokens")
+        .arg(dir.join("tokens"))
+        .arg("--raft-tick")
+        .arg(durations(l.timing.raft_tick))
+        .arg("--lease-renew")
+        .arg(durations(l.timing.lease_renew))
+        .arg("--lease-ttl")
+        .arg(durations(l.timing.lease_ttl))
     }
 
     pub(crate) fn eastwest_spec(spec: &ClusterSpec, block: Block, dir: &Path, l: &Launch) -> Spec {
-        Spec::new(format!("{}-east-west", spec.name), &l.binary, &Self::log_dir(dir))
-            .arg("--log")
-            .arg(&l.log_filter)
-            .args(["gateway", "--role", "east-west", "--xds"])
-            .arg(format!("http://{}", block.plaintext_xds()))
-            .arg("--ip")
-            .arg(block.eastwest_ip().to_string())
-            .arg("--cluster-id")
-            .arg(&spec.name)
-            .arg("--network")
-            .arg(&spec.network)
-            .arg("--locality")
-            .arg(format!("{}/{}", spec.region, spec.zone))
-            .arg("--admin")
-            .arg(block.eastwest_admin().to_string())
-            .arg("--trust-domain")
-            .arg(&l.trust_domain)
+        Spec::new(
+            format!("{}-east-west", spec.name),
+            &l.binary,
+            &Self::log_dir(dir),
+        )
+        .arg("--log")
+        .arg(&l.log_filter)
+        .args(["gateway", "--role", "east-west", "--xds"])
+        .arg(format!("http://{}", block.plaintext_xds()))
+        .arg("--ip")
+        .arg(block.eastwest_ip().to_string())
+        .arg("--cluster-id")
+        .arg(&spec.name)
+        .arg("--network")
+        .arg(&spec.network)
+        .arg("--locality")
+        .arg(format!("{}/{}", spec.region, spec.zone))
+        .arg("--admin")
+        .arg(block.eastwest_admin().to_string())
+        .arg("--trust-domain")
+        .arg(&l.trust_domain)
     }
 
-    pub(crate) fn app_spec(spec: &ClusterSpec, block: Block, dir: &Path, l: &Launch, k: u8) -> Option<Spec> {
+    pub(crate) fn app_spec(
+        spec: &ClusterSpec,
+        block: Block,
+        dir: &Path,
+        l: &Launch,
+        k: u8,
+    ) -> Option<Spec> {
         let w = spec.workloads.get(usize::from(k) - 1)?;
         let port = spec.service_spec(&w.service)?.port;
         let zone = w.zone.clone().unwrap_or_else(|| spec.zone.clone());
         Some(
-            Spec::new(format!("{}-{}-app", spec.name, w.name), &l.binary, &Self::log_dir(dir))
-                .arg("--log")
-                .arg(&l.log_filter)
-                .args(["workload", "echo", "--listen"])
-                .arg(SocketAddr::new(block.app_ip(k), port).to_string())
-                .arg("--service")
-                .arg(&w.service)
-                .arg("--cluster")
-                .arg(&spec.name)
-                .arg("--zone")
-                .arg(zone)
-                .arg("--version")
-                .arg(&w.version),
+            Spec::new(
+                format!("{}-{}-app", spec.name, w.name),
+                &l.binary,
+                &Self::log_dir(dir),
+            )
+            .arg("--log")
+            .arg(&l.log_filter)
+            .args(["workload", "echo", "--listen"])
+            .arg(SocketAddr::new(block.app_ip(k), port).to_string())
+            .arg("--service")
+            .arg(&w.service)
+            .arg("--cluster")
+            .arg(&spec.name)
+            .arg("--zone")
+            .arg(zone)
+            .arg("--version")
+            .arg(&w.version),
         )
     }
 
-    pub(crate) fn sidecar_spec(spec: &ClusterSpec, block: Block, dir: &Path, l: &Launch, k: u8) -> Option<Spec> {
+    pub(crate) fn sidecar_spec(
+        spec: &ClusterSpec,
+        block: Block,
+        dir: &Path,
+        l: &Launch,
+        k: u8,
+    ) -> Option<Spec> {
         let w = spec.workloads.get(usize::from(k) - 1)?;
         let ns = spec
             .service_spec(&w.service)
@@ -128,45 +152,49 @@ impl Cluster {
             .unwrap_or_else(|| "default".to_string());
         let zone = w.zone.clone().unwrap_or_else(|| spec.zone.clone());
         Some(
-            Spec::new(format!("{}-{}-sidecar", spec.name, w.name), &l.binary, &Self::log_dir(dir))
-                .arg("--log")
-                .arg(&l.log_filter)
-                .args(["gateway", "--role", "sidecar", "--xds"])
-                .arg(format!("http://{}", block.plaintext_xds()))
-                .arg("--ca")
-                .arg(block.grpc().to_string())
-                .arg("--root-cert")
-                .arg(&l.root_cert)
-                .arg("--token-file")
-                .arg(dir.join(format!("token-{}", w.name)))
-                .arg("--trust-domain")
-                .arg(&l.trust_domain)
-                .arg("--ip")
-                .arg(block.workload_ip(k).to_string())
-                .arg("--pod")
-                .arg(&w.name)
-                .arg("--namespace")
-                .arg(ns)
-                .arg("--service-account")
-                .arg(&w.service_account)
-                .arg("--cluster-id")
-                .arg(&spec.name)
-                .arg("--network")
-                .arg(&spec.network)
-                .arg("--locality")
-                .arg(format!("{}/{}", spec.region, zone))
-                .arg("--label")
-                .arg(format!("app={}", w.service))
-                .arg("--label")
-                .arg(format!("version={}", w.version))
-                .arg("--admin")
-                .arg(block.workload_admin(k).to_string())
-                .arg("--app-address")
-                .arg(block.app_ip(k).to_string())
-                .arg("--outbound-bind")
-                .arg(block.outbound_ip(k).to_string())
-                .arg("--drain-time")
-                .arg("1s"),
+            Spec::new(
+                format!("{}-{}-sidecar", spec.name, w.name),
+                &l.binary,
+                &Self::log_dir(dir),
+            )
+            .arg("--log")
+            .arg(&l.log_filter)
+            .args(["gateway", "--role", "sidecar", "--xds"])
+            .arg(format!("http://{}", block.plaintext_xds()))
+            .arg("--ca")
+            .arg(block.grpc().to_string())
+            .arg("--root-cert")
+            .arg(&l.root_cert)
+            .arg("--token-file")
+            .arg(dir.join(format!("token-{}", w.name)))
+            .arg("--trust-domain")
+            .arg(&l.trust_domain)
+            .arg("--ip")
+            .arg(block.workload_ip(k).to_string())
+            .arg("--pod")
+            .arg(&w.name)
+            .arg("--namespace")
+            .arg(ns)
+            .arg("--service-account")
+            .arg(&w.service_account)
+            .arg("--cluster-id")
+            .arg(&spec.name)
+            .arg("--network")
+            .arg(&spec.network)
+            .arg("--locality")
+            .arg(format!("{}/{}", spec.region, zone))
+            .arg("--label")
+            .arg(format!("app={}", w.service))
+            .arg("--label")
+            .arg(format!("version={}", w.version))
+            .arg("--admin")
+            .arg(block.workload_admin(k).to_string())
+            .arg("--app-address")
+            .arg(block.app_ip(k).to_string())
+            .arg("--outbound-bind")
+            .arg(block.outbound_ip(k).to_string())
+            .arg("--drain-time")
+            .arg("1s"),
         )
     }
 
@@ -174,11 +202,20 @@ impl Cluster {
         &self.spec.name
     }
 
-    /// The admin address of every proxy of the cluster (gateway first).
+    /// The admin address of every proxy of the cluster that can become
+    /// ready (gateway first). An east-west gateway of a cluster exporting
+    /// nothing gets no listeners and stays "waiting for the first complete
+    /// configuration", so it is left out.
     pub fn proxy_admins(&self) -> Vec<SocketAddr> {
-        let mut v = vec![self.block.eastwest_admin()];
+        let mut v = Vec::new();
+        if self.spec.services.iter().any(|s| s.export) {
+            v.push(self.block.eastwest_admin());
+        }
         for k in 1..=self.sidecars.len() {
-            v.push(self.block.workload_admin(u8::try_from(k).unwrap_or(u8::MAX)));
+            v.push(
+                self.block
+                    .workload_admin(u8::try_from(k).unwrap_or(u8::MAX)),
+            );
         }
         v
     }
@@ -223,6 +260,16 @@ impl Cluster {
 
     pub async fn restart_part(&mut self, part: &Part) -> Result<(), HarnessError> {
         Ok(self.part(part)?.restart().await?)
+    }
+
+    pub async fn restart_gracefully(
+        &mut self,
+        part: &Part,
+        grace: std::time::Duration,
+    ) -> Result<(), HarnessError> {
+        let p = self.part(part)?;
+        p.stop(grace).await?;
+        Ok(p.restart().await?)
     }
 
     /// SIGSTOP: the process keeps its sockets but answers nothing.
@@ -270,7 +317,12 @@ impl Cluster {
             .chain(std::iter::once(&self.eastwest))
             .chain(self.sidecars.iter());
         for p in ps {
-            out.push_str(&format!("--- {} ({})\n{}\n", p.name(), p.log_path().display(), p.log_tail(n)));
+            out.push_str(&format!(
+                "--- {} ({})\n{}\n",
+                p.name(),
+                p.log_path().display(),
+                p.log_tail(n)
+            ));
         }
         out
     }

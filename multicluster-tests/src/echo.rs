@@ -94,8 +94,7 @@ mod tests {
             version: "v2".into(),
         };
         let server = tokio::spawn(serve(listener, me.clone()));
-        let client: Client<_, Full<Bytes>> =
-            Client::builder(TokioExecutor::new()).build_http();
+        let client: Client<_, Full<Bytes>> = Client::builder(TokioExecutor::new()).build_http();
         let resp = client
             .get(format!("http://{addr}/hello").parse().unwrap())
             .await

@@ -20,7 +20,9 @@ pub enum HarnessError {
     Proxy(#[from] crate::faultproxy::ProxyError),
     #[error("no {what} named {name:?} in this federation")]
     NoSuch { what: &'static str, name: String },
-    #[error("no free loopback block of {0} consecutive 127.N.0.0/16 ranges (all of 127.20-250 in use?)")]
+    #[error(
+        "no free loopback block of {0} consecutive 127.N.0.0/16 ranges (all of 127.20-250 in use?)"
+    )]
     NoFreeBlock(usize),
     #[error("invalid federation spec: {0}")]
     Spec(String),
@@ -32,7 +34,10 @@ pub enum HarnessError {
     },
 }
 
-pub(crate) fn io(what: &'static str, path: impl Into<PathBuf>) -> impl FnOnce(std::io::Error) -> HarnessError {
+pub(crate) fn io(
+    what: &'static str,
+    path: impl Into<PathBuf>,
+) -> impl FnOnce(std::io::Error) -> HarnessError {
     let path = path.into();
     move |source| HarnessError::Io { what, path, source }
 }

@@ -41,8 +41,14 @@ impl FaultProxy {
     pub async fn start(listen: SocketAddr, upstream: SocketAddr) -> Result<FaultProxy, ProxyError> {
         let listener = TcpListener::bind(listen)
             .await
-            .map_err(|source| ProxyError { addr: listen, source })?;
-        let addr = listener.local_addr().map_err(|source| ProxyError { addr: listen, source })?;
+            .map_err(|source| ProxyError {
+                addr: listen,
+                source,
+            })?;
+        let addr = listener.local_addr().map_err(|source| ProxyError {
+            addr: listen,
+            source,
+        })?;
         let (faults, rx) = watch::channel(Faults::default());
         let task = tokio::spawn(accept_loop(listener, upstream, rx));
         Ok(FaultProxy { addr, faults, task })
@@ -176,18 +182,29 @@ mod tests {
     #[tokio::test]
     async fn forwards_adds_latency_and_cuts() {
         let up = echo_server().await;
-        let p = FaultProxy::start("127.0.0.1:0".parse().unwrap(), up).await.unwrap();
+        let p = FaultProxy::start("127.0.0.1:0".parse().unwrap(), up)
+            .await
+            .unwrap();
         round_trip(p.addr()).await.unwrap();
 
-        p.set(Faults { latency: Duration::from_millis(50), ..Faults::default() });
+        p.set(Faults {
+            latency: Duration::from_millis(50),
+            ..Faults::default()
+        });
         let rtt = round_trip(p.addr()).await.unwrap();
         // Both directions are delayed: at least twice the one-way latency.
         assert!(rtt >= Duration::from_millis(100), "{rtt:?}");
 
-        p.set(Faults { cut: true, ..Faults::default() });
+        p.set(Faults {
+            cut: true,
+            ..Faults::default()
+        });
         assert!(round_trip(p.addr()).await.is_err());
 
-        p.set(Faults { loss: 1.0, ..Faults::default() });
+        p.set(Faults {
+            loss: 1.0,
+            ..Faults::default()
+        });
         assert!(round_trip(p.addr()).await.is_err());
 
         p.set(Faults::default());

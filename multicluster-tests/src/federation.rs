@@ -40,7 +40,9 @@ impl Federation {
             return Err(HarnessError::Spec("no clusters".into()));
         }
         let blocks: Vec<Block> = match &spec.blocks {
-            Some(octets) if octets.len() == n => octets.iter().map(|&octet| Block { octet }).collect(),
+            Some(octets) if octets.len() == n => {
+                octets.iter().map(|&octet| Block { octet }).collect()
+            }
             Some(octets) => {
                 return Err(HarnessError::Spec(format!(
                     "{} blocks for {n} clusters",
@@ -48,7 +50,11 @@ impl Federation {
                 )))
             }
             None => {
-                if spec.clusters.iter().any(|c| !matches!(c.config, ConfigSource::Generate)) {
+                if spec
+                    .clusters
+                    .iter()
+                    .any(|c| !matches!(c.config, ConfigSource::Generate))
+                {
                     return Err(HarnessError::Spec(
                         "clusters with their own config files need fixed blocks (their addresses are in the files)".into(),
                     ));
@@ -65,7 +71,10 @@ impl Federation {
                 let t = tempfile::Builder::new()
                     .prefix("isthmus-federation-")
                     .tempdir()
-                    .map_err(io("cannot create a temporary directory in", std::env::temp_dir()))?;
+                    .map_err(io(
+                        "cannot create a temporary directory in",
+                        std::env::temp_dir(),
+                    ))?;
                 let p = t.path().to_path_buf();
                 (Some(t), p)
             }
@@ -113,7 +122,10 @@ impl Federation {
                 block,
                 dir,
                 trust_domain: &spec.trust_domain,
-                eastwest_advertised: wan.as_ref().map(FaultProxy::addr).unwrap_or_else(|| block.eastwest()),
+                eastwest_advertised: wan
+                    .as_ref()
+                    .map(FaultProxy::addr)
+                    .unwrap_or_else(|| block.eastwest()),
                 peers,
                 secret: &secret,
             })?;
@@ -128,7 +140,8 @@ impl Federation {
             let mut apps = Vec::new();
             let mut sidecars = Vec::new();
             for k in 1..=c.workloads.len() {
-                let k = u8::try_from(k).map_err(|_| HarnessError::Spec("more than 255 workloads".into()))?;
+                let k = u8::try_from(k)
+                    .map_err(|_| HarnessError::Spec("more than 255 workloads".into()))?;
                 let app = Cluster::app_spec(&c, block, &dir, &launch, k).ok_or_else(|| {
                     HarnessError::Spec(format!(
                         "workload {} of {} names a service the cluster does not define",
@@ -195,12 +208,20 @@ impl Federation {
 
     /// The sidecar outbound listener through which `workload` of `cluster`
     /// calls `service` (found in any cluster's spec).
-    pub fn outbound(&self, cluster: &str, workload: &str, service: &str) -> Result<SocketAddr, HarnessError> {
+    pub fn outbound(
+        &self,
+        cluster: &str,
+        workload: &str,
+        service: &str,
+    ) -> Result<SocketAddr, HarnessError> {
         let c = self.cluster(cluster)?;
-        let k = c.spec.workload_index(workload).ok_or_else(|| HarnessError::NoSuch {
-            what: "workload",
-            name: format!("{cluster}/{workload}"),
-        })?;
+        let k = c
+            .spec
+            .workload_index(workload)
+            .ok_or_else(|| HarnessError::NoSuch {
+                what: "workload",
+                name: format!("{cluster}/{workload}"),
+            })?;
         let port = self
             .clusters
             .iter()
@@ -213,7 +234,13 @@ impl Federation {
     }
 
     /// Load from `workload` in `cluster` to `service`, at `rate` req/s.
-    pub fn load(&self, cluster: &str, workload: &str, service: &str, rate: f64) -> Result<LoadConfig, HarnessError> {
+    pub fn load(
+        &self,
+        cluster: &str,
+        workload: &str,
+        service: &str,
+        rate: f64,
+    ) -> Result<LoadConfig, HarnessError> {
         let target = self.outbound(cluster, workload, service)?;
         Ok(LoadConfig::new(target, service, rate))
     }
@@ -224,6 +251,19 @@ impl Federation {
 
     pub async fn restart(&mut self, cluster: &str, part: &Part) -> Result<(), HarnessError> {
         self.cluster_mut(cluster)?.restart_part(part).await
+    }
+
+    /// SIGTERM (SIGKILL after `grace`), then start again: one step of a
+    /// rolling restart.
+    pub async fn restart_gracefully(
+        &mut self,
+        cluster: &str,
+        part: &Part,
+        grace: Duration,
+    ) -> Result<(), HarnessError> {
+        self.cluster_mut(cluster)?
+            .restart_gracefully(part, grace)
+            .await
     }
 
     /// Every process of the cluster dies at once (kill -9).
@@ -274,7 +314,7 @@ impl Federation {
     pub fn not_ready(&self, timeout: crate::wait::Timeout) -> HarnessError {
         HarnessError::NotReady {
             timeout,
-            logs: self.log_tails(15),
+            logs: self.log_tails(8),
         }
     }
 

@@ -21,6 +21,7 @@ pub mod load;
 pub mod process;
 pub mod ready;
 pub mod render;
+pub mod scenario;
 pub mod setup;
 pub mod spec;
 pub mod stats;
@@ -32,5 +33,7 @@ pub use faultproxy::{FaultProxy, Faults};
 pub use federation::{Federation, READY_LIMIT};
 pub use load::{Landing, Load, LoadConfig, Outcome};
 pub use ready::RegistryView;
-pub use spec::{Block, ClusterSpec, ConfigSource, FederationSpec, ServiceSpec, Timing, WorkloadSpec};
+pub use spec::{
+    Block, ClusterSpec, ConfigSource, FederationSpec, ServiceSpec, Timing, WorkloadSpec,
+};
 pub use stats::{around_fault, FaultReport, Summary};

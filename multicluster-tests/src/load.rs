@@ -110,7 +110,11 @@ impl Load {
         let (stop, stop_rx) = watch::channel(false);
         let (tx, outcomes) = mpsc::unbounded_channel();
         let driver = tokio::spawn(drive(cfg, stop_rx, tx));
-        Load { stop, outcomes, driver }
+        Load {
+            stop,
+            outcomes,
+            driver,
+        }
     }
 
     /// Outcomes finished since the last call.
@@ -141,7 +145,11 @@ impl Drop for Load {
     }
 }
 
-async fn drive(cfg: LoadConfig, mut stop: watch::Receiver<bool>, tx: mpsc::UnboundedSender<Outcome>) {
+async fn drive(
+    cfg: LoadConfig,
+    mut stop: watch::Receiver<bool>,
+    tx: mpsc::UnboundedSender<Outcome>,
+) {
     let period = Duration::from_secs_f64(1.0 / cfg.rate.max(0.1));
     let mut tick = tokio::time::interval(period);
     // Late ticks are sent as soon as possible so the offered rate holds.
@@ -158,7 +166,11 @@ async fn drive(cfg: LoadConfig, mut stop: watch::Receiver<bool>, tx: mpsc::Unbou
         }
         let start = Instant::now();
         let Ok(permit) = slots.clone().try_acquire_owned() else {
-            let _ = tx.send(Outcome { start, end: start, result: Err(Failure::Overload) });
+            let _ = tx.send(Outcome {
+                start,
+                end: start,
+                result: Err(Failure::Overload),
+            });
             continue;
         };
         let (tx, cfg) = (tx.clone(), cfg.clone());
@@ -167,7 +179,11 @@ async fn drive(cfg: LoadConfig, mut stop: watch::Receiver<bool>, tx: mpsc::Unbou
                 Ok(r) => r,
                 Err(_) => Err(Failure::Timeout),
             };
-            let _ = tx.send(Outcome { start, end: Instant::now(), result });
+            let _ = tx.send(Outcome {
+                start,
+                end: Instant::now(),
+                result,
+            });
             drop(permit);
         });
     }
@@ -230,9 +246,16 @@ mod tests {
         let load = Load::start(LoadConfig::new(addr, "reviews", 200.0));
         tokio::time::sleep(Duration::from_millis(200)).await;
         let got = load.finish().await;
-        assert!(got.len() >= 10, "only {} requests in 200ms at 200/s", got.len());
+        assert!(
+            got.len() >= 10,
+            "only {} requests in 200ms at 200/s",
+            got.len()
+        );
         assert!(got.iter().all(|o| o.result
-            == Ok(Landing { cluster: "c1".into(), version: "v9".into() })));
+            == Ok(Landing {
+                cluster: "c1".into(),
+                version: "v9".into()
+            })));
         server.abort();
         let _ = server.await;
 
@@ -243,6 +266,10 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(100)).await;
         let got = load.finish().await;
         assert!(!got.is_empty());
-        assert!(got.iter().all(|o| matches!(o.result, Err(Failure::Connect(_)))), "{got:?}");
+        assert!(
+            got.iter()
+                .all(|o| matches!(o.result, Err(Failure::Connect(_)))),
+            "{got:?}"
+        );
     }
 }

@@ -95,7 +95,9 @@ impl Managed {
         };
         let (out, err) = (open()?, open()?);
         let mut cmd = Command::new(&self.spec.program);
+        // Log files are read by people and tests: no colour codes.
         cmd.args(&self.spec.args)
+            .env("NO_COLOR", "1")
             .envs(self.spec.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(out)

@@ -36,7 +36,10 @@ impl RegistryView {
                     .map(|(k, l)| {
                         // Rendered with Debug by the control plane, e.g.
                         // "LeaseState { renewed_at: 26, expired: false }".
-                        let expired = l.as_str().map(|s| s.contains("expired: true")).unwrap_or(false);
+                        let expired = l
+                            .as_str()
+                            .map(|s| s.contains("expired: true"))
+                            .unwrap_or(false);
                         (k.clone(), expired)
                     })
                     .collect()
@@ -62,7 +65,10 @@ impl RegistryView {
     }
 
     pub fn lease_expired(&self, cluster: &str) -> Option<bool> {
-        self.leases.iter().find(|(c, _)| c == cluster).map(|(_, e)| *e)
+        self.leases
+            .iter()
+            .find(|(c, _)| c == cluster)
+            .map(|(_, e)| *e)
     }
 
     pub fn endpoints(&self, cluster: &str, service: &str) -> usize {
@@ -82,14 +88,18 @@ impl Federation {
     /// The registry as `observer`'s control plane has applied it.
     pub async fn registry(&self, observer: &str) -> Result<RegistryView, String> {
         let addr = self.control_admin(observer).map_err(|e| e.to_string())?;
-        let v = admin::get_json(addr, "/debug/registry").await.map_err(|e| e.to_string())?;
+        let v = admin::get_json(addr, "/debug/registry")
+            .await
+            .map_err(|e| e.to_string())?;
         Ok(RegistryView::from_json(&v))
     }
 
     /// `observer`'s view of the Raft group: (its role, the leader id).
     pub async fn raft_status(&self, observer: &str) -> Result<(String, u64), String> {
         let addr = self.control_admin(observer).map_err(|e| e.to_string())?;
-        let v = admin::get_json(addr, "/debug/federation").await.map_err(|e| e.to_string())?;
+        let v = admin::get_json(addr, "/debug/federation")
+            .await
+            .map_err(|e| e.to_string())?;
         Ok((
             v["role"].as_str().unwrap_or("").to_string(),
             v["leader"].as_u64().unwrap_or(0),
@@ -98,7 +108,11 @@ impl Federation {
 
     /// Control planes ready, one leader agreed by all, every cluster in
     /// every registry with a live lease and its exported services.
-    pub async fn wait_federated(&self, among: &[&str], limit: Duration) -> Result<(), HarnessError> {
+    pub async fn wait_federated(
+        &self,
+        among: &[&str],
+        limit: Duration,
+    ) -> Result<(), HarnessError> {
         let names: Vec<String> = among.iter().map(|s| s.to_string()).collect();
         let expect: Vec<(String, Vec<String>)> = self
             .clusters()
@@ -141,7 +155,9 @@ impl Federation {
             }
             leaders.dedup();
             if leaders.len() > 1 {
-                return Err(format!("control planes disagree on the leader: {leaders:?}"));
+                return Err(format!(
+                    "control planes disagree on the leader: {leaders:?}"
+                ));
             }
             Ok(())
         };
@@ -152,9 +168,17 @@ impl Federation {
 
     /// Every gateway and sidecar of `among` reports ready (first complete
     /// configuration applied, certificate issued).
-    pub async fn wait_proxies_ready(&self, among: &[&str], limit: Duration) -> Result<(), HarnessError> {
+    pub async fn wait_proxies_ready(
+        &self,
+        among: &[&str],
+        limit: Duration,
+    ) -> Result<(), HarnessError> {
         let mut admins = Vec::new();
-        for c in self.clusters().iter().filter(|c| among.contains(&c.spec.name.as_str())) {
+        for c in self
+            .clusters()
+            .iter()
+            .filter(|c| among.contains(&c.spec.name.as_str()))
+        {
             for a in c.proxy_admins() {
                 admins.push((c.spec.name.clone(), a));
             }
@@ -172,7 +196,11 @@ impl Federation {
     /// Everything up: [`Federation::wait_federated`] and
     /// [`Federation::wait_proxies_ready`] for every cluster.
     pub async fn wait_ready(&self, limit: Duration) -> Result<(), HarnessError> {
-        let names: Vec<String> = self.clusters().iter().map(|c| c.spec.name.clone()).collect();
+        let names: Vec<String> = self
+            .clusters()
+            .iter()
+            .map(|c| c.spec.name.clone())
+            .collect();
         let among: Vec<&str> = names.iter().map(String::as_str).collect();
         self.wait_federated(&among, limit).await?;
         self.wait_proxies_ready(&among, limit).await
@@ -189,13 +217,17 @@ impl Federation {
         limit: Duration,
     ) -> Result<Landing, HarnessError> {
         let cfg = self.load(cluster, workload, service, 1.0)?;
-        wait::until(&format!("{cluster}/{workload} → {service} to land in {expect}"), limit, || async {
-            match load::request(&cfg).await {
-                Ok(l) if l.cluster == expect => Ok(l),
-                Ok(l) => Err(format!("landed in {}", l.cluster)),
-                Err(e) => Err(e.to_string()),
-            }
-        })
+        wait::until(
+            &format!("{cluster}/{workload} → {service} to land in {expect}"),
+            limit,
+            || async {
+                match load::request(&cfg).await {
+                    Ok(l) if l.cluster == expect => Ok(l),
+                    Ok(l) => Err(format!("landed in {}", l.cluster)),
+                    Err(e) => Err(e.to_string()),
+                }
+            },
+        )
         .await
         .map_err(|t| self.not_ready(t))
     }
@@ -209,13 +241,17 @@ impl Federation {
         limit: Duration,
     ) -> Result<Duration, HarnessError> {
         let start = tokio::time::Instant::now();
-        wait::until(&format!("{observer} to see {cluster}'s lease expired={expired}"), limit, || async {
-            let v = self.registry(observer).await?;
-            match v.lease_expired(cluster) {
-                Some(e) if e == expired => Ok(()),
-                other => Err(format!("lease expired = {other:?}")),
-            }
-        })
+        wait::until(
+            &format!("{observer} to see {cluster}'s lease expired={expired}"),
+            limit,
+            || async {
+                let v = self.registry(observer).await?;
+                match v.lease_expired(cluster) {
+                    Some(e) if e == expired => Ok(()),
+                    other => Err(format!("lease expired = {other:?}")),
+                }
+            },
+        )
         .await
         .map_err(|t| self.not_ready(t))?;
         Ok(start.elapsed())
@@ -239,7 +275,10 @@ mod tests {
         });
         let r = RegistryView::from_json(&v);
         assert_eq!(r.applied_index, 23);
-        assert_eq!(r.clusters, vec!["eu-central".to_string(), "us-east".to_string()]);
+        assert_eq!(
+            r.clusters,
+            vec!["eu-central".to_string(), "us-east".to_string()]
+        );
         assert_eq!(r.lease_expired("us-east"), Some(true));
         assert_eq!(r.lease_expired("eu-central"), Some(false));
         assert_eq!(r.lease_expired("nope"), None);

@@ -182,12 +182,18 @@ mod tests {
             block,
             trust_domain: "t.local",
             eastwest_advertised: ew,
-            peers: vec![Peer { id: "us-west".into(), address: "127.32.0.1:15031".parse().unwrap() }],
+            peers: vec![Peer {
+                id: "us-west".into(),
+                address: "127.32.0.1:15031".parse().unwrap(),
+            }],
         });
         assert!(yaml.contains("clusterId: us-east"), "{yaml}");
         assert!(yaml.contains("eastWest: 127.31.0.12:15443"), "{yaml}");
         assert!(yaml.contains("listen: 127.31.0.1:15031"), "{yaml}");
-        assert!(yaml.contains("- id: us-west\n      address: 127.32.0.1:15031"), "{yaml}");
+        assert!(
+            yaml.contains("- id: us-west\n      address: 127.32.0.1:15031"),
+            "{yaml}"
+        );
     }
 
     #[test]

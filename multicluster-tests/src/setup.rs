@@ -15,8 +15,14 @@ const LAST_OCTET: u8 = 250;
 
 /// Whether nothing on this machine uses the block's fixed ports.
 pub fn block_free(b: Block) -> bool {
-    let tcp = [b.control_admin(), b.grpc(), b.eastwest(), b.workload_admin(1)];
-    tcp.iter().all(|a| std::net::TcpListener::bind(a).is_ok()) && UdpSocket::bind(b.federation()).is_ok()
+    let tcp = [
+        b.control_admin(),
+        b.grpc(),
+        b.eastwest(),
+        b.workload_admin(1),
+    ];
+    tcp.iter().all(|a| std::net::TcpListener::bind(a).is_ok())
+        && UdpSocket::bind(b.federation()).is_ok()
 }
 
 /// `n` consecutive free blocks. A process-wide counter keeps parallel tests
@@ -83,7 +89,15 @@ pub async fn pki(
         isthmus(
             binary,
             &[
-                "ca", "intermediate", "--root-dir", &root, "--cluster", name, "--out", &out, "--trust-domain",
+                "ca",
+                "intermediate",
+                "--root-dir",
+                &root,
+                "--cluster",
+                name,
+                "--out",
+                &out,
+                "--trust-domain",
                 trust_domain,
             ],
         )
@@ -123,10 +137,14 @@ pub fn write_cluster(f: &ClusterFiles<'_>) -> Result<PathBuf, HarnessError> {
                 peers: f.peers.clone(),
             });
             write(config.join("mesh.yaml"), &mesh)?;
-            write(config.join("workloads.yaml"), &render::workloads(f.spec, f.block))?;
+            write(
+                config.join("workloads.yaml"),
+                &render::workloads(f.spec, f.block),
+            )?;
         }
         ConfigSource::Directory(src) => {
-            let entries = std::fs::read_dir(src).map_err(io("cannot read config directory", src.clone()))?;
+            let entries =
+                std::fs::read_dir(src).map_err(io("cannot read config directory", src.clone()))?;
             for e in entries {
                 let e = e.map_err(io("cannot read config directory", src.clone()))?;
                 let p = e.path();

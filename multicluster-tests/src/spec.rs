@@ -263,8 +263,11 @@ impl FederationSpec {
             c.network = net.to_string();
             c
         };
+        // productpage only calls out; like in deploy/examples it is not exported.
+        let mut productpage = ServiceSpec::new("productpage", 9090);
+        productpage.export = false;
         let mut west = ClusterSpec::new("us-west", "us-west", "us-west-2a")
-            .service(ServiceSpec::new("productpage", 9090))
+            .service(productpage)
             .workload(WorkloadSpec::new("productpage", "v1"))
             .config("traffic.yaml", BOOKINFO_DESTINATION_RULE);
         west.network = "net-west".to_string();

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex};
 use tokio::sync::OnceCell;
 
 use crate::generator::{Generator, Names};
+use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::resource::{Resource, ResourceMap};
 use crate::types::TypeUrl;
@@ -33,13 +34,15 @@ struct Entries {
 pub(crate) struct Cache {
     generator: Arc<dyn Generator>,
     entries: Mutex<Entries>,
+    metrics: Metrics,
 }
 
 impl Cache {
-    pub(crate) fn new(generator: Arc<dyn Generator>) -> Cache {
+    pub(crate) fn new(generator: Arc<dyn Generator>, metrics: Metrics) -> Cache {
         Cache {
             generator,
             entries: Mutex::new(Entries::default()),
+            metrics,
         }
     }
 
@@ -89,6 +92,7 @@ impl Cache {
         type_url: TypeUrl,
         names: Names,
     ) -> Result<Arc<ResourceMap>, Arc<str>> {
+        self.metrics.generated(type_url);
         let generator = self.generator.clone();
         let task = tokio::task::spawn_blocking(move || {
             generator

@@ -13,6 +13,8 @@ pub(crate) struct Metrics {
     nacks: IntCounterVec,
     connected: IntGauge,
     rejected: IntCounterVec,
+    published: IntCounterVec,
+    generations: IntCounterVec,
 }
 
 impl Metrics {
@@ -47,6 +49,22 @@ impl Metrics {
             ),
             &["reason"],
         )?;
+        let published = IntCounterVec::new(
+            Opts::new(
+                "isthmus_xds_published_pushes_total",
+                "Debounced pushes, by what they touch: full, types (e.g. secrets only) or endpoints (EDS of some clusters)",
+            ),
+            &["scope"],
+        )?;
+        let generations = IntCounterVec::new(
+            Opts::new(
+                "isthmus_xds_generations_total",
+                "Generator calls, by resource type; proxies of one shape share one call per push",
+            ),
+            &["type"],
+        )?;
+        registry.register(Box::new(published.clone()))?;
+        registry.register(Box::new(generations.clone()))?;
         registry.register(Box::new(pushes.clone()))?;
         registry.register(Box::new(push_latency.clone()))?;
         registry.register(Box::new(nacks.clone()))?;
@@ -58,6 +76,8 @@ impl Metrics {
             nacks,
             connected,
             rejected,
+            published,
+            generations,
         })
     }
 
@@ -68,6 +88,15 @@ impl Metrics {
                 .with_label_values(&[t.short()])
                 .observe(l.as_secs_f64());
         }
+    }
+
+    /// A push was published; `scope` is `full`, `types` or `endpoints`.
+    pub(crate) fn published(&self, scope: &str) {
+        self.published.with_label_values(&[scope]).inc();
+    }
+
+    pub(crate) fn generated(&self, t: TypeUrl) {
+        self.generations.with_label_values(&[t.short()]).inc();
     }
 
     pub(crate) fn nacked(&self, t: TypeUrl) {

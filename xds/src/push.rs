@@ -16,6 +16,7 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 
 use crate::generator::Names;
+use crate::metrics::Metrics;
 use crate::stream::Subscription;
 use crate::types::TypeUrl;
 
@@ -197,10 +198,17 @@ impl Default for DebounceConfig {
 pub(crate) fn spawn_debouncer(
     config: DebounceConfig,
     published: watch::Sender<Arc<PushLog>>,
+    metrics: Option<Metrics>,
 ) -> Pusher {
     let (tx, rx) = watch::channel(Pending::default());
     let tx = Arc::new(tx);
-    tokio::spawn(debounce(config, Arc::downgrade(&tx), rx, published));
+    tokio::spawn(debounce(
+        config,
+        Arc::downgrade(&tx),
+        rx,
+        published,
+        metrics,
+    ));
     Pusher { tx }
 }
 
@@ -209,6 +217,7 @@ async fn debounce(
     pending: Weak<watch::Sender<Pending>>,
     mut rx: watch::Receiver<Pending>,
     published: watch::Sender<Arc<PushLog>>,
+    metrics: Option<Metrics>,
 ) {
     loop {
         let mut pushers_gone = rx.changed().await.is_err();
@@ -253,6 +262,19 @@ async fn debounce(
             }
         };
         if !taken.affected.is_empty() {
+            if let Some(m) = &metrics {
+                let a = &taken.affected;
+                if a.full {
+                    m.published("full");
+                } else {
+                    if !a.types.is_empty() {
+                        m.published("types");
+                    }
+                    if !a.endpoints.is_empty() {
+                        m.published("endpoints");
+                    }
+                }
+            }
             published.send_modify(|log| {
                 *log = Arc::new(log.publish(taken.version, taken.affected, taken.first_at));
             });

@@ -77,9 +77,9 @@ impl XdsServer {
         }
         let metrics = Metrics::new(registry)?;
         let (published, _) = watch::channel(Arc::new(PushLog::default()));
-        let pusher = spawn_debouncer(config.debounce, published.clone());
+        let pusher = spawn_debouncer(config.debounce, published.clone(), Some(metrics.clone()));
         let shared = Arc::new(Shared {
-            cache: Cache::new(generator),
+            cache: Cache::new(generator, metrics.clone()),
             metrics,
             published,
             statuses: StatusRegistry::new(),

@@ -105,6 +105,37 @@ async fn proxies_of_one_shape_share_one_generation_per_push() {
 }
 
 #[tokio::test]
+async fn per_type_shapes_share_eds_across_addresses() {
+    let generator = TestGenerator::new(Model::basic());
+    generator
+        .eds_ignores_address
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let server = start(generator.clone(), fast_config()).await;
+    let mut clients = Vec::new();
+    for ip in ["10.0.0.1", "10.0.0.2", "10.0.0.3"] {
+        let mut c = SotwClient::connect(
+            server.addr,
+            node(&format!("sidecar~{ip}~p.default~default.svc.cluster.local")),
+            req(CDS, &[], "", ""),
+        )
+        .await
+        .unwrap();
+        c.recv().await;
+        c.ack(CDS, &[]).await;
+        c.send(req(EDS, &["c1"], "", "")).await;
+        c.recv().await;
+        c.ack(EDS, &["c1"]).await;
+        clients.push(c);
+    }
+    assert_eq!(generator.calls(TypeUrl::Cluster), 3, "CDS keys on the IP");
+    assert_eq!(
+        generator.calls(TypeUrl::ClusterLoadAssignment),
+        1,
+        "EDS does not: one generation for three addresses"
+    );
+}
+
+#[tokio::test]
 async fn a_client_that_does_not_read_does_not_block_others() {
     let mut model = Model::basic();
     for i in 0..200 {

@@ -60,11 +60,17 @@ pub async fn serve(listener: TcpListener, state: AdminState) {
     }
 }
 
-fn reply(status: StatusCode, content_type: &'static str, body: impl Into<Bytes>) -> Response<Full<Bytes>> {
+fn reply(
+    status: StatusCode,
+    content_type: &'static str,
+    body: impl Into<Bytes>,
+) -> Response<Full<Bytes>> {
     let mut resp = Response::new(Full::new(body.into()));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static(content_type));
+    resp.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static(content_type),
+    );
     resp
 }
 
@@ -97,20 +103,31 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
             let encoder = TextEncoder::new();
             match encoder.encode(&state.metrics.gather(), &mut buf) {
                 Ok(()) => reply(StatusCode::OK, "text/plain; version=0.0.4", buf),
-                Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", format!("{e}\n")),
+                Err(e) => reply(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "text/plain",
+                    format!("{e}\n"),
+                ),
             }
         }
         "/debug/syncz" => json_reply(serde_json::to_value(state.xds.status()).unwrap_or_default()),
         "/debug/federation" => match state.federation.status().await {
             Ok(s) => json_reply(serde_json::to_value(s).unwrap_or_default()),
-            Err(e) => reply(StatusCode::SERVICE_UNAVAILABLE, "text/plain", format!("{e}\n")),
+            Err(e) => reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("{e}\n"),
+            ),
         },
         "/debug/registry" => json_reply(registry_view(&state.federation)),
-        "/debug/status" => json_reply(serde_json::to_value(status_view(state).await).unwrap_or_default()),
+        "/debug/status" => {
+            json_reply(serde_json::to_value(status_view(state).await).unwrap_or_default())
+        }
         "/debug/config_dump" => config_dump(state, param("proxy"), param("type")),
         "/debug/config" => {
             let snap = state.config.borrow().clone();
-            let diagnostics: Vec<String> = snap.diagnostics().iter().map(|d| d.to_string()).collect();
+            let diagnostics: Vec<String> =
+                snap.diagnostics().iter().map(|d| d.to_string()).collect();
             json_reply(json!({
                 "version": snap.version(),
                 "resources": snap.iter().map(|(k, _)| format!("{k:?}")).collect::<Vec<_>>(),
@@ -137,7 +154,10 @@ pub async fn status_view(state: &AdminState) -> views::StatusView {
     proxies.sort_by(|a, b| (&a.node_id, a.stream).cmp(&(&b.node_id, b.stream)));
     let config = state.config.borrow().clone();
     views::StatusView {
-        cluster: config.mesh_config().map(|m| m.spec.cluster_id.clone()).unwrap_or_default(),
+        cluster: config
+            .mesh_config()
+            .map(|m| m.spec.cluster_id.clone())
+            .unwrap_or_default(),
         config: views::config_view(&config),
         registry: views::registry_view(&state.federation.snapshot_stale()),
         federation,
@@ -150,7 +170,11 @@ fn text_error(status: StatusCode, message: String) -> Response<Full<Bytes>> {
     reply(status, "text/plain", format!("{message}\n"))
 }
 
-fn config_dump(state: &AdminState, proxy: Option<&str>, kind: Option<&str>) -> Response<Full<Bytes>> {
+fn config_dump(
+    state: &AdminState,
+    proxy: Option<&str>,
+    kind: Option<&str>,
+) -> Response<Full<Bytes>> {
     let Some(proxy) = proxy.filter(|p| !p.is_empty()) else {
         return text_error(
             StatusCode::BAD_REQUEST,

@@ -22,7 +22,11 @@ use crate::translate::naming::{outbound_cluster, outbound_sni};
 use crate::translate::services::{Instance, RemoteInstances};
 use crate::translate::{secret, Inputs, LocalSettings, Service};
 
-pub fn build(config: &Arc<ConfigSnapshot>, registry: &Arc<RegistrySnapshot>, root_pem: &str) -> Inputs {
+pub fn build(
+    config: &Arc<ConfigSnapshot>,
+    registry: &Arc<RegistrySnapshot>,
+    root_pem: &str,
+) -> Inputs {
     let local = LocalSettings::from_config(config, vec![root_pem.to_string()]);
     Inputs::new(config.clone(), registry.clone(), local)
 }
@@ -47,6 +51,11 @@ pub async fn run(
         }
         let c = config.borrow_and_update().clone();
         let r = registry.borrow_and_update().clone();
+        // Lease renewals change the registry every second without touching
+        // anything translation reads: skip the index rebuild for those.
+        if c.version() == current.config.version() && same_registry_content(&r, &current.registry) {
+            continue;
+        }
         // The index build reads every service: CPU work, off the runtime.
         let (next, scopes) = {
             let root_pem = root_pem.clone();
@@ -71,15 +80,31 @@ pub async fn run(
         // even when nothing a proxy sees changed: status shows the latest versions.
         inputs.send_replace(next.clone());
         if scopes.is_empty() {
-            debug!(config = next.config.version(), registry = next.registry.revision, "inputs changed, but nothing proxies see");
+            tracing::trace!(
+                config = next.config.version(),
+                registry = next.registry.revision,
+                "inputs changed, but nothing proxies see"
+            );
             continue;
         }
         version += 1;
-        debug!(version, config = next.config.version(), registry = next.registry.revision, ?scopes, "translation inputs changed");
+        debug!(
+            version,
+            config = next.config.version(),
+            registry = next.registry.revision,
+            ?scopes,
+            "translation inputs changed"
+        );
         for scope in scopes {
             pusher.push(version, scope);
         }
     }
+}
+
+/// Equal in what translation reads of the registry (its clusters and
+/// services; not leases, members or log positions).
+fn same_registry_content(a: &RegistrySnapshot, b: &RegistrySnapshot) -> bool {
+    a.clusters == b.clusters && a.services == b.services
 }
 
 /// What proxies must be sent after the inputs went from `old` to `new`:
@@ -113,7 +138,10 @@ pub fn changes(old: &Inputs, new: &Inputs) -> Vec<PushScope> {
         out.push(PushScope::Types(BTreeSet::from([TypeUrl::Secret])));
     }
     if !hosts.is_empty() {
-        let names: BTreeSet<String> = hosts.into_iter().flat_map(|s| eds_clusters(&new.config, s)).collect();
+        let names: BTreeSet<String> = hosts
+            .into_iter()
+            .flat_map(|s| eds_clusters(&new.config, s))
+            .collect();
         out.push(PushScope::Endpoints(names));
     }
     out
@@ -161,7 +189,11 @@ fn local_shape(i: &Instance) -> Instance {
 /// A remote cluster's instances as CDS sees them: ports and the distinct
 /// service accounts (peer identities), not the endpoints themselves.
 fn remote_shape(r: &RemoteInstances) -> RemoteInstances {
-    let accounts: BTreeSet<&str> = r.endpoints.iter().map(|e| e.service_account.as_str()).collect();
+    let accounts: BTreeSet<&str> = r
+        .endpoints
+        .iter()
+        .map(|e| e.service_account.as_str())
+        .collect();
     RemoteInstances {
         cluster: r.cluster.clone(),
         network: r.network.clone(),
@@ -199,7 +231,10 @@ fn blank_instance() -> Instance {
 fn eds_clusters(config: &ConfigSnapshot, service: &Service) -> Vec<String> {
     let mut subsets = BTreeSet::from([String::new()]);
     for dr in config.destination_rules() {
-        if host_matches(&resolve_fqdn(&dr.spec.host, dr.namespace()), &service.hostname) {
+        if host_matches(
+            &resolve_fqdn(&dr.spec.host, dr.namespace()),
+            &service.hostname,
+        ) {
             subsets.extend(dr.spec.subsets.iter().map(|s| s.name.clone()));
         }
     }

@@ -10,8 +10,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use isthmus_multicluster_tests::{
-    around_fault, spec::Block, ConfigSource, Federation, FederationSpec, Landing, Load, Outcome, Summary,
-    READY_LIMIT,
+    around_fault, spec::Block, ConfigSource, Federation, FederationSpec, Landing, Load, Outcome,
+    Summary, READY_LIMIT,
 };
 use tokio::io::AsyncBufReadExt;
 use tokio::time::Instant;
@@ -30,23 +30,44 @@ const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
     (
         "us-east",
         &[
-            ("mesh.yaml", include_str!("../../../deploy/examples/us-east/mesh.yaml")),
-            ("workloads.yaml", include_str!("../../../deploy/examples/us-east/workloads.yaml")),
+            (
+                "mesh.yaml",
+                include_str!("../../../deploy/examples/us-east/mesh.yaml"),
+            ),
+            (
+                "workloads.yaml",
+                include_str!("../../../deploy/examples/us-east/workloads.yaml"),
+            ),
         ],
     ),
     (
         "us-west",
         &[
-            ("mesh.yaml", include_str!("../../../deploy/examples/us-west/mesh.yaml")),
-            ("workloads.yaml", include_str!("../../../deploy/examples/us-west/workloads.yaml")),
-            ("traffic.yaml", include_str!("../../../deploy/examples/us-west/traffic.yaml")),
+            (
+                "mesh.yaml",
+                include_str!("../../../deploy/examples/us-west/mesh.yaml"),
+            ),
+            (
+                "workloads.yaml",
+                include_str!("../../../deploy/examples/us-west/workloads.yaml"),
+            ),
+            (
+                "traffic.yaml",
+                include_str!("../../../deploy/examples/us-west/traffic.yaml"),
+            ),
         ],
     ),
     (
         "eu-central",
         &[
-            ("mesh.yaml", include_str!("../../../deploy/examples/eu-central/mesh.yaml")),
-            ("workloads.yaml", include_str!("../../../deploy/examples/eu-central/workloads.yaml")),
+            (
+                "mesh.yaml",
+                include_str!("../../../deploy/examples/eu-central/mesh.yaml"),
+            ),
+            (
+                "workloads.yaml",
+                include_str!("../../../deploy/examples/eu-central/workloads.yaml"),
+            ),
         ],
     ),
 ];
@@ -103,7 +124,12 @@ fn spec(args: &DemoArgs) -> FederationSpec {
                 EXAMPLES
                     .iter()
                     .find(|(n, _)| *n == c.name)
-                    .map(|(_, files)| files.iter().map(|(f, t)| (f.to_string(), t.to_string())).collect())
+                    .map(|(_, files)| {
+                        files
+                            .iter()
+                            .map(|(f, t)| (f.to_string(), t.to_string()))
+                            .collect()
+                    })
                     .unwrap_or_default(),
             ),
         };
@@ -121,7 +147,8 @@ fn clean_state(args: &DemoArgs, spec: &FederationSpec) -> anyhow::Result<()> {
         for sub in ["data", "logs", "config"] {
             let d = args.state_dir.join(&c.name).join(sub);
             if d.exists() {
-                std::fs::remove_dir_all(&d).with_context(|| format!("cannot clear {}", d.display()))?;
+                std::fs::remove_dir_all(&d)
+                    .with_context(|| format!("cannot clear {}", d.display()))?;
             }
         }
     }
@@ -191,7 +218,11 @@ impl Demo {
                     if v.lease_expired(PRIMARY) == Some(true) {
                         let d = at.elapsed();
                         self.lease_expired_after = Some(d);
-                        self.event(format!("{} marks {PRIMARY}'s lease expired ({:.1}s after the kill)", CALLER.0, d.as_secs_f64()));
+                        self.event(format!(
+                            "{} marks {PRIMARY}'s lease expired ({:.1}s after the kill)",
+                            CALLER.0,
+                            d.as_secs_f64()
+                        ));
                     }
                 }
             }
@@ -204,7 +235,10 @@ impl Demo {
                 if let Some(o) = back {
                     let d = o.end.saturating_duration_since(at);
                     self.failback_after = Some(d);
-                    self.event(format!("traffic is back in {PRIMARY} ({:.1}s after the restart)", d.as_secs_f64()));
+                    self.event(format!(
+                        "traffic is back in {PRIMARY} ({:.1}s after the restart)",
+                        d.as_secs_f64()
+                    ));
                 }
             }
             _ => {}
@@ -225,10 +259,14 @@ impl Demo {
 }
 
 pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
-    let interactive = std::io::stdout().is_terminal() && std::io::stdin().is_terminal() && args.duration.is_none();
-    let scenario = args
-        .scenario
-        .unwrap_or(if interactive { Scenario::None } else { Scenario::Failover });
+    let interactive = std::io::stdout().is_terminal()
+        && std::io::stdin().is_terminal()
+        && args.duration.is_none();
+    let scenario = args.scenario.unwrap_or(if interactive {
+        Scenario::None
+    } else {
+        Scenario::Failover
+    });
     let duration = args.duration.or(if interactive {
         None
     } else {
@@ -237,15 +275,21 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let spec = spec(&args);
     clean_state(&args, &spec)?;
     let binary = std::env::current_exe().context("cannot find the isthmus executable")?;
-    println!("starting 3 clusters (us-east, us-west, eu-central) from deploy/examples; state in {}", args.state_dir.display());
+    println!(
+        "starting 3 clusters (us-east, us-west, eu-central) from deploy/examples; state in {}",
+        args.state_dir.display()
+    );
     let fed = Federation::start(spec, binary).await?;
     fed.wait_ready(READY_LIMIT).await?;
-    fed.wait_lands(CALLER.0, CALLER.1, "reviews", PRIMARY, READY_LIMIT).await?;
+    fed.wait_lands(CALLER.0, CALLER.1, "reviews", PRIMARY, READY_LIMIT)
+        .await?;
     let url = format!("http://{}/", fed.outbound(CALLER.0, CALLER.1, "reviews")?);
     println!("ready. Try: curl {url}   (productpage's sidecar in us-west → reviews)");
     println!("logs: {}/<cluster>/logs", args.state_dir.display());
     if interactive {
-        println!("press Enter to kill {PRIMARY}, Enter again to bring it back; Ctrl-C stops everything");
+        println!(
+            "press Enter to kill {PRIMARY}, Enter again to bring it back; Ctrl-C stops everything"
+        );
     }
 
     let cfg = fed.load(CALLER.0, CALLER.1, "reviews", args.rate)?;
@@ -277,6 +321,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.tick().await;
     let mut stopped_by_user = false;
+    let mut printed_events = 0;
     loop {
         tokio::select! {
             _ = tick.tick() => {}
@@ -292,8 +337,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         let elapsed = demo.start.elapsed();
         if scenario == Scenario::Failover {
             match demo.phase {
-                Phase::Healthy if demo.kill_at.is_none() && elapsed >= args.kill_after => demo.kill_primary().await?,
-                Phase::Down { at } if demo.restart_at.is_none() && at.elapsed() >= args.down_for => {
+                Phase::Healthy if demo.kill_at.is_none() && elapsed >= args.kill_after => {
+                    demo.kill_primary().await?
+                }
+                Phase::Down { at }
+                    if demo.restart_at.is_none() && at.elapsed() >= args.down_for =>
+                {
                     demo.restart_primary().await?
                 }
                 _ => {}
@@ -315,8 +364,10 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
             total: &total,
             leases: &leases,
             events: &demo.events,
+            printed_events,
             url: &url,
         };
+        printed_events = demo.events.len();
         if interactive {
             print!("\x1b[2J\x1b[H{}", view::table(&frame));
         } else {
@@ -382,14 +433,22 @@ fn verdict(demo: &Demo, scenario: Scenario) -> Verdict {
             }
         }
         match demo.lease_expired_after {
-            Some(d) => text.push_str(&format!("lease: {PRIMARY} marked expired {:.1}s after the kill\n", d.as_secs_f64())),
+            Some(d) => text.push_str(&format!(
+                "lease: {PRIMARY} marked expired {:.1}s after the kill\n",
+                d.as_secs_f64()
+            )),
             None => text.push_str(&format!("lease: {PRIMARY}'s expiry was not observed\n")),
         }
         match (demo.restart_at, demo.failback_after) {
-            (Some(_), Some(d)) => text.push_str(&format!("failback: traffic back in {PRIMARY} {:.1}s after the restart\n", d.as_secs_f64())),
+            (Some(_), Some(d)) => text.push_str(&format!(
+                "failback: traffic back in {PRIMARY} {:.1}s after the restart\n",
+                d.as_secs_f64()
+            )),
             (Some(_), None) => {
                 ok = false;
-                text.push_str(&format!("FAIL: traffic did not come back to {PRIMARY} after its restart\n"));
+                text.push_str(&format!(
+                    "FAIL: traffic did not come back to {PRIMARY} after its restart\n"
+                ));
             }
             (None, _) => {}
         }
@@ -423,18 +482,35 @@ mod tests {
         };
         let spec = spec(&args);
         for (c, octet) in spec.clusters.iter().zip(BLOCKS) {
-            let ConfigSource::Files(files) = &c.config else { panic!("not embedded") };
+            let ConfigSource::Files(files) = &c.config else {
+                panic!("not embedded")
+            };
             let text: String = files.iter().map(|(_, t)| t.as_str()).collect();
-            assert!(text.contains(&format!("clusterId: {}", c.name)), "{}", c.name);
-            assert!(text.contains(&format!("network: {}", c.network)), "{}", c.name);
+            assert!(
+                text.contains(&format!("clusterId: {}", c.name)),
+                "{}",
+                c.name
+            );
+            assert!(
+                text.contains(&format!("network: {}", c.network)),
+                "{}",
+                c.name
+            );
             assert!(text.contains(&format!("zone: {}", c.zone)), "{}", c.name);
             for (i, w) in c.workloads.iter().enumerate() {
                 let addr = format!("address: 127.{octet}.1.{}", i + 1);
-                let at = text.find(&format!("name: {}\n", w.name)).unwrap_or_else(|| panic!("{} missing", w.name));
+                let at = text
+                    .find(&format!("name: {}\n", w.name))
+                    .unwrap_or_else(|| panic!("{} missing", w.name));
                 assert!(text[at..].contains(&addr), "{} should be at {addr}", w.name);
             }
             for s in &c.services {
-                assert!(text.contains(&format!("number: {}", s.port)), "{} port {}", s.name, s.port);
+                assert!(
+                    text.contains(&format!("number: {}", s.port)),
+                    "{} port {}",
+                    s.name,
+                    s.port
+                );
             }
         }
     }

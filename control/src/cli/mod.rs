@@ -2,6 +2,7 @@
 
 pub mod demo;
 pub mod gateway;
+pub mod status;
 pub mod workload;
 
 /// Resolves on Ctrl-C or SIGTERM, whichever comes first.

@@ -32,7 +32,12 @@ pub async fn run(cmd: WorkloadCommand) -> anyhow::Result<()> {
         WorkloadCommand::Echo(a) => {
             let listener = tokio::net::TcpListener::bind(a.listen)
                 .await
-                .with_context(|| format!("cannot listen on {}; is another process using it?", a.listen))?;
+                .with_context(|| {
+                    format!(
+                        "cannot listen on {}; is another process using it?",
+                        a.listen
+                    )
+                })?;
             tracing::info!(address = %a.listen, service = %a.service, cluster = %a.cluster, version = %a.version, "echo workload listening");
             let me = Identity {
                 service: a.service,

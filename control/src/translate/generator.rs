@@ -79,3 +79,70 @@ pub fn generate(
         TypeUrl::Secret => named(names, secret::secrets(inputs, names), |s| &s.name),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::parse_text;
+    use crate::store::{ConfigSnapshot, StoredResource};
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use isthmus_federation::RegistrySnapshot;
+    use std::collections::BTreeMap;
+    use std::path::Path;
+
+    fn inputs(yaml: &str) -> Arc<Inputs> {
+        let resources: BTreeMap<_, _> = parse_text(Path::new("mem.yaml"), yaml)
+            .into_iter()
+            .filter_map(|d| {
+                let r = d.resource?;
+                Some((
+                    r.key(),
+                    StoredResource {
+                        resource: r,
+                        location: d.location,
+                    },
+                ))
+            })
+            .collect();
+        let config = ConfigSnapshot::new(1, resources, Vec::new());
+        Arc::new(Inputs::new(
+            Arc::new(config),
+            Arc::new(RegistrySnapshot::default()),
+            super::super::LocalSettings::default(),
+        ))
+    }
+
+    const SE: &str = "apiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: NAME\n  namespace: shop\nspec:\n  hosts: [NAME.shop.svc.cluster.local]\n  location: MESH_INTERNAL\n  resolution: STATIC\n  ports:\n  - {number: 80, name: http, protocol: HTTP}\n";
+
+    #[test]
+    fn follows_the_newest_inputs() {
+        let (tx, rx) = watch::channel(inputs(&SE.replace("NAME", "a")));
+        let generator = TranslateGenerator::new(rx);
+        let node = Node {
+            id: "sidecar~10.0.0.9~p.shop~shop.svc.cluster.local".into(),
+            ..Default::default()
+        };
+        let proxy = Proxy::from_node(Some(&node)).expect("valid node");
+        let names = |g: &TranslateGenerator| -> Vec<String> {
+            g.generate(&proxy, TypeUrl::Cluster, &Names::All)
+                .expect("generates")
+                .into_iter()
+                .map(|r| r.name)
+                .collect()
+        };
+        assert_eq!(
+            names(&generator),
+            vec!["outbound|80||a.shop.svc.cluster.local"]
+        );
+        tx.send_replace(inputs(&SE.replace("NAME", "b")));
+        assert_eq!(
+            names(&generator),
+            vec!["outbound|80||b.shop.svc.cluster.local"]
+        );
+        let only = Names::Some(["nothing".to_string()].into());
+        assert!(generator
+            .generate(&proxy, TypeUrl::Cluster, &only)
+            .expect("generates")
+            .is_empty());
+    }
+}

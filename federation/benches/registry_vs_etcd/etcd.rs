@@ -158,7 +158,14 @@ impl Cluster {
         while std::time::Instant::now() < deadline {
             let out = Command::new("etcdctl")
                 .env("ETCDCTL_API", "3")
-                .args(["--endpoints", &self.endpoints(), "endpoint", "status", "-w", "json"])
+                .args([
+                    "--endpoints",
+                    &self.endpoints(),
+                    "endpoint",
+                    "status",
+                    "-w",
+                    "json",
+                ])
                 .output()
                 .map_err(|e| format!("cannot run etcdctl: {e}"))?;
             last = String::from_utf8_lossy(&out.stderr).into_owned();

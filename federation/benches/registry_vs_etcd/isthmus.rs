@@ -7,8 +7,12 @@ use crate::load::{self, LoadResult, Store};
 use crate::pki;
 use crate::procs::Proc;
 use crate::Timing;
-use isthmus_federation::model::{ClusterInfo, ClusterService, ExportedService, Locality, ServiceKey};
-use isthmus_federation::transport::quic::{node_identity_authorizer, PeerAddr, QuicConfig, QuicTransport};
+use isthmus_federation::model::{
+    ClusterInfo, ClusterService, ExportedService, Locality, ServiceKey,
+};
+use isthmus_federation::transport::quic::{
+    node_identity_authorizer, PeerAddr, QuicConfig, QuicTransport,
+};
 use isthmus_federation::{Handle, Metrics, Node, NodeConfig, PublishDiff, Role};
 use std::collections::BTreeMap;
 use std::io::BufRead;
@@ -66,11 +70,22 @@ pub fn child(id: u64, dir: PathBuf, timing: Timing) -> Result<(), String> {
     let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
     rt.block_on(async move {
         let (server, client) = pki::load(&dir, id)?;
-        let authorize = node_identity_authorizer(pki::TD, |n| IDS.contains(&n).then(|| pki::spiffe(n)));
-        let qcfg = QuicConfig::new(id, "127.0.0.1:0".parse().map_err(|_| "addr")?, server, client, authorize);
+        let authorize =
+            node_identity_authorizer(pki::TD, |n| IDS.contains(&n).then(|| pki::spiffe(n)));
+        let qcfg = QuicConfig::new(
+            id,
+            "127.0.0.1:0".parse().map_err(|_| "addr")?,
+            server,
+            client,
+            authorize,
+        );
         let metrics = Metrics::unregistered().map_err(|e| e.to_string())?;
-        let (transport, inbound) = QuicTransport::start(qcfg, metrics.clone()).map_err(|e| e.to_string())?;
-        println!("PORT {}", transport.local_addr().map_err(|e| e.to_string())?.port());
+        let (transport, inbound) =
+            QuicTransport::start(qcfg, metrics.clone()).map_err(|e| e.to_string())?;
+        println!(
+            "PORT {}",
+            transport.local_addr().map_err(|e| e.to_string())?.port()
+        );
         // Commands arrive on stdin; EOF (the driver died) ends the process.
         let (tx, mut rx) = tokio::sync::mpsc::channel::<String>(16);
         std::thread::spawn(move || {
@@ -84,7 +99,8 @@ pub fn child(id: u64, dir: PathBuf, timing: Timing) -> Result<(), String> {
         for entry in peers.trim_start_matches("PEERS").split_whitespace() {
             let (pid, port) = entry.split_once('=').ok_or("bad peers line")?;
             let pid: u64 = pid.parse().map_err(|_| "bad peer id")?;
-            let addr = PeerAddr::parse(&format!("127.0.0.1:{port}"), pki::SERVER_NAME).map_err(|e| e.to_string())?;
+            let addr = PeerAddr::parse(&format!("127.0.0.1:{port}"), pki::SERVER_NAME)
+                .map_err(|e| e.to_string())?;
             transport.add_peer(pid, addr);
         }
         let mut cfg = NodeConfig::new(id, dir.join(format!("data-{id}")), IDS.to_vec());
@@ -103,7 +119,14 @@ pub fn child(id: u64, dir: PathBuf, timing: Timing) -> Result<(), String> {
             match words.as_slice() {
                 ["ROLE"] => {
                     let role = h.status().await.map(|s| s.role).ok();
-                    println!("ROLE {}", if role == Some(Role::Leader) { "leader" } else { "other" });
+                    println!(
+                        "ROLE {}",
+                        if role == Some(Role::Leader) {
+                            "leader"
+                        } else {
+                            "other"
+                        }
+                    );
                 }
                 ["LOAD", writers, ms] => {
                     let writers: usize = writers.parse().map_err(|_| "bad writers")?;
@@ -119,8 +142,16 @@ pub fn child(id: u64, dir: PathBuf, timing: Timing) -> Result<(), String> {
                     if !registered {
                         return Err("cannot register the bench cluster".into());
                     }
-                    let r = load::run(Arc::new(Registry(h.clone())), writers, Duration::from_millis(ms)).await;
-                    println!("RESULT {}", serde_json::to_string(&r).map_err(|e| e.to_string())?);
+                    let r = load::run(
+                        Arc::new(Registry(h.clone())),
+                        writers,
+                        Duration::from_millis(ms),
+                    )
+                    .await;
+                    println!(
+                        "RESULT {}",
+                        serde_json::to_string(&r).map_err(|e| e.to_string())?
+                    );
                 }
                 _ => break,
             }
@@ -150,7 +181,10 @@ impl Cluster {
         }
         let mut ports = Vec::new();
         for (id, p) in &procs {
-            ports.push(format!("{id}={}", p.expect("PORT ", Duration::from_secs(20))?));
+            ports.push(format!(
+                "{id}={}",
+                p.expect("PORT ", Duration::from_secs(20))?
+            ));
         }
         let line = format!("PEERS {}", ports.join(" "));
         for p in procs.values_mut() {

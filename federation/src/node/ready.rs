@@ -105,13 +105,10 @@ impl Core {
                 witness: true,
                 ..StateImage::default()
             };
-            snap.data = serde_json::to_vec(&image)
-                .map_err(NodeError::Image)?
-                .into();
+            snap.data = serde_json::to_vec(&image).map_err(NodeError::Image)?.into();
             image
         } else {
-            let image: StateImage =
-                serde_json::from_slice(&snap.data).map_err(NodeError::Image)?;
+            let image: StateImage = serde_json::from_slice(&snap.data).map_err(NodeError::Image)?;
             if image.witness {
                 return Err(NodeError::WitnessSnapshot);
             }

@@ -131,7 +131,11 @@ impl Core {
             .max_by_key(|(id, pr)| (pr.recent_active, pr.matched, std::cmp::Reverse(**id)))
             .map(|(id, _)| *id);
         if let Some(to) = target {
-            tracing::info!(node = me, to, "witness is leader; handing leadership to a replica");
+            tracing::info!(
+                node = me,
+                to,
+                "witness is leader; handing leadership to a replica"
+            );
             self.raw.transfer_leader(to);
         }
     }

@@ -133,7 +133,13 @@ impl MemTransport {
         // Snapshot delivery is reported back to the sender, as the QUIC
         // transport does once the receiver acknowledged it.
         let report = (msg.get_msg_type() == MessageType::MsgSnapshot)
-            .then(|| self.routes.borrow().get(&msg.from).cloned().map(|tx| (tx, msg.from, msg.to)))
+            .then(|| {
+                self.routes
+                    .borrow()
+                    .get(&msg.from)
+                    .cloned()
+                    .map(|tx| (tx, msg.from, msg.to))
+            })
             .flatten();
         let finish = move |stats: &NetStats, ok: bool| {
             count(stats, ok);

@@ -90,6 +90,10 @@ pub struct ClusterConfig {
     pub circuit_breakers: CircuitBreakerThresholds,
     pub outlier: Option<OutlierConfig>,
     pub http: HttpUpstreamOptions,
+    /// `metadata.filter_metadata["isthmus"].tunnel == "quic"`: connections to
+    /// this cluster's endpoints (peer east-west gateways) ride the QUIC
+    /// tunnel, with TCP as the fallback.
+    pub tunnel: bool,
 }
 
 impl ClusterConfig {
@@ -277,6 +281,7 @@ pub fn cluster_from_proto(c: &Cluster) -> Result<ClusterConfig, ConfigError> {
         }
     };
     let http = http_options(&ctx, &c.typed_extension_protocol_options)?;
+    let tunnel = tunnel_mode(&ctx, c)?;
     Ok(ClusterConfig {
         name: c.name.clone(),
         discovery,
@@ -286,7 +291,28 @@ pub fn cluster_from_proto(c: &Cluster) -> Result<ClusterConfig, ConfigError> {
         circuit_breakers,
         outlier,
         http,
+        tunnel,
     })
+}
+
+fn tunnel_mode(ctx: &Ctx, c: &Cluster) -> Result<bool, ConfigError> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let Some(v) = c
+        .metadata
+        .as_ref()
+        .and_then(|m| m.filter_metadata.get("isthmus"))
+        .and_then(|s| s.fields.get("tunnel"))
+    else {
+        return Ok(false);
+    };
+    match &v.kind {
+        Some(Kind::StringValue(s)) if s == "quic" => Ok(true),
+        Some(Kind::StringValue(s)) if s == "tcp" || s.is_empty() => Ok(false),
+        _ => Err(ctx.err(
+            "metadata.filter_metadata[\"isthmus\"].tunnel",
+            "must be \"quic\" or \"tcp\"",
+        )),
+    }
 }
 
 /// The upstream HTTP protocol a cluster speaks.
@@ -326,8 +352,13 @@ fn http_options(
     };
     for (name, any) in m {
         let f = format!("typed_extension_protocol_options[{name:?}]");
-        if name != HTTP_PROTOCOL_OPTIONS && any.type_url != <HttpProtocolOptions as prost::Name>::type_url() {
-            return Err(ctx.err(f, "only envoy.extensions.upstreams.http.v3.HttpProtocolOptions is supported"));
+        if name != HTTP_PROTOCOL_OPTIONS
+            && any.type_url != <HttpProtocolOptions as prost::Name>::type_url()
+        {
+            return Err(ctx.err(
+                f,
+                "only envoy.extensions.upstreams.http.v3.HttpProtocolOptions is supported",
+            ));
         }
         let o: HttpProtocolOptions = unpack(ctx, &f, any)?;
         out.protocol = match &o.upstream_protocol_options {
@@ -336,7 +367,10 @@ fn http_options(
                 Some(ProtocolConfig::Http2ProtocolOptions(_)) => UpstreamProtocol::Http2,
                 Some(ProtocolConfig::HttpProtocolOptions(_)) | None => UpstreamProtocol::Http1,
                 Some(ProtocolConfig::Http3ProtocolOptions(_)) => {
-                    return Err(ctx.err(format!("{f}.explicit_http_config"), "HTTP/3 upstreams are not supported"))
+                    return Err(ctx.err(
+                        format!("{f}.explicit_http_config"),
+                        "HTTP/3 upstreams are not supported",
+                    ))
                 }
             },
             Some(U::UseDownstreamProtocolConfig(_)) => UpstreamProtocol::Downstream,
@@ -345,7 +379,12 @@ fn http_options(
         };
         if let Some(common) = &o.common_http_protocol_options {
             if let Some(d) = &common.idle_timeout {
-                let d = duration(ctx, &format!("{f}.common_http_protocol_options.idle_timeout"), Some(d), Duration::ZERO)?;
+                let d = duration(
+                    ctx,
+                    &format!("{f}.common_http_protocol_options.idle_timeout"),
+                    Some(d),
+                    Duration::ZERO,
+                )?;
                 out.idle_timeout = (!d.is_zero()).then_some(d);
             }
             out.max_requests_per_connection = common

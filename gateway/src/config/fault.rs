@@ -54,14 +54,14 @@ pub fn fault_from_proto(ctx: &Ctx, f: &str, hf: &HttpFault) -> Result<FaultConfi
         None => None,
         Some(d) => {
             let fixed = match &d.fault_delay_secifier {
-                Some(FaultDelaySecifier::FixedDelay(x)) => {
-                    duration(ctx, &format!("{f}.delay.fixed_delay"), Some(x), Duration::ZERO)?
-                }
+                Some(FaultDelaySecifier::FixedDelay(x)) => duration(
+                    ctx,
+                    &format!("{f}.delay.fixed_delay"),
+                    Some(x),
+                    Duration::ZERO,
+                )?,
                 Some(FaultDelaySecifier::HeaderDelay(_)) | None => {
-                    return Err(ctx.err(
-                        format!("{f}.delay"),
-                        "only fixed_delay is supported",
-                    ))
+                    return Err(ctx.err(format!("{f}.delay"), "only fixed_delay is supported"))
                 }
             };
             let pct = per_million(

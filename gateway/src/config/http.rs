@@ -81,7 +81,11 @@ pub(crate) fn http_from_proto(
     };
     let routes = match &h.route_specifier {
         Some(RouteSpecifier::Rds(rds)) => {
-            match rds.config_source.as_ref().and_then(|c| c.config_source_specifier.as_ref()) {
+            match rds
+                .config_source
+                .as_ref()
+                .and_then(|c| c.config_source_specifier.as_ref())
+            {
                 Some(ConfigSourceSpecifier::Ads(_)) | None => {}
                 Some(_) => {
                     return Err(ctx.err(
@@ -95,11 +99,16 @@ pub(crate) fn http_from_proto(
             }
             RouteSource::Rds(rds.route_config_name.clone())
         }
-        Some(RouteSpecifier::RouteConfig(rc)) => {
-            RouteSource::Inline(Arc::new(route_table(ctx, &format!("{f}.route_config."), rc)?))
-        }
+        Some(RouteSpecifier::RouteConfig(rc)) => RouteSource::Inline(Arc::new(route_table(
+            ctx,
+            &format!("{f}.route_config."),
+            rc,
+        )?)),
         Some(RouteSpecifier::ScopedRoutes(_)) => {
-            return Err(ctx.err(format!("{f}.scoped_routes"), "scoped routes are not supported"))
+            return Err(ctx.err(
+                format!("{f}.scoped_routes"),
+                "scoped routes are not supported",
+            ))
         }
         None => return Err(ctx.err(f, "rds or route_config is required")),
     };
@@ -122,7 +131,8 @@ pub(crate) fn http_from_proto(
         };
         let type_url = any.map(|a| a.type_url.as_str()).unwrap_or("");
         let is_router = hf.name == ROUTER || type_url == <Router as prost::Name>::type_url();
-        let is_fault = hf.name == FAULT_FILTER || type_url == <HttpFault as prost::Name>::type_url();
+        let is_fault =
+            hf.name == FAULT_FILTER || type_url == <HttpFault as prost::Name>::type_url();
         if hf.disabled {
             continue;
         }
@@ -159,7 +169,10 @@ pub(crate) fn http_from_proto(
         .as_ref()
         .map_or(60 * 1024, |v| v.value as usize * 1024)
         .max(1024);
-    let opt = |field: &str, d: Option<&envoy_types::pb::google::protobuf::Duration>, default: Option<Duration>| -> Result<Option<Duration>, ConfigError> {
+    let opt = |field: &str,
+               d: Option<&envoy_types::pb::google::protobuf::Duration>,
+               default: Option<Duration>|
+     -> Result<Option<Duration>, ConfigError> {
         match d {
             None => Ok(default),
             Some(d) => {
@@ -196,4 +209,90 @@ pub(crate) fn http_from_proto(
         request_timeout,
         upgrades,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpFilter;
+    use envoy_types::pb::google::protobuf::UInt32Value;
+    use envoy_types::util::pack_any;
+
+    fn filter(
+        name: &str,
+        any: envoy_types::pb::google::protobuf::Any,
+        optional: bool,
+    ) -> HttpFilter {
+        HttpFilter {
+            name: name.into(),
+            config_type: Some(http_filter::ConfigType::TypedConfig(any)),
+            is_optional: optional,
+            ..Default::default()
+        }
+    }
+
+    fn hcm(filters: Vec<HttpFilter>) -> HttpConnectionManager {
+        HttpConnectionManager {
+            route_specifier: Some(RouteSpecifier::Rds(
+                envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::Rds {
+                    config_source: None,
+                    route_config_name: "80".into(),
+                },
+            )),
+            http_filters: filters,
+            ..Default::default()
+        }
+    }
+
+    fn router() -> HttpFilter {
+        filter(ROUTER, pack_any(Router::default()), false)
+    }
+
+    #[test]
+    fn filters_are_checked() {
+        let ctx = Ctx::new("Listener", "l");
+        let ok = http_from_proto(
+            &ctx,
+            "hcm",
+            &hcm(vec![
+                filter(FAULT_FILTER, pack_any(HttpFault::default()), false),
+                router(),
+            ]),
+        )
+        .expect("fault + router");
+        assert_eq!(ok.rds_name(), Some("80"));
+        assert_eq!(ok.fault, Some(FaultConfig::default()));
+        assert_eq!(ok.codec, Codec::Auto);
+
+        let unknown = filter(
+            "envoy.filters.http.lua",
+            pack_any(UInt32Value { value: 1 }),
+            false,
+        );
+        let e = http_from_proto(&ctx, "hcm", &hcm(vec![unknown.clone(), router()]))
+            .expect_err("unknown filter");
+        assert_eq!(e.field, "hcm.http_filters[0]");
+        assert!(e.reason.contains("is_optional"), "{e}");
+
+        let optional = HttpFilter {
+            is_optional: true,
+            ..unknown
+        };
+        let ok =
+            http_from_proto(&ctx, "hcm", &hcm(vec![optional, router()])).expect("optional skipped");
+        assert_eq!(ok.fault, None);
+
+        let e = http_from_proto(
+            &ctx,
+            "hcm",
+            &hcm(vec![
+                router(),
+                filter(FAULT_FILTER, pack_any(HttpFault::default()), false),
+            ]),
+        )
+        .expect_err("router not last");
+        assert!(e.reason.contains("last"), "{e}");
+        let e = http_from_proto(&ctx, "hcm", &hcm(vec![])).expect_err("no filters");
+        assert_eq!(e.field, "hcm.http_filters");
+    }
 }

@@ -7,15 +7,15 @@ use envoy_types::pb::envoy::config::core::v3::transport_socket;
 use envoy_types::pb::envoy::config::listener::v3::{
     filter, listener_filter, FilterChain, Listener,
 };
+use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
     tcp_proxy::ClusterSpecifier, TcpProxy,
 };
-use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::HttpConnectionManager;
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
 use serde::Serialize;
 
-use super::http::{http_from_proto, HttpConfig, HTTP_CONNECTION_MANAGER};
 use super::common::{common_tls, duration, socket_addr, unpack, Validation};
+use super::http::{http_from_proto, HttpConfig, HTTP_CONNECTION_MANAGER};
 use super::{ConfigError, Ctx};
 
 const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";

@@ -12,6 +12,7 @@ mod fault;
 mod http;
 mod listener;
 mod route;
+mod route_action;
 mod secret;
 
 pub use cluster::{
@@ -23,12 +24,12 @@ pub use endpoint::{
     load_assignment_from_proto, EndpointConfig, Health, LoadAssignment, LocalityEndpoints,
     LocalityName, DEFAULT_OVERPROVISIONING,
 };
+pub use fault::{AbortWith, FaultConfig};
+pub use http::{Codec, HttpConfig, RouteSource};
 pub use listener::{
     listener_from_proto, ChainMatch, DownstreamTls, FilterChainConfig, ListenerConfig,
     NetworkFilter, TcpProxyConfig, TcpRoute, TransportProtocol,
 };
-pub use fault::{AbortWith, FaultConfig};
-pub use http::{Codec, HttpConfig, RouteSource};
 pub use route::{
     route_config_from_proto, Action, AppendAction, ClusterChoice, ForwardAction, HashOn,
     HeaderMatch, HeaderMatchKind, HeaderOp, HeaderOps, Mirror, PathMatch, Pattern, QueryMatch,

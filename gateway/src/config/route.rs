@@ -4,22 +4,20 @@
 
 use std::time::Duration;
 
-use envoy_types::pb::envoy::config::core::v3::{
-    data_source, header_value_option::HeaderAppendAction, HeaderValueOption,
-};
+use envoy_types::pb::envoy::config::core::v3::data_source;
 use envoy_types::pb::envoy::config::route::v3::{
     header_matcher::HeaderMatchSpecifier, query_parameter_matcher::QueryParameterMatchSpecifier,
-    redirect_action, route, route_action, route_match::PathSpecifier, HeaderMatcher,
-    RedirectAction, RetryPolicy as PbRetryPolicy, Route as PbRoute, RouteAction,
-    RouteConfiguration, RouteMatch as PbRouteMatch, VirtualHost as PbVirtualHost,
+    route, route_match::PathSpecifier, HeaderMatcher, Route as PbRoute, RouteConfiguration,
+    RouteMatch as PbRouteMatch, VirtualHost as PbVirtualHost,
 };
 use envoy_types::pb::envoy::extensions::filters::http::fault::v3::HttpFault;
 use envoy_types::pb::envoy::r#type::matcher::v3::{string_matcher::MatchPattern, StringMatcher};
 use envoy_types::pb::google::protobuf::Any;
 use serde::Serialize;
 
-use super::common::{duration, unpack};
+use super::common::unpack;
 use super::fault::{fault_from_proto, FaultConfig};
+use super::route_action::{forward, header_ops, redirect, retry_policy};
 use super::{ConfigError, Ctx};
 
 pub const FAULT_FILTER: &str = "envoy.filters.http.fault";
@@ -77,10 +75,18 @@ pub struct StringMatchCase {
 impl StringMatchCase {
     pub fn matches(&self, v: &str) -> bool {
         let (v, ic) = (v, self.ignore_case);
-        let eq = |a: &str, b: &str| if ic { a.eq_ignore_ascii_case(b) } else { a == b };
+        let eq = |a: &str, b: &str| {
+            if ic {
+                a.eq_ignore_ascii_case(b)
+            } else {
+                a == b
+            }
+        };
         match &self.pattern {
             StringMatch::Exact(s) => eq(v, s),
-            StringMatch::Prefix(s) => v.len() >= s.len() && v.is_char_boundary(s.len()) && eq(&v[..s.len()], s),
+            StringMatch::Prefix(s) => {
+                v.len() >= s.len() && v.is_char_boundary(s.len()) && eq(&v[..s.len()], s)
+            }
             StringMatch::Suffix(s) => {
                 v.len() >= s.len()
                     && v.is_char_boundary(v.len() - s.len())
@@ -310,7 +316,7 @@ pub(crate) fn route_table(
     prefix: &str,
     rc: &RouteConfiguration,
 ) -> Result<RouteTable, ConfigError> {
-    if !rc.vhds.is_none() {
+    if rc.vhds.is_some() {
         return Err(ctx.err(format!("{prefix}vhds"), "VHDS is not supported"));
     }
     let mut seen = std::collections::BTreeMap::new();
@@ -322,7 +328,9 @@ pub(crate) fn route_table(
             if let Some(j) = seen.insert(d.clone(), i) {
                 return Err(ctx.err(
                     format!("{f}.domains"),
-                    format!("domain {d:?} is also in virtual_hosts[{j}]; each domain may appear once"),
+                    format!(
+                        "domain {d:?} is also in virtual_hosts[{j}]; each domain may appear once"
+                    ),
                 ));
             }
         }
@@ -342,7 +350,10 @@ pub(crate) fn route_table(
 
 fn virtual_host(ctx: &Ctx, f: &str, vh: &PbVirtualHost) -> Result<VirtualHost, ConfigError> {
     if vh.domains.is_empty() {
-        return Err(ctx.err(format!("{f}.domains"), "a virtual host needs at least one domain"));
+        return Err(ctx.err(
+            format!("{f}.domains"),
+            "a virtual host needs at least one domain",
+        ));
     }
     let mut domains = Vec::new();
     for (i, d) in vh.domains.iter().enumerate() {
@@ -399,7 +410,9 @@ fn per_filter_fault(
         } else {
             return Err(ctx.err(
                 field,
-                format!("per-route config for filter {name:?} is not supported (only {FAULT_FILTER})"),
+                format!(
+                    "per-route config for filter {name:?} is not supported (only {FAULT_FILTER})"
+                ),
             ));
         }
     }
@@ -416,7 +429,9 @@ fn route_from_proto(ctx: &Ctx, f: &str, r: &PbRoute) -> Result<Route, ConfigErro
         Some(route::Action::Route(a)) => {
             Action::Forward(Box::new(forward(ctx, &format!("{f}.route"), a)?))
         }
-        Some(route::Action::Redirect(rd)) => Action::Redirect(redirect(ctx, &format!("{f}.redirect"), rd)?),
+        Some(route::Action::Redirect(rd)) => {
+            Action::Redirect(redirect(ctx, &format!("{f}.redirect"), rd)?)
+        }
         Some(route::Action::DirectResponse(d)) => {
             let status = u16::try_from(d.status)
                 .ok()
@@ -492,31 +507,35 @@ pub(crate) fn string_match(
 
 fn route_match(ctx: &Ctx, f: &str, m: &PbRouteMatch) -> Result<RouteMatch, ConfigError> {
     let case_sensitive = m.case_sensitive.as_ref().is_none_or(|b| b.value);
-    let path = match &m.path_specifier {
-        Some(PathSpecifier::Prefix(p)) => PathMatch::Prefix(p.clone()),
-        Some(PathSpecifier::Path(p)) => PathMatch::Exact(p.clone()),
-        Some(PathSpecifier::SafeRegex(r)) => {
-            let re = if case_sensitive {
-                r.regex.clone()
-            } else {
-                format!("(?i:{})", r.regex)
-            };
-            PathMatch::Regex(Pattern::full(ctx, &format!("{f}.safe_regex"), &re)?)
-        }
-        Some(PathSpecifier::PathSeparatedPrefix(p)) => {
-            if p.contains(['?', '#']) || (p.len() > 1 && p.ends_with('/')) {
-                return Err(ctx.err(
-                    format!("{f}.path_separated_prefix"),
-                    format!("{p:?} must not contain ?/# nor end with /"),
-                ));
+    let path =
+        match &m.path_specifier {
+            Some(PathSpecifier::Prefix(p)) => PathMatch::Prefix(p.clone()),
+            Some(PathSpecifier::Path(p)) => PathMatch::Exact(p.clone()),
+            Some(PathSpecifier::SafeRegex(r)) => {
+                let re = if case_sensitive {
+                    r.regex.clone()
+                } else {
+                    format!("(?i:{})", r.regex)
+                };
+                PathMatch::Regex(Pattern::full(ctx, &format!("{f}.safe_regex"), &re)?)
             }
-            PathMatch::SeparatedPrefix(p.clone())
-        }
-        Some(PathSpecifier::ConnectMatcher(_)) | Some(PathSpecifier::PathMatchPolicy(_)) => {
-            return Err(ctx.err(f, "connect_matcher/path_match_policy are not supported"))
-        }
-        None => return Err(ctx.err(f, "a path specifier (prefix, path, safe_regex, path_separated_prefix) is required")),
-    };
+            Some(PathSpecifier::PathSeparatedPrefix(p)) => {
+                if p.contains(['?', '#']) || (p.len() > 1 && p.ends_with('/')) {
+                    return Err(ctx.err(
+                        format!("{f}.path_separated_prefix"),
+                        format!("{p:?} must not contain ?/# nor end with /"),
+                    ));
+                }
+                PathMatch::SeparatedPrefix(p.clone())
+            }
+            Some(PathSpecifier::ConnectMatcher(_)) | Some(PathSpecifier::PathMatchPolicy(_)) => {
+                return Err(ctx.err(f, "connect_matcher/path_match_policy are not supported"))
+            }
+            None => return Err(ctx.err(
+                f,
+                "a path specifier (prefix, path, safe_regex, path_separated_prefix) is required",
+            )),
+        };
     if m.runtime_fraction.is_some() || !m.dynamic_metadata.is_empty() || m.tls_context.is_some() {
         return Err(ctx.err(
             f,
@@ -567,12 +586,24 @@ fn header_match(ctx: &Ctx, f: &str, h: &HeaderMatcher) -> Result<HeaderMatch, Co
         None => HeaderMatchKind::Present,
         Some(HeaderMatchSpecifier::PresentMatch(true)) => HeaderMatchKind::Present,
         Some(HeaderMatchSpecifier::PresentMatch(false)) => HeaderMatchKind::Absent,
-        Some(HeaderMatchSpecifier::ExactMatch(s)) => HeaderMatchKind::Value(sm(MatchPattern::Exact(s.clone()))),
-        Some(HeaderMatchSpecifier::PrefixMatch(s)) => HeaderMatchKind::Value(sm(MatchPattern::Prefix(s.clone()))),
-        Some(HeaderMatchSpecifier::SuffixMatch(s)) => HeaderMatchKind::Value(sm(MatchPattern::Suffix(s.clone()))),
-        Some(HeaderMatchSpecifier::ContainsMatch(s)) => HeaderMatchKind::Value(sm(MatchPattern::Contains(s.clone()))),
+        Some(HeaderMatchSpecifier::ExactMatch(s)) => {
+            HeaderMatchKind::Value(sm(MatchPattern::Exact(s.clone())))
+        }
+        Some(HeaderMatchSpecifier::PrefixMatch(s)) => {
+            HeaderMatchKind::Value(sm(MatchPattern::Prefix(s.clone())))
+        }
+        Some(HeaderMatchSpecifier::SuffixMatch(s)) => {
+            HeaderMatchKind::Value(sm(MatchPattern::Suffix(s.clone())))
+        }
+        Some(HeaderMatchSpecifier::ContainsMatch(s)) => {
+            HeaderMatchKind::Value(sm(MatchPattern::Contains(s.clone())))
+        }
         Some(HeaderMatchSpecifier::SafeRegexMatch(r)) => HeaderMatchKind::Value(StringMatchCase {
-            pattern: StringMatch::Regex(Pattern::full(ctx, &format!("{f}.safe_regex_match"), &r.regex)?),
+            pattern: StringMatch::Regex(Pattern::full(
+                ctx,
+                &format!("{f}.safe_regex_match"),
+                &r.regex,
+            )?),
             ignore_case: false,
         }),
         Some(HeaderMatchSpecifier::StringMatch(s)) => {
@@ -590,348 +621,4 @@ fn header_match(ctx: &Ctx, f: &str, h: &HeaderMatcher) -> Result<HeaderMatch, Co
         kind,
         invert: h.invert_match,
     })
-}
-
-fn forward(ctx: &Ctx, f: &str, a: &RouteAction) -> Result<ForwardAction, ConfigError> {
-    use route_action::ClusterSpecifier as CS;
-    let clusters = match &a.cluster_specifier {
-        Some(CS::Cluster(c)) if !c.is_empty() => ClusterChoice::Single(c.clone()),
-        Some(CS::WeightedClusters(w)) => {
-            if w.clusters.is_empty() {
-                return Err(ctx.err(format!("{f}.weighted_clusters"), "needs at least one cluster"));
-            }
-            let mut out = Vec::new();
-            for (i, c) in w.clusters.iter().enumerate() {
-                let cf = format!("{f}.weighted_clusters.clusters[{i}]");
-                if c.name.is_empty() {
-                    return Err(ctx.err(format!("{cf}.name"), "empty (cluster_header is not supported)"));
-                }
-                out.push(WeightedTarget {
-                    cluster: c.name.clone(),
-                    weight: c.weight.as_ref().map_or(0, |w| w.value),
-                    headers: header_ops(
-                        ctx,
-                        &format!("{cf}."),
-                        (&c.request_headers_to_add, &c.request_headers_to_remove),
-                        (&c.response_headers_to_add, &c.response_headers_to_remove),
-                    )?,
-                });
-            }
-            if out.iter().all(|t| t.weight == 0) {
-                return Err(ctx.err(format!("{f}.weighted_clusters"), "all weights are zero"));
-            }
-            ClusterChoice::Weighted(out)
-        }
-        Some(CS::Cluster(_)) => return Err(ctx.err(format!("{f}.cluster"), "cluster name is empty")),
-        Some(_) => {
-            return Err(ctx.err(
-                f,
-                "cluster_header and cluster_specifier_plugin are not supported; use cluster or weighted_clusters",
-            ))
-        }
-        None => return Err(ctx.err(f, "cluster or weighted_clusters is required")),
-    };
-    let regex_rewrite = match &a.regex_rewrite {
-        Some(rw) => {
-            let p = rw
-                .pattern
-                .as_ref()
-                .ok_or_else(|| ctx.err(format!("{f}.regex_rewrite.pattern"), "required"))?;
-            Some((
-                Pattern::partial(ctx, &format!("{f}.regex_rewrite.pattern"), &p.regex)?,
-                // Envoy uses \1 for groups; the regex crate uses ${1}.
-                backrefs(&rw.substitution),
-            ))
-        }
-        None => None,
-    };
-    if !a.prefix_rewrite.is_empty() && regex_rewrite.is_some() {
-        return Err(ctx.err(f, "prefix_rewrite and regex_rewrite are mutually exclusive"));
-    }
-    let host_rewrite = match &a.host_rewrite_specifier {
-        None => None,
-        Some(route_action::HostRewriteSpecifier::HostRewriteLiteral(h)) => Some(h.clone()),
-        Some(route_action::HostRewriteSpecifier::AutoHostRewrite(b)) if !b.value => None,
-        Some(_) => {
-            return Err(ctx.err(
-                format!("{f}.host_rewrite_specifier"),
-                "only host_rewrite_literal is supported",
-            ))
-        }
-    };
-    // Envoy: unset means 15 s, zero disables.
-    let timeout = match &a.timeout {
-        None => Some(Duration::from_secs(15)),
-        Some(d) => {
-            let d = duration(ctx, &format!("{f}.timeout"), Some(d), Duration::ZERO)?;
-            (!d.is_zero()).then_some(d)
-        }
-    };
-    let retry = match &a.retry_policy {
-        Some(p) => Some(retry_policy(ctx, &format!("{f}.retry_policy"), p)?),
-        None => None,
-    };
-    let mut mirrors = Vec::new();
-    for (i, m) in a.request_mirror_policies.iter().enumerate() {
-        let mf = format!("{f}.request_mirror_policies[{i}]");
-        if m.cluster.is_empty() {
-            return Err(ctx.err(format!("{mf}.cluster"), "empty"));
-        }
-        let per_million = match m.runtime_fraction.as_ref().and_then(|r| r.default_value.as_ref()) {
-            None => 1_000_000,
-            Some(p) => super::fault::per_million(ctx, &format!("{mf}.runtime_fraction"), p)?,
-        };
-        mirrors.push(Mirror {
-            cluster: m.cluster.clone(),
-            per_million,
-        });
-    }
-    let mut hash = Vec::new();
-    for (i, h) in a.hash_policy.iter().enumerate() {
-        use route_action::hash_policy::PolicySpecifier as P;
-        match &h.policy_specifier {
-            Some(P::Header(hd)) => hash.push(HashOn::Header(hd.header_name.to_ascii_lowercase())),
-            Some(P::ConnectionProperties(c)) if c.source_ip => hash.push(HashOn::SourceIp),
-            Some(P::QueryParameter(q)) => hash.push(HashOn::QueryParameter(q.name.clone())),
-            // Cookies need response-side cookie generation; hash on nothing (host choice stays balanced).
-            Some(P::Cookie(_)) => {
-                tracing::debug!(field = %format!("{f}.hash_policy[{i}]"), "cookie hash policy ignored");
-            }
-            _ => {
-                return Err(ctx.err(
-                    format!("{f}.hash_policy[{i}]"),
-                    "only header, source_ip, query_parameter and cookie hash policies are supported",
-                ))
-            }
-        }
-    }
-    Ok(ForwardAction {
-        clusters,
-        prefix_rewrite: (!a.prefix_rewrite.is_empty()).then(|| a.prefix_rewrite.clone()),
-        regex_rewrite,
-        host_rewrite,
-        timeout,
-        retry,
-        mirrors,
-        hash,
-    })
-}
-
-fn backrefs(s: &str) -> String {
-    let mut out = String::with_capacity(s.len());
-    let mut chars = s.chars().peekable();
-    while let Some(c) = chars.next() {
-        if c == '\\' && chars.peek().is_some_and(|d| d.is_ascii_digit()) {
-            let mut n = String::new();
-            while let Some(d) = chars.peek().copied().filter(char::is_ascii_digit) {
-                n.push(d);
-                chars.next();
-            }
-            out.push_str(&format!("${{{n}}}"));
-        } else if c == '$' {
-            out.push_str("$$");
-        } else {
-            out.push(c);
-        }
-    }
-    out
-}
-
-pub(crate) fn retry_policy(
-    ctx: &Ctx,
-    f: &str,
-    p: &PbRetryPolicy,
-) -> Result<RetryPolicy, ConfigError> {
-    let mut on = RetryOn::default();
-    for cond in p.retry_on.split(',').map(str::trim).filter(|c| !c.is_empty()) {
-        match cond {
-            "5xx" => on.five_xx = true,
-            "gateway-error" => on.gateway_error = true,
-            "connect-failure" => on.connect_failure = true,
-            "refused-stream" => on.refused_stream = true,
-            "reset" | "reset-before-request" => on.reset = true,
-            "retriable-status-codes" => on.retriable_status_codes = true,
-            other => match GRPC_RETRY_CODES.iter().position(|(n, _)| *n == other) {
-                Some(i) => on.grpc[i] = true,
-                None => {
-                    return Err(ctx.err(
-                        format!("{f}.retry_on"),
-                        format!("retry condition {other:?} is not supported (5xx, gateway-error, connect-failure, refused-stream, reset, retriable-status-codes, cancelled, deadline-exceeded, internal, resource-exhausted, unavailable)"),
-                    ))
-                }
-            },
-        }
-    }
-    let mut previous_hosts = false;
-    for (i, h) in p.retry_host_predicate.iter().enumerate() {
-        if h.name == "envoy.retry_host_predicates.previous_hosts" {
-            previous_hosts = true;
-        } else {
-            return Err(ctx.err(
-                format!("{f}.retry_host_predicate[{i}]"),
-                format!("{:?} is not supported (only envoy.retry_host_predicates.previous_hosts)", h.name),
-            ));
-        }
-    }
-    let mut retriable_status_codes = Vec::new();
-    for c in &p.retriable_status_codes {
-        retriable_status_codes.push(
-            u16::try_from(*c)
-                .ok()
-                .filter(|c| (100..600).contains(c))
-                .ok_or_else(|| {
-                    ctx.err(
-                        format!("{f}.retriable_status_codes"),
-                        format!("{c} is not an HTTP status"),
-                    )
-                })?,
-        );
-    }
-    let per_try_timeout = match &p.per_try_timeout {
-        None => None,
-        Some(d) => {
-            let d = duration(ctx, &format!("{f}.per_try_timeout"), Some(d), Duration::ZERO)?;
-            (!d.is_zero()).then_some(d)
-        }
-    };
-    Ok(RetryPolicy {
-        on,
-        num_retries: p.num_retries.as_ref().map_or(1, |n| n.value),
-        per_try_timeout,
-        retriable_status_codes,
-        previous_hosts,
-    })
-}
-
-fn redirect(ctx: &Ctx, f: &str, r: &RedirectAction) -> Result<Redirect, ConfigError> {
-    use redirect_action::{
-        PathRewriteSpecifier as PR, RedirectResponseCode as Code, SchemeRewriteSpecifier as SR,
-    };
-    let status = match Code::try_from(r.response_code) {
-        Ok(Code::MovedPermanently) => 301,
-        Ok(Code::Found) => 302,
-        Ok(Code::SeeOther) => 303,
-        Ok(Code::TemporaryRedirect) => 307,
-        Ok(Code::PermanentRedirect) => 308,
-        Err(_) => {
-            return Err(ctx.err(
-                format!("{f}.response_code"),
-                format!("unknown redirect code {}", r.response_code),
-            ))
-        }
-    };
-    let scheme = match &r.scheme_rewrite_specifier {
-        Some(SR::HttpsRedirect(true)) => Some("https".to_string()),
-        Some(SR::HttpsRedirect(false)) | None => None,
-        Some(SR::SchemeRedirect(s)) => Some(s.to_ascii_lowercase()),
-    };
-    let (path, prefix_rewrite) = match &r.path_rewrite_specifier {
-        None => (None, None),
-        Some(PR::PathRedirect(p)) => (Some(p.clone()), None),
-        Some(PR::PrefixRewrite(p)) => (None, Some(p.clone())),
-        Some(PR::RegexRewrite(_)) | Some(PR::PathRewrite(_)) => {
-            return Err(ctx.err(format!("{f}.regex_rewrite"), "not supported for redirects"))
-        }
-    };
-    let port = match r.port_redirect {
-        0 => None,
-        p => Some(u16::try_from(p).map_err(|_| {
-            ctx.err(format!("{f}.port_redirect"), format!("{p} is not a port"))
-        })?),
-    };
-    Ok(Redirect {
-        scheme,
-        host: (!r.host_redirect.is_empty()).then(|| r.host_redirect.clone()),
-        port,
-        path,
-        prefix_rewrite,
-        strip_query: r.strip_query,
-        status,
-    })
-}
-
-#[allow(deprecated)] // the legacy `append` field still wins when set.
-fn header_ops(
-    ctx: &Ctx,
-    prefix: &str,
-    request: (&[HeaderValueOption], &[String]),
-    response: (&[HeaderValueOption], &[String]),
-) -> Result<HeaderOps, ConfigError> {
-    let adds = |list: &[HeaderValueOption], field: &str| -> Result<Vec<HeaderOp>, ConfigError> {
-        let mut out = Vec::new();
-        for (i, o) in list.iter().enumerate() {
-            let hf = format!("{prefix}{field}[{i}]");
-            let h = o
-                .header
-                .as_ref()
-                .ok_or_else(|| ctx.err(format!("{hf}.header"), "required"))?;
-            let name = h.key.to_ascii_lowercase();
-            if http::HeaderName::from_bytes(name.as_bytes()).is_err() || name.starts_with(':') {
-                return Err(ctx.err(format!("{hf}.header.key"), format!("{:?} is not a header name that can be set", h.key)));
-            }
-            let value = if h.raw_value.is_empty() {
-                h.value.clone()
-            } else {
-                String::from_utf8_lossy(&h.raw_value).into_owned()
-            };
-            if http::HeaderValue::from_str(&value).is_err() {
-                return Err(ctx.err(format!("{hf}.header.value"), "not a valid header value"));
-            }
-            if value.contains('%') {
-                return Err(ctx.err(
-                    format!("{hf}.header.value"),
-                    "header value formatters (%...%) are not supported",
-                ));
-            }
-            let action = match HeaderAppendAction::try_from(o.append_action) {
-                Ok(HeaderAppendAction::AppendIfExistsOrAdd) => {
-                    // The deprecated `append` field, when set, wins (false = overwrite).
-                    match &o.append {
-                        Some(b) if !b.value => AppendAction::Overwrite,
-                        _ => AppendAction::Append,
-                    }
-                }
-                Ok(HeaderAppendAction::AddIfAbsent) => AppendAction::AddIfAbsent,
-                Ok(HeaderAppendAction::OverwriteIfExistsOrAdd) => AppendAction::Overwrite,
-                Ok(HeaderAppendAction::OverwriteIfExists) => AppendAction::OverwriteIfExists,
-                Err(_) => return Err(ctx.err(format!("{hf}.append_action"), "unknown")),
-            };
-            out.push(HeaderOp {
-                name,
-                value,
-                action,
-            });
-        }
-        Ok(out)
-    };
-    let removes = |list: &[String], field: &str| -> Result<Vec<String>, ConfigError> {
-        list.iter()
-            .enumerate()
-            .map(|(i, n)| {
-                let n = n.to_ascii_lowercase();
-                if http::HeaderName::from_bytes(n.as_bytes()).is_err() {
-                    Err(ctx.err(format!("{prefix}{field}[{i}]"), format!("{n:?} is not a header name")))
-                } else {
-                    Ok(n)
-                }
-            })
-            .collect()
-    };
-    Ok(HeaderOps {
-        request_add: adds(request.0, "request_headers_to_add")?,
-        request_remove: removes(request.1, "request_headers_to_remove")?,
-        response_add: adds(response.0, "response_headers_to_add")?,
-        response_remove: removes(response.1, "response_headers_to_remove")?,
-    })
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn backrefs_translate() {
-        assert_eq!(backrefs("/v2/\\1/x"), "/v2/${1}/x");
-        assert_eq!(backrefs("a$b"), "a$$b");
-    }
 }

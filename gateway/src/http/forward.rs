@@ -89,14 +89,23 @@ pub async fn forward(
     if let Ok(v) = HeaderValue::from_str(f.scheme) {
         parts.headers.insert("x-forwarded-proto", v);
     }
-    let authority = f.action.host_rewrite.as_deref().unwrap_or(f.authority).to_string();
+    let authority = f
+        .action
+        .host_rewrite
+        .as_deref()
+        .unwrap_or(f.authority)
+        .to_string();
     let small = body.size_hint().upper().is_some_and(|u| u <= BUFFER_LIMIT);
     let mut body = if !upgrade && (body.is_end_stream() || small) {
         match body.collect().await {
             Ok(c) => ReqBody::Buffered(c.to_bytes()),
             Err(e) => {
                 log.flags.add("DPE");
-                return local(StatusCode::BAD_REQUEST, &format!("reading request body: {e}\n"), &log.flags);
+                return local(
+                    StatusCode::BAD_REQUEST,
+                    &format!("reading request body: {e}\n"),
+                    &log.flags,
+                );
             }
         }
     } else {
@@ -122,33 +131,30 @@ pub async fn forward(
     loop {
         attempt += 1;
         log.attempts = attempt;
-        let req_body = match &mut body {
-            ReqBody::Buffered(b) => full(b.clone()),
-            ReqBody::Streaming(s) => match s.take() {
-                Some(b) => b.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
-                // A streamed body is gone after the first send.
-                None => break_out(log, "URX"),
-            },
-        };
-        let mut up_req = Request::from_parts(parts.clone(), req_body);
-        *up_req.version_mut() = Version::HTTP_11;
         let exclude: Vec<SocketAddr> = if f.retry.is_some_and(|r| r.previous_hosts) {
             tried.clone()
         } else {
             Vec::new()
         };
-        let one = one_attempt(ctx, &cluster, wire, hash, &exclude, up_req, f.path, &authority, per_try);
+        let one = one_attempt(
+            ctx, &cluster, wire, hash, &exclude, &parts, &mut body, f.path, &authority, per_try,
+        );
         let result = match overall {
             Some(deadline) => match tokio::time::timeout_at(deadline, one).await {
                 Ok(r) => r,
                 Err(_) => {
                     log.flags.add("UT");
-                    return local(StatusCode::GATEWAY_TIMEOUT, "upstream request timeout\n", &log.flags);
+                    return local(
+                        StatusCode::GATEWAY_TIMEOUT,
+                        "upstream request timeout\n",
+                        &log.flags,
+                    );
                 }
             },
             None => one.await,
         };
-        let can_retry = attempt <= retries && matches!(body, ReqBody::Buffered(_) | ReqBody::Streaming(Some(_)));
+        let can_retry = attempt <= retries
+            && matches!(body, ReqBody::Buffered(_) | ReqBody::Streaming(Some(_)));
         match result {
             (addr, Ok(mut resp)) => {
                 if let Some(a) = addr {
@@ -158,7 +164,10 @@ pub async fn forward(
                 let status = resp.status();
                 record_outcome(ctx, &cluster, addr, status);
                 if can_retry && f.retry.is_some_and(|p| retriable_response(p, &resp)) {
-                    ctx.metrics.upstream_rq_retry.with_label_values(&[f.cluster]).inc();
+                    ctx.metrics
+                        .upstream_rq_retry
+                        .with_label_values(&[f.cluster])
+                        .inc();
                     backoff(attempt).await;
                     continue;
                 }
@@ -174,7 +183,10 @@ pub async fn forward(
                 let (mut rp, rb) = resp.into_parts();
                 strip_hop_by_hop(&mut rp.headers, status == StatusCode::SWITCHING_PROTOCOLS);
                 apply_ops(&mut rp.headers, f.header_levels.iter().copied(), false);
-                return Response::from_parts(rp, rb.map_err(|e| Box::new(e) as BoxError).boxed_unsync());
+                return Response::from_parts(
+                    rp,
+                    rb.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+                );
             }
             (addr, Err(e)) => {
                 if let Some(a) = addr {
@@ -183,7 +195,10 @@ pub async fn forward(
                 }
                 let retriable = f.retry.is_some_and(|p| retriable_error(p, &e));
                 if can_retry && retriable {
-                    ctx.metrics.upstream_rq_retry.with_label_values(&[f.cluster]).inc();
+                    ctx.metrics
+                        .upstream_rq_retry
+                        .with_label_values(&[f.cluster])
+                        .inc();
                     backoff(attempt).await;
                     continue;
                 }
@@ -196,24 +211,49 @@ pub async fn forward(
     }
 }
 
-/// A streaming body cannot be resent; callers only reach this after a
-/// retry decision, which `can_retry` prevents for consumed bodies.
-fn break_out(log: &mut RequestLog, flag: &'static str) -> Body {
-    log.flags.add(flag);
-    super::empty()
-}
-
-fn error_response(ctx: &ProxyContext, cluster: &str, e: AttemptError, log: &mut RequestLog) -> Response<Body> {
+fn error_response(
+    ctx: &ProxyContext,
+    cluster: &str,
+    e: AttemptError,
+    log: &mut RequestLog,
+) -> Response<Body> {
     let (status, flag, msg) = match e {
         AttemptError::Overflow => {
-            ctx.metrics.upstream_rq_overflow.with_label_values(&[cluster]).inc();
-            (StatusCode::SERVICE_UNAVAILABLE, "UO", "upstream overflow (circuit breaker)".to_string())
+            ctx.metrics
+                .upstream_rq_overflow
+                .with_label_values(&[cluster])
+                .inc();
+            (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "UO",
+                "upstream overflow (circuit breaker)".to_string(),
+            )
         }
-        AttemptError::NoHost => (StatusCode::SERVICE_UNAVAILABLE, "UH", "no healthy upstream".to_string()),
-        AttemptError::NoCluster => (StatusCode::SERVICE_UNAVAILABLE, "NC", "no cluster".to_string()),
-        AttemptError::Connect(m) => (StatusCode::SERVICE_UNAVAILABLE, "UF", format!("upstream connect error: {m}")),
-        AttemptError::Reset(m, _) => (StatusCode::SERVICE_UNAVAILABLE, "UC", format!("upstream reset: {m}")),
-        AttemptError::Timeout => (StatusCode::GATEWAY_TIMEOUT, "UT", "upstream per-try timeout".to_string()),
+        AttemptError::NoHost => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UH",
+            "no healthy upstream".to_string(),
+        ),
+        AttemptError::NoCluster => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "NC",
+            "no cluster".to_string(),
+        ),
+        AttemptError::Connect(m) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UF",
+            format!("upstream connect error: {m}"),
+        ),
+        AttemptError::Reset(m, _) => (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "UC",
+            format!("upstream reset: {m}"),
+        ),
+        AttemptError::Timeout => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "UT",
+            "upstream per-try timeout".to_string(),
+        ),
     };
     log.flags.add(flag);
     local(status, &format!("{msg}\n"), &log.flags)
@@ -226,7 +266,10 @@ fn is_upgrade<B>(req: &Request<B>) -> bool {
             .headers()
             .get(http::header::CONNECTION)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("upgrade")))
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|p| p.trim().eq_ignore_ascii_case("upgrade"))
+            })
 }
 
 async fn tunnel(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
@@ -251,7 +294,12 @@ async fn backoff(attempt: u32) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
-fn request_hash(a: &ForwardAction, h: &http::HeaderMap, path: &str, peer: SocketAddr) -> Option<u64> {
+fn request_hash(
+    a: &ForwardAction,
+    h: &http::HeaderMap,
+    path: &str,
+    peer: SocketAddr,
+) -> Option<u64> {
     for on in &a.hash {
         let key = match on {
             HashOn::Header(n) => h.get(n.as_str()).map(|v| v.as_bytes().to_vec()),
@@ -308,7 +356,12 @@ fn retriable_error(p: &RetryPolicy, e: &AttemptError) -> bool {
     }
 }
 
-fn record_outcome(ctx: &ProxyContext, cluster: &ClusterRuntime, addr: Option<SocketAddr>, s: StatusCode) {
+fn record_outcome(
+    ctx: &ProxyContext,
+    cluster: &ClusterRuntime,
+    addr: Option<SocketAddr>,
+    s: StatusCode,
+) {
     let Some(addr) = addr else { return };
     let Some(host) = cluster.lb.hosts().iter().find(|h| h.addr == addr) else {
         return;
@@ -336,18 +389,24 @@ async fn one_attempt(
     wire: Wire,
     hash: Option<u64>,
     exclude: &[SocketAddr],
-    mut req: Request<Body>,
+    parts: &http::request::Parts,
+    body: &mut ReqBody,
     path: &str,
     authority: &str,
     per_try: Option<Duration>,
 ) -> (Option<SocketAddr>, Result<Response<Incoming>, AttemptError>) {
     let counters = cluster.counters.clone();
-    if counters.requests.fetch_add(1, Ordering::AcqRel) >= u64::from(cluster.config.circuit_breakers.max_requests) {
+    if counters.requests.fetch_add(1, Ordering::AcqRel)
+        >= u64::from(cluster.config.circuit_breakers.max_requests)
+    {
         counters.requests.fetch_sub(1, Ordering::AcqRel);
         return (None, Err(AttemptError::Overflow));
     }
     let slot = RequestSlot(counters);
-    let host = cluster.lb.pick(hash, exclude).or_else(|| cluster.lb.pick(hash, &[]));
+    let host = cluster
+        .lb
+        .pick(hash, exclude)
+        .or_else(|| cluster.lb.pick(hash, &[]));
     let Some(host) = host else {
         if !cluster.warm {
             return (None, Err(AttemptError::NoHost));
@@ -364,19 +423,45 @@ async fn one_attempt(
         None => {
             let up = match upstream::connect_host(cluster, &host, &ctx.metrics).await {
                 Ok(u) => u,
-                Err(UpstreamError::Overflow { .. }) | Err(UpstreamError::PendingOverflow { .. }) => {
+                Err(UpstreamError::Overflow { .. })
+                | Err(UpstreamError::PendingOverflow { .. }) => {
                     return (None, Err(AttemptError::Overflow))
                 }
-                Err(UpstreamError::UnknownCluster(_)) => return (None, Err(AttemptError::NoCluster)),
+                Err(UpstreamError::UnknownCluster(_)) => {
+                    return (None, Err(AttemptError::NoCluster))
+                }
                 Err(UpstreamError::NoHost(_)) => return (None, Err(AttemptError::NoHost)),
                 Err(e) => return (Some(addr), Err(AttemptError::Connect(e.to_string()))),
             };
             match cluster.http_pool.handshake(up, wire).await {
                 Ok(s) => s,
-                Err(e) => return (Some(addr), Err(AttemptError::Connect(format!("HTTP handshake: {e}")))),
+                Err(e) => {
+                    return (
+                        Some(addr),
+                        Err(AttemptError::Connect(format!("HTTP handshake: {e}"))),
+                    )
+                }
             }
         }
     };
+    // The body is taken only now: a connect failure leaves a streaming body
+    // unread, so that attempt can still be retried elsewhere.
+    let req_body = match body {
+        ReqBody::Buffered(b) => full(b.clone()),
+        ReqBody::Streaming(s) => match s.take() {
+            Some(b) => b.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+            None => {
+                return (
+                    Some(addr),
+                    Err(AttemptError::Reset(
+                        "request body already sent upstream".into(),
+                        false,
+                    )),
+                )
+            }
+        },
+    };
+    let mut req = Request::from_parts(parts.clone(), req_body);
     let tls = cluster.tls.is_some();
     let send = async {
         match sender {
@@ -389,7 +474,10 @@ async fn one_attempt(
                 }
                 *req.version_mut() = Version::HTTP_11;
                 if s.ready().await.is_err() {
-                    return Err(AttemptError::Reset("connection closed before the request".into(), true));
+                    return Err(AttemptError::Reset(
+                        "connection closed before the request".into(),
+                        true,
+                    ));
                 }
                 let r = s.send_request(req).await;
                 if r.is_ok() {
@@ -405,7 +493,10 @@ async fn one_attempt(
                 req.headers_mut().remove(http::header::HOST);
                 *req.version_mut() = Version::HTTP_2;
                 if s.ready().await.is_err() {
-                    return Err(AttemptError::Reset("connection closed before the request".into(), true));
+                    return Err(AttemptError::Reset(
+                        "connection closed before the request".into(),
+                        true,
+                    ));
                 }
                 s.send_request(req).await.map_err(|e| classify(&e))
             }
@@ -436,7 +527,13 @@ fn classify(e: &hyper::Error) -> AttemptError {
 }
 
 /// Fire-and-forget copies to mirror clusters (Istio: authority gets `-shadow`).
-fn mirror(ctx: &ProxyContext, f: &Forwarding<'_>, parts: &http::request::Parts, authority: &str, body: &Bytes) {
+fn mirror(
+    ctx: &ProxyContext,
+    f: &Forwarding<'_>,
+    parts: &http::request::Parts,
+    authority: &str,
+    body: &Bytes,
+) {
     for m in &f.action.mirrors {
         if m.per_million < 1_000_000 && rand::rng().random_range(0..1_000_000) >= m.per_million {
             continue;
@@ -449,14 +546,26 @@ fn mirror(ctx: &ProxyContext, f: &Forwarding<'_>, parts: &http::request::Parts, 
             Some(port) => format!("{host}-shadow{port}"),
             None => format!("{host}-shadow"),
         };
-        let req = Request::from_parts(parts.clone(), full(body.clone()));
+        let (parts, mut body) = (parts.clone(), ReqBody::Buffered(body.clone()));
         let (ctx, path) = (ctx.clone(), f.path.to_string());
         tokio::spawn(async move {
             let wire = match cluster.http_pool.options().protocol {
                 UpstreamProtocol::Http2 => Wire::Http2,
                 _ => Wire::Http1,
             };
-            let (_, r) = one_attempt(&ctx, &cluster, wire, None, &[], req, &path, &shadow, Some(Duration::from_secs(10))).await;
+            let (_, r) = one_attempt(
+                &ctx,
+                &cluster,
+                wire,
+                None,
+                &[],
+                &parts,
+                &mut body,
+                &path,
+                &shadow,
+                Some(Duration::from_secs(10)),
+            )
+            .await;
             if let Ok(resp) = r {
                 // Drain so the pooled connection becomes reusable.
                 let _ = resp.into_body().collect().await;
@@ -467,7 +576,11 @@ fn mirror(ctx: &ProxyContext, f: &Forwarding<'_>, parts: &http::request::Parts, 
 
 fn strip_port_of(a: &str) -> &str {
     match a.rsplit_once(':') {
-        Some((h, p)) if !h.ends_with(']') && !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) => h,
+        Some((h, p))
+            if !h.ends_with(']') && !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) =>
+        {
+            h
+        }
         Some((h, p)) if h.ends_with(']') && p.bytes().all(|b| b.is_ascii_digit()) => h,
         _ => a,
     }

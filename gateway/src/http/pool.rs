@@ -5,7 +5,9 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::Duration;
 
 use hyper::client::conn::{http1, http2};
 use hyper_util::rt::{TokioExecutor, TokioIo};
@@ -33,6 +35,7 @@ struct H1 {
 struct H2 {
     sender: http2::SendRequest<Body>,
     uses: u32,
+    last_used: Instant,
 }
 
 #[derive(Debug, Default)]
@@ -45,8 +48,11 @@ struct HostConns {
 #[derive(Debug)]
 pub struct ClusterPool {
     options: HttpUpstreamOptions,
-    hosts: Mutex<HashMap<SocketAddr, HostConns>>,
+    hosts: Arc<Mutex<Hosts>>,
+    sweeping: AtomicBool,
 }
+
+type Hosts = HashMap<SocketAddr, HostConns>;
 
 /// A sender ready for one request.
 #[derive(Debug)]
@@ -62,7 +68,8 @@ impl ClusterPool {
     pub fn new(options: HttpUpstreamOptions) -> Self {
         Self {
             options,
-            hosts: Mutex::new(HashMap::new()),
+            hosts: Arc::default(),
+            sweeping: AtomicBool::new(false),
         }
     }
 
@@ -70,10 +77,19 @@ impl ClusterPool {
         self.options
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<SocketAddr, HostConns>> {
-        // A panic while holding this lock cannot leave the map inconsistent
-        // (only pushes/pops), so a poisoned lock is still usable.
-        self.hosts.lock().unwrap_or_else(|p| p.into_inner())
+    fn lock(&self) -> std::sync::MutexGuard<'_, Hosts> {
+        lock(&self.hosts)
+    }
+
+    /// Starts (once, from async context) the task that closes connections
+    /// idle for longer than `idle_timeout`; it ends with the pool.
+    fn start_sweeper(&self) {
+        let Some(idle) = self.options.idle_timeout else {
+            return;
+        };
+        if !self.sweeping.swap(true, Ordering::AcqRel) {
+            tokio::spawn(sweep(Arc::downgrade(&self.hosts), idle));
+        }
     }
 
     /// A pooled sender to `addr`, if one is usable now.
@@ -88,6 +104,7 @@ impl ClusterPool {
                     return None;
                 }
                 h2.uses += 1;
+                h2.last_used = Instant::now();
                 Some(Sender::H2(h2.sender.clone()))
             }
             Wire::Http1 => {
@@ -118,6 +135,7 @@ impl ClusterPool {
         if sender.is_closed() || self.exhausted(uses) {
             return;
         }
+        self.start_sweeper();
         let mut hosts = self.lock();
         let conns = hosts.entry(addr).or_default();
         if conns.h1_idle.len() < MAX_IDLE_PER_HOST {
@@ -130,38 +148,69 @@ impl ClusterPool {
     }
 
     /// Opens a new connection on an established upstream stream.
-    pub async fn handshake(
-        &self,
-        up: Upstream,
-        wire: Wire,
-    ) -> Result<Sender, hyper::Error> {
-        let Upstream { io, addr, guard, .. } = up;
+    pub async fn handshake(&self, up: Upstream, wire: Wire) -> Result<Sender, hyper::Error> {
+        let Upstream {
+            io, addr, guard, ..
+        } = up;
         let io = TokioIo::new(io);
-        let idle = self.options.idle_timeout;
         match wire {
             Wire::Http1 => {
                 let (sender, conn) = http1::Builder::new().handshake(io).await?;
-                tokio::spawn(drive(conn.with_upgrades(), guard, idle));
+                tokio::spawn(drive(conn.with_upgrades(), guard));
                 Ok(Sender::H1(sender, 0))
             }
             Wire::Http2 => {
                 let (sender, conn) = http2::Builder::new(TokioExecutor::new())
                     .handshake(io)
                     .await?;
+                self.start_sweeper();
                 self.lock().entry(addr).or_default().h2 = Some(H2 {
                     sender: sender.clone(),
                     uses: 1,
+                    last_used: Instant::now(),
                 });
-                tokio::spawn(drive(conn, guard, idle));
+                tokio::spawn(drive(conn, guard));
                 Ok(Sender::H2(sender))
             }
         }
     }
 }
 
+fn lock(hosts: &Mutex<Hosts>) -> std::sync::MutexGuard<'_, Hosts> {
+    // A panic while holding this lock cannot leave the map inconsistent
+    // (only pushes/pops), so a poisoned lock is still usable.
+    hosts.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// Dropping a pooled sender closes its connection once no request uses it.
+async fn sweep(hosts: Weak<Mutex<Hosts>>, idle: Duration) {
+    let period = (idle / 2).max(Duration::from_millis(50));
+    loop {
+        tokio::time::sleep(period).await;
+        let Some(hosts) = hosts.upgrade() else {
+            return;
+        };
+        let now = Instant::now();
+        let mut map = lock(&hosts);
+        for conns in map.values_mut() {
+            conns
+                .h1_idle
+                .retain(|c| !c.sender.is_closed() && now.duration_since(c.last_used) < idle);
+            if conns
+                .h2
+                .as_ref()
+                .is_some_and(|h| h.sender.is_closed() || now.duration_since(h.last_used) >= idle)
+            {
+                conns.h2 = None;
+            }
+        }
+        map.retain(|_, c| !c.h1_idle.is_empty() || c.h2.is_some());
+    }
+}
+
 /// Runs a client connection to completion; the guard releases the
 /// cluster's connection slot when it ends.
-async fn drive<F>(conn: F, guard: UpstreamGuard, _idle: Option<std::time::Duration>)
+async fn drive<F>(conn: F, guard: UpstreamGuard)
 where
     F: std::future::Future<Output = Result<(), hyper::Error>>,
 {

@@ -33,12 +33,15 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !s.is_empty() && !(keep_upgrade && s == "upgrade"))
+        .filter(|s| !(s.is_empty() || (keep_upgrade && s == "upgrade")))
         .collect();
     let te_trailers = h
         .get(http::header::TE)
         .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| v.split(',').any(|p| p.trim().eq_ignore_ascii_case("trailers")));
+        .is_some_and(|v| {
+            v.split(',')
+                .any(|p| p.trim().eq_ignore_ascii_case("trailers"))
+        });
     for n in HOP_BY_HOP {
         if keep_upgrade && (n == "upgrade" || n == "connection") {
             continue;
@@ -122,7 +125,8 @@ pub fn grpc_status(code: u32, message: &str) -> Response<Body> {
         http::header::CONTENT_TYPE,
         HeaderValue::from_static("application/grpc"),
     );
-    r.headers_mut().insert("grpc-status", HeaderValue::from(code));
+    r.headers_mut()
+        .insert("grpc-status", HeaderValue::from(code));
     if let Ok(v) = HeaderValue::from_str(message) {
         r.headers_mut().insert("grpc-message", v);
     }
@@ -160,7 +164,12 @@ pub struct Logged {
 }
 
 impl Logged {
-    pub fn wrap(resp: Response<Body>, log: RequestLog, start: Instant, metrics: Arc<Metrics>) -> Response<Body> {
+    pub fn wrap(
+        resp: Response<Body>,
+        log: RequestLog,
+        start: Instant,
+        metrics: Arc<Metrics>,
+    ) -> Response<Body> {
         let (parts, body) = resp.into_parts();
         let body = Logged {
             inner: body,
@@ -185,7 +194,10 @@ impl Logged {
             code.as_str(),
             flags.as_str(),
         ];
-        self.metrics.istio_requests_total.with_label_values(&labels).inc();
+        self.metrics
+            .istio_requests_total
+            .with_label_values(&labels)
+            .inc();
         self.metrics
             .istio_request_duration
             .with_label_values(&labels)

@@ -5,8 +5,8 @@
 use http::{HeaderMap, Method};
 
 use crate::config::{
-    Action, ClusterChoice, ForwardAction, HeaderMatchKind, PathMatch, Redirect, Route,
-    RouteMatch, RouteTable, VirtualHost,
+    Action, ClusterChoice, ForwardAction, HeaderMatchKind, PathMatch, Redirect, Route, RouteMatch,
+    RouteTable, VirtualHost,
 };
 
 /// What the router needs to know about a request.
@@ -135,7 +135,11 @@ fn select_exact_host<'t>(hosts: &'t [VirtualHost], host: &str) -> Option<&'t Vir
     for v in hosts {
         for d in &v.domains {
             if let Some(suffix) = d.strip_prefix('*') {
-                if !suffix.is_empty() && host.len() > suffix.len() && host.ends_with(suffix) && best.is_none_or(|(l, _)| suffix.len() > l) {
+                if !suffix.is_empty()
+                    && host.len() > suffix.len()
+                    && host.ends_with(suffix)
+                    && best.is_none_or(|(l, _)| suffix.len() > l)
+                {
                     best = Some((suffix.len(), v));
                 }
             }
@@ -147,7 +151,11 @@ fn select_exact_host<'t>(hosts: &'t [VirtualHost], host: &str) -> Option<&'t Vir
     for v in hosts {
         for d in &v.domains {
             if let Some(prefix) = d.strip_suffix('*') {
-                if !prefix.is_empty() && host.len() > prefix.len() && host.starts_with(prefix) && best.is_none_or(|(l, _)| prefix.len() > l) {
+                if !prefix.is_empty()
+                    && host.len() > prefix.len()
+                    && host.starts_with(prefix)
+                    && best.is_none_or(|(l, _)| prefix.len() > l)
+                {
                     best = Some((prefix.len(), v));
                 }
             }
@@ -280,7 +288,10 @@ fn redirect_location(
 ) -> String {
     let scheme = r.scheme.as_deref().unwrap_or(req.scheme);
     let orig_host = strip_port(req.authority);
-    let orig_port = req.authority.get(orig_host.len() + 1..).filter(|p| !p.is_empty());
+    let orig_port = req
+        .authority
+        .get(orig_host.len() + 1..)
+        .filter(|p| !p.is_empty());
     let host = r.host.as_deref().unwrap_or(orig_host);
     let port = match (r.port, r.scheme.is_some()) {
         (Some(p), _) => Some(p.to_string()),
@@ -289,7 +300,8 @@ fn redirect_location(
         (None, false) if r.host.is_none() => orig_port.map(str::to_string),
         (None, false) => None,
     };
-    let port = port.filter(|p| !((scheme == "https" && p == "443") || (scheme == "http" && p == "80")));
+    let port =
+        port.filter(|p| !((scheme == "https" && p == "443") || (scheme == "http" && p == "80")));
     let new_path = if let Some(p) = &r.path {
         p.clone()
     } else if let Some(pre) = &r.prefix_rewrite {

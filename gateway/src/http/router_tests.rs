@@ -3,9 +3,9 @@ use crate::config::{route_config_from_proto, RouteTable};
 use envoy_types::pb::envoy::config::route::v3::{
     header_matcher::HeaderMatchSpecifier, query_parameter_matcher::QueryParameterMatchSpecifier,
     redirect_action, route, route_action, route_match::PathSpecifier, weighted_cluster,
-    DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction,
-    Route as PbRoute, RouteAction, RouteConfiguration, RouteMatch as PbMatch,
-    VirtualHost as PbVhost, WeightedCluster,
+    DirectResponseAction, HeaderMatcher, QueryParameterMatcher, RedirectAction, Route as PbRoute,
+    RouteAction, RouteConfiguration, RouteMatch as PbMatch, VirtualHost as PbVhost,
+    WeightedCluster,
 };
 use envoy_types::pb::envoy::r#type::matcher::v3::{
     string_matcher::MatchPattern, RegexMatchAndSubstitute, RegexMatcher, StringMatcher,
@@ -44,7 +44,9 @@ fn table() -> RouteTable {
     if let Some(m) = hdr.r#match.as_mut() {
         m.headers = vec![HeaderMatcher {
             name: "end-user".into(),
-            header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(sm(MatchPattern::Exact("jason".into())))),
+            header_match_specifier: Some(HeaderMatchSpecifier::StringMatch(sm(
+                MatchPattern::Exact("jason".into()),
+            ))),
             ..Default::default()
         }];
     }
@@ -61,7 +63,9 @@ fn table() -> RouteTable {
     if let Some(m) = q.r#match.as_mut() {
         m.query_parameters = vec![QueryParameterMatcher {
             name: "debug".into(),
-            query_parameter_match_specifier: Some(QueryParameterMatchSpecifier::StringMatch(sm(MatchPattern::Prefix("tr".into())))),
+            query_parameter_match_specifier: Some(QueryParameterMatchSpecifier::StringMatch(sm(
+                MatchPattern::Prefix("tr".into()),
+            ))),
         }];
     }
     let mut ci = r("ci", PathSpecifier::Path("/Exact".into()), to("ci"));
@@ -79,22 +83,34 @@ fn table() -> RouteTable {
     );
     let rx = r(
         "regex",
-        PathSpecifier::SafeRegex(RegexMatcher { regex: "/users/[0-9]+".into(), ..Default::default() }),
+        PathSpecifier::SafeRegex(RegexMatcher {
+            regex: "/users/[0-9]+".into(),
+            ..Default::default()
+        }),
         Some(route::Action::Route(RouteAction {
             cluster_specifier: Some(route_action::ClusterSpecifier::Cluster("users".into())),
             regex_rewrite: Some(RegexMatchAndSubstitute {
-                pattern: Some(RegexMatcher { regex: "^/users/([0-9]+)$".into(), ..Default::default() }),
+                pattern: Some(RegexMatcher {
+                    regex: "^/users/([0-9]+)$".into(),
+                    ..Default::default()
+                }),
                 substitution: "/u/\\1".into(),
             }),
             ..Default::default()
         })),
     );
-    let sep = r("sep", PathSpecifier::PathSeparatedPrefix("/api".into()), to("api"));
+    let sep = r(
+        "sep",
+        PathSpecifier::PathSeparatedPrefix("/api".into()),
+        to("api"),
+    );
     let redirect = r(
         "redir",
         prefix("/login"),
         Some(route::Action::Redirect(RedirectAction {
-            scheme_rewrite_specifier: Some(redirect_action::SchemeRewriteSpecifier::HttpsRedirect(true)),
+            scheme_rewrite_specifier: Some(redirect_action::SchemeRewriteSpecifier::HttpsRedirect(
+                true,
+            )),
             response_code: redirect_action::RedirectResponseCode::PermanentRedirect as i32,
             ..Default::default()
         })),
@@ -104,26 +120,41 @@ fn table() -> RouteTable {
         prefix("/moved/"),
         Some(route::Action::Redirect(RedirectAction {
             host_redirect: "new.example".into(),
-            path_rewrite_specifier: Some(redirect_action::PathRewriteSpecifier::PrefixRewrite("/here/".into())),
+            path_rewrite_specifier: Some(redirect_action::PathRewriteSpecifier::PrefixRewrite(
+                "/here/".into(),
+            )),
             ..Default::default()
         })),
     );
     let direct = r(
         "direct",
         prefix("/health"),
-        Some(route::Action::DirectResponse(DirectResponseAction { status: 204, ..Default::default() })),
+        Some(route::Action::DirectResponse(DirectResponseAction {
+            status: 204,
+            ..Default::default()
+        })),
     );
     let weighted = r(
         "canary",
         prefix("/"),
         Some(route::Action::Route(RouteAction {
-            cluster_specifier: Some(route_action::ClusterSpecifier::WeightedClusters(WeightedCluster {
-                clusters: vec![
-                    weighted_cluster::ClusterWeight { name: "v1".into(), weight: Some(UInt32Value { value: 90 }), ..Default::default() },
-                    weighted_cluster::ClusterWeight { name: "v2".into(), weight: Some(UInt32Value { value: 10 }), ..Default::default() },
-                ],
-                ..Default::default()
-            })),
+            cluster_specifier: Some(route_action::ClusterSpecifier::WeightedClusters(
+                WeightedCluster {
+                    clusters: vec![
+                        weighted_cluster::ClusterWeight {
+                            name: "v1".into(),
+                            weight: Some(UInt32Value { value: 90 }),
+                            ..Default::default()
+                        },
+                        weighted_cluster::ClusterWeight {
+                            name: "v2".into(),
+                            weight: Some(UInt32Value { value: 10 }),
+                            ..Default::default()
+                        },
+                    ],
+                    ..Default::default()
+                },
+            )),
             ..Default::default()
         })),
     );
@@ -132,21 +163,53 @@ fn table() -> RouteTable {
         virtual_hosts: vec![
             PbVhost {
                 name: "reviews".into(),
-                domains: vec!["reviews".into(), "reviews:9080".into(), "reviews.default.svc.cluster.local".into()],
-                routes: vec![hdr, inv, q, ci, rewrite, rx, sep, redirect, redirect2, direct, weighted],
+                domains: vec![
+                    "reviews".into(),
+                    "reviews:9080".into(),
+                    "reviews.default.svc.cluster.local".into(),
+                ],
+                routes: vec![
+                    hdr, inv, q, ci, rewrite, rx, sep, redirect, redirect2, direct, weighted,
+                ],
                 ..Default::default()
             },
-            PbVhost { name: "suffix".into(), domains: vec!["*.example.com".into()], routes: vec![r("s", prefix("/"), to("suffix"))], ..Default::default() },
-            PbVhost { name: "longer-suffix".into(), domains: vec!["*.api.example.com".into()], routes: vec![r("s", prefix("/"), to("api-suffix"))], ..Default::default() },
-            PbVhost { name: "prefix".into(), domains: vec!["internal.*".into()], routes: vec![r("p", prefix("/"), to("prefix"))], ..Default::default() },
-            PbVhost { name: "any".into(), domains: vec!["*".into()], routes: vec![r("a", prefix("/"), to("any"))], ..Default::default() },
+            PbVhost {
+                name: "suffix".into(),
+                domains: vec!["*.example.com".into()],
+                routes: vec![r("s", prefix("/"), to("suffix"))],
+                ..Default::default()
+            },
+            PbVhost {
+                name: "longer-suffix".into(),
+                domains: vec!["*.api.example.com".into()],
+                routes: vec![r("s", prefix("/"), to("api-suffix"))],
+                ..Default::default()
+            },
+            PbVhost {
+                name: "prefix".into(),
+                domains: vec!["internal.*".into()],
+                routes: vec![r("p", prefix("/"), to("prefix"))],
+                ..Default::default()
+            },
+            PbVhost {
+                name: "any".into(),
+                domains: vec!["*".into()],
+                routes: vec![r("a", prefix("/"), to("any"))],
+                ..Default::default()
+            },
         ],
         ..Default::default()
     };
     route_config_from_proto(&rc).expect("valid route configuration")
 }
 
-fn go<'t>(t: &'t RouteTable, authority: &str, path: &str, headers: &[(&str, &str)], draw: f64) -> Decision<'t> {
+fn go<'t>(
+    t: &'t RouteTable,
+    authority: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    draw: f64,
+) -> Decision<'t> {
     let mut h = http::HeaderMap::new();
     for (k, v) in headers {
         h.append(
@@ -155,7 +218,13 @@ fn go<'t>(t: &'t RouteTable, authority: &str, path: &str, headers: &[(&str, &str
         );
     }
     // The HeaderMap must outlive the call only; decisions borrow the table.
-    let meta = RequestMeta { method: &Method::GET, authority, path_and_query: path, scheme: "http", headers: &h };
+    let meta = RequestMeta {
+        method: &Method::GET,
+        authority,
+        path_and_query: path,
+        scheme: "http",
+        headers: &h,
+    };
     decide(t, &meta, draw)
 }
 
@@ -165,7 +234,9 @@ fn cluster_of(d: &Decision<'_>) -> String {
             Some(p) => format!("{cluster} {p}"),
             None => cluster.to_string(),
         },
-        Decision::Redirect { status, location, .. } => format!("redirect {status} {location}"),
+        Decision::Redirect {
+            status, location, ..
+        } => format!("redirect {status} {location}"),
         Decision::Direct { status, .. } => format!("direct {status}"),
         Decision::NoRoute => "none".into(),
     }
@@ -174,7 +245,9 @@ fn cluster_of(d: &Decision<'_>) -> String {
 #[test]
 fn routing_table() {
     let t = table();
-    let cases: &[(&str, &str, &[(&str, &str)], f64, &str)] = &[
+    // (authority, path, headers, weighted draw, expected decision)
+    type Case<'a> = (&'a str, &'a str, &'a [(&'a str, &'a str)], f64, &'a str);
+    let cases: &[Case<'_>] = &[
         ("reviews:9080", "/", &[("end-user", "jason")], 0.0, "v2"),
         ("reviews", "/", &[("end-user", "jason")], 0.99, "v2"),
         ("REVIEWS.default.svc.cluster.local", "/x", &[], 0.5, "v1"),
@@ -193,8 +266,20 @@ fn routing_table() {
         ("reviews", "/api", &[], 0.1, "api"),
         ("reviews", "/api/v1", &[], 0.1, "api"),
         ("reviews", "/apiv1", &[], 0.1, "v1"),
-        ("reviews:9080", "/login?next=1", &[], 0.1, "redirect 308 https://reviews/login?next=1"),
-        ("reviews", "/moved/a", &[], 0.1, "redirect 301 http://new.example/here/a"),
+        (
+            "reviews:9080",
+            "/login?next=1",
+            &[],
+            0.1,
+            "redirect 308 https://reviews/login?next=1",
+        ),
+        (
+            "reviews",
+            "/moved/a",
+            &[],
+            0.1,
+            "redirect 301 http://new.example/here/a",
+        ),
         ("reviews", "/health", &[], 0.1, "direct 204"),
         ("a.example.com", "/", &[], 0.1, "suffix"),
         ("a.api.example.com:443", "/", &[], 0.1, "api-suffix"),
@@ -232,7 +317,14 @@ fn bad_configs_are_refused_with_the_field() {
         virtual_hosts: vec![PbVhost {
             name: "v".into(),
             domains: vec!["a".into()],
-            routes: vec![r("x", PathSpecifier::SafeRegex(RegexMatcher { regex: "(".into(), ..Default::default() }), to("c"))],
+            routes: vec![r(
+                "x",
+                PathSpecifier::SafeRegex(RegexMatcher {
+                    regex: "(".into(),
+                    ..Default::default()
+                }),
+                to("c"),
+            )],
             ..Default::default()
         }],
         ..Default::default()

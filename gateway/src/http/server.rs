@@ -130,7 +130,11 @@ async fn route_request(
 ) -> Response<Body> {
     let Some(authority) = authority else {
         log.flags.add("DPE");
-        return local(StatusCode::BAD_REQUEST, "missing Host / :authority\n", &log.flags);
+        return local(
+            StatusCode::BAD_REQUEST,
+            "missing Host / :authority\n",
+            &log.flags,
+        );
     };
     let table: Option<Arc<RouteTable>> = match &cfg.routes {
         RouteSource::Inline(t) => Some(t.clone()),
@@ -138,7 +142,11 @@ async fn route_request(
     };
     let Some(table) = table else {
         log.flags.add("NR");
-        return local(StatusCode::NOT_FOUND, "route configuration not received yet\n", &log.flags);
+        return local(
+            StatusCode::NOT_FOUND,
+            "route configuration not received yet\n",
+            &log.flags,
+        );
     };
     let scheme = if down.tls { "https" } else { "http" };
     let draw = rand::rng().random::<f64>();
@@ -163,7 +171,11 @@ async fn route_request(
     log.route = Some(route.name.clone());
     // Fault filter: per-route config, else virtual host, else the filter's own.
     if let Some(defaults) = &cfg.fault {
-        let fault: &FaultConfig = route.fault.as_ref().or(vhost.fault.as_ref()).unwrap_or(defaults);
+        let fault: &FaultConfig = route
+            .fault
+            .as_ref()
+            .or(vhost.fault.as_ref())
+            .unwrap_or(defaults);
         if let Some(resp) = run_fault(fault, &req, log).await {
             return resp;
         }
@@ -177,7 +189,9 @@ async fn route_request(
             apply_ops(r.headers_mut(), levels_resp, false);
             r
         }
-        Decision::Redirect { status, location, .. } => {
+        Decision::Redirect {
+            status, location, ..
+        } => {
             let mut r = Response::new(super::empty());
             *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::MOVED_PERMANENTLY);
             if let Ok(v) = http::HeaderValue::from_str(&location) {

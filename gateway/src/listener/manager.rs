@@ -50,7 +50,11 @@ enum Command {
 pub struct ListenerManager {
     tx: mpsc::Sender<Command>,
     bound: watch::Receiver<BTreeMap<String, SocketAddr>>,
+    by_port: watch::Receiver<ListenersByPort>,
 }
+
+/// Running listeners by bound port (the QUIC tunnel dispatches streams by port).
+pub type ListenersByPort = BTreeMap<u16, Arc<ListenerRuntime>>;
 
 impl std::fmt::Debug for Command {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -78,8 +82,9 @@ impl ListenerManager {
     pub fn spawn(ctx: ProxyContext, drain_time: Duration, tracker: TaskTracker) -> Self {
         let (tx, rx) = mpsc::channel(8);
         let (bound_tx, bound) = watch::channel(BTreeMap::new());
-        tokio::spawn(owner(rx, ctx, drain_time, tracker, bound_tx));
-        Self { tx, bound }
+        let (by_port_tx, by_port) = watch::channel(BTreeMap::new());
+        tokio::spawn(owner(rx, ctx, drain_time, tracker, bound_tx, by_port_tx));
+        Self { tx, bound, by_port }
     }
 
     /// Replaces the whole listener set (LDS is state of the world).
@@ -100,6 +105,11 @@ impl ListenerManager {
         }
     }
 
+    /// Running listeners by bound port.
+    pub fn by_port(&self) -> watch::Receiver<ListenersByPort> {
+        self.by_port.clone()
+    }
+
     /// Actual bound addresses by listener name (port 0 resolved).
     pub fn bound(&self) -> watch::Receiver<BTreeMap<String, SocketAddr>> {
         self.bound.clone()
@@ -112,6 +122,7 @@ async fn owner(
     drain_time: Duration,
     tracker: TaskTracker,
     bound_tx: watch::Sender<BTreeMap<String, SocketAddr>>,
+    by_port_tx: watch::Sender<ListenersByPort>,
 ) {
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
     while let Some(cmd) = rx.recv().await {
@@ -119,6 +130,12 @@ async fn owner(
             Command::Apply { listeners, reply } => {
                 let r = apply(&mut running, listeners, &ctx, drain_time, &tracker).await;
                 bound_tx.send_replace(running.iter().map(|(n, r)| (n.clone(), r.bound)).collect());
+                by_port_tx.send_replace(
+                    running
+                        .values()
+                        .map(|r| (r.bound.port(), r.config.borrow().clone()))
+                        .collect(),
+                );
                 let _ = reply.send(r);
             }
             Command::Shutdown { reply } => {
@@ -127,6 +144,7 @@ async fn owner(
                     retire(r);
                 }
                 bound_tx.send_replace(BTreeMap::new());
+                by_port_tx.send_replace(BTreeMap::new());
                 let _ = reply.send(());
             }
         }

@@ -28,6 +28,8 @@ pub struct ProxyContext {
     /// Route configurations received over RDS.
     pub routes: watch::Receiver<Arc<crate::state::RouteTables>>,
     pub metrics: Arc<Metrics>,
+    /// QUIC tunnel to peer east-west gateways, when this proxy runs one.
+    pub tunnel: Option<crate::tunnel::TunnelClient>,
     /// Upstream connect attempts per downstream connection when the
     /// tcp_proxy sets no `max_connect_attempts` (retries pick other hosts).
     pub connect_attempts: u32,
@@ -204,6 +206,71 @@ async fn run(
     }
 }
 
+/// Runs a stream that arrived through the QUIC tunnel on the listener bound
+/// to `port`: its chain is chosen by the SNI the peer named, and only
+/// passthrough chains (no TLS termination, `tcp_proxy`) are served.
+pub(crate) async fn tunnel_stream(
+    listener: Arc<ListenerRuntime>,
+    ctx: ProxyContext,
+    io: BoxIo,
+    peer: SocketAddr,
+    sni: String,
+    port: u16,
+) {
+    let start = Instant::now();
+    let mut log = Log {
+        listener: listener.config.name.clone(),
+        sni: Some(sni.clone()),
+        ..Log::default()
+    };
+    let info = ConnectionInfo {
+        destination_port: port,
+        server_name: Some(&sni),
+        transport_protocol: Some(TransportProtocol::Tls),
+        application_protocols: &[],
+    };
+    let chain = chain::select(listener.chains.iter().map(|c| &c.config.matcher), &info)
+        .map(|i| &listener.chains[i])
+        .or(listener.default_chain.as_ref());
+    let result = match chain {
+        None => Err(ConnError::NoChain {
+            sni: Some(sni.clone()),
+            transport: TransportProtocol::Tls,
+            port,
+        }),
+        Some(c) => {
+            log.chain = c.config.name.clone();
+            match (&c.tls, &c.config.filter) {
+                (None, NetworkFilter::TcpProxy(tp)) => {
+                    tcp_proxy(tp, &ctx, io, peer, &mut log).await
+                }
+                _ => Err(ConnError::TlsNotReady(
+                    "tunnel streams are only served by passthrough tcp_proxy chains".into(),
+                )),
+            }
+        }
+    };
+    let outcome = match &result {
+        Ok(()) => log.relay_error.clone().unwrap_or_else(|| "ok".to_string()),
+        Err(e) => e.to_string(),
+    };
+    tracing::info!(
+        target: "isthmus_gateway::access",
+        listener = %log.listener,
+        chain = %log.chain,
+        downstream = %peer,
+        via = "quic-tunnel",
+        sni = ?log.sni,
+        cluster = ?log.cluster,
+        upstream = ?log.upstream,
+        bytes_rx = log.bytes.downstream_to_upstream,
+        bytes_tx = log.bytes.upstream_to_downstream,
+        duration_ms = start.elapsed().as_millis() as u64,
+        result = %outcome,
+        "connection"
+    );
+}
+
 async fn tcp_proxy(
     tp: &TcpProxyConfig,
     ctx: &ProxyContext,
@@ -220,6 +287,35 @@ async fn tcp_proxy(
         .ok_or_else(|| UpstreamError::UnknownCluster(cluster_name.to_string()))?;
     // tcp_proxy's hash policy: the downstream source IP.
     let hash = Some(hash64(peer.ip().to_string().as_bytes()));
+    if cluster.config.tunnel {
+        if let (Some(tunnel), Some(sni)) = (&ctx.tunnel, log.sni.clone()) {
+            if let Some(host) = cluster.lb.pick(hash, &[]) {
+                match tunnel
+                    .open(
+                        host.addr,
+                        &sni,
+                        host.addr.port(),
+                        cluster.config.connect_timeout,
+                    )
+                    .await
+                {
+                    Ok(io) => {
+                        log.upstream = Some(host.addr);
+                        log.upstream_identity = Some("quic-tunnel".into());
+                        let (bytes, result) = relay(downstream, io, tp.idle_timeout).await;
+                        log.bytes = bytes;
+                        if let Err(e) = result {
+                            log.relay_error = Some(e.to_string());
+                        }
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        tracing::warn!(cluster = %cluster_name, peer = %host.addr, error = %e, "QUIC tunnel unavailable; falling back to TCP");
+                    }
+                }
+            }
+        }
+    }
     let up = upstream::connect(
         &cluster,
         hash,

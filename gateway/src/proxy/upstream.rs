@@ -209,7 +209,10 @@ pub async fn connect_host(
     let slot = Slot(counters.clone());
     if counters.active.fetch_add(1, Ordering::AcqRel) >= u64::from(limits.max_connections) {
         drop(slot);
-        metrics.upstream_cx_overflow.with_label_values(&[name]).inc();
+        metrics
+            .upstream_cx_overflow
+            .with_label_values(&[name])
+            .inc();
         return Err(UpstreamError::Overflow {
             cluster: name.to_string(),
             limit: limits.max_connections,

@@ -120,12 +120,7 @@ impl ServerCertVerifier for SpiffeVerifier {
         _ocsp: &[u8],
         now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
-        self.verify(
-            end_entity,
-            intermediates,
-            now,
-            PeerRole::Server,
-        )?;
+        self.verify(end_entity, intermediates, now, PeerRole::Server)?;
         Ok(ServerCertVerified::assertion())
     }
 
@@ -167,12 +162,7 @@ impl ClientCertVerifier for SpiffeVerifier {
         intermediates: &[CertificateDer<'_>],
         now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        self.verify(
-            end_entity,
-            intermediates,
-            now,
-            PeerRole::Client,
-        )?;
+        self.verify(end_entity, intermediates, now, PeerRole::Client)?;
         Ok(ClientCertVerified::assertion())
     }
 

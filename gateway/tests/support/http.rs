@@ -8,6 +8,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use envoy_types::pb::envoy::config::cluster::v3::Cluster;
+use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
+use envoy_types::pb::envoy::config::core::v3::{
+    config_source::ConfigSourceSpecifier, AggregatedConfigSource, ConfigSource,
+};
 use envoy_types::pb::envoy::config::core::v3::{
     header_value_option::HeaderAppendAction, HeaderValue as PbHeaderValue, HeaderValueOption,
 };
@@ -23,12 +28,11 @@ use envoy_types::pb::envoy::extensions::filters::network::http_connection_manage
     http_filter, HttpConnectionManager, HttpFilter, Rds,
 };
 use envoy_types::pb::envoy::extensions::upstreams::http::v3::{
-    http_protocol_options::{explicit_http_config::ProtocolConfig, ExplicitHttpConfig, UpstreamProtocolOptions},
+    http_protocol_options::{
+        explicit_http_config::ProtocolConfig, ExplicitHttpConfig, UpstreamProtocolOptions,
+    },
     HttpProtocolOptions,
 };
-use envoy_types::pb::envoy::config::core::v3::Http2ProtocolOptions;
-use envoy_types::pb::envoy::config::cluster::v3::Cluster;
-use envoy_types::pb::envoy::config::core::v3::{config_source::ConfigSourceSpecifier, AggregatedConfigSource, ConfigSource};
 use envoy_types::util::pack_any;
 use http::{Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, StreamBody};
@@ -49,6 +53,7 @@ type BoxBody = http_body_util::combinators::UnsyncBoxBody<Bytes, Infallible>;
 /// - `content-type: application/grpc` → streams the request body back, then
 ///   trailers `grpc-status: 0`;
 /// - `upgrade: websocket` → 101 and an echo of the upgraded bytes.
+///
 /// Every response carries `x-backend: <id>` and `x-seen-path` / `x-seen-host`.
 pub struct HttpBackend {
     pub addr: SocketAddr,
@@ -75,7 +80,9 @@ impl HttpBackend {
         tasks.spawn(async move {
             let mut conns = JoinSet::new();
             loop {
-                let Ok((s, _)) = sock.accept().await else { return };
+                let Ok((s, _)) = sock.accept().await else {
+                    return;
+                };
                 let (id, h) = (id.clone(), h.clone());
                 conns.spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
@@ -103,7 +110,12 @@ impl HttpBackend {
     }
 }
 
-async fn answer(id: &str, hits: &AtomicU64, fail: Option<u16>, mut req: Request<Incoming>) -> Response<BoxBody> {
+async fn answer(
+    id: &str,
+    hits: &AtomicU64,
+    fail: Option<u16>,
+    mut req: Request<Incoming>,
+) -> Response<BoxBody> {
     hits.fetch_add(1, Ordering::SeqCst);
     let path = req.uri().path().to_string();
     let host = req
@@ -128,7 +140,13 @@ async fn answer(id: &str, hits: &AtomicU64, fail: Option<u16>, mut req: Request<
     let mut builder = Response::builder()
         .status(status)
         .header("x-backend", id)
-        .header("x-seen-path", req.uri().path_and_query().map(|p| p.as_str()).unwrap_or("/"))
+        .header(
+            "x-seen-path",
+            req.uri()
+                .path_and_query()
+                .map(|p| p.as_str())
+                .unwrap_or("/"),
+        )
         .header("x-seen-host", host);
     if let Some(v) = req.headers().get("x-added") {
         builder = builder.header("x-seen-added", v.clone());
@@ -181,19 +199,27 @@ async fn answer(id: &str, hits: &AtomicU64, fail: Option<u16>, mut req: Request<
 }
 
 /// A pooled HTTP/1.1 client.
-pub fn client() -> hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>> {
+pub fn client() -> hyper_util::client::legacy::Client<
+    hyper_util::client::legacy::connect::HttpConnector,
+    Full<Bytes>,
+> {
     hyper_util::client::legacy::Client::builder(TokioExecutor::new()).build_http()
 }
 
 /// GET `http://{at}{path}` with `Host: host` and extra headers; (status, headers, body).
 pub async fn get(
-    c: &hyper_util::client::legacy::Client<hyper_util::client::legacy::connect::HttpConnector, Full<Bytes>>,
+    c: &hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector,
+        Full<Bytes>,
+    >,
     at: SocketAddr,
     host: &str,
     path: &str,
     headers: &[(&str, &str)],
 ) -> (StatusCode, http::HeaderMap, String) {
-    let mut b = Request::builder().uri(format!("http://{at}{path}")).header("host", host);
+    let mut b = Request::builder()
+        .uri(format!("http://{at}{path}"))
+        .header("host", host);
     for (k, v) in headers {
         b = b.header(*k, *v);
     }
@@ -203,7 +229,11 @@ pub async fn get(
         .expect("HTTP request through the gateway");
     let (parts, body) = resp.into_parts();
     let body = body.collect().await.expect("body").to_bytes();
-    (parts.status, parts.headers, String::from_utf8_lossy(&body).into_owned())
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
 }
 
 fn ads() -> ConfigSource {
@@ -225,16 +255,18 @@ fn http_filter(name: &str, any: envoy_types::pb::google::protobuf::Any) -> HttpF
 pub fn hcm(routes: RouteSpecifier) -> Filter {
     Filter {
         name: "envoy.filters.network.http_connection_manager".into(),
-        config_type: Some(filter::ConfigType::TypedConfig(pack_any(HttpConnectionManager {
-            codec_type: CodecType::Auto as i32,
-            stat_prefix: "test".into(),
-            route_specifier: Some(routes),
-            http_filters: vec![
-                http_filter("envoy.filters.http.fault", pack_any(HttpFault::default())),
-                http_filter("envoy.filters.http.router", pack_any(Router::default())),
-            ],
-            ..Default::default()
-        }))),
+        config_type: Some(filter::ConfigType::TypedConfig(pack_any(
+            HttpConnectionManager {
+                codec_type: CodecType::Auto as i32,
+                stat_prefix: "test".into(),
+                route_specifier: Some(routes),
+                http_filters: vec![
+                    http_filter("envoy.filters.http.fault", pack_any(HttpFault::default())),
+                    http_filter("envoy.filters.http.router", pack_any(Router::default())),
+                ],
+                ..Default::default()
+            },
+        ))),
     }
 }
 
@@ -307,9 +339,13 @@ pub fn with_h2(mut c: Cluster) -> Cluster {
     c.typed_extension_protocol_options.insert(
         "envoy.extensions.upstreams.http.v3.HttpProtocolOptions".into(),
         pack_any(HttpProtocolOptions {
-            upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(ExplicitHttpConfig {
-                protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(Http2ProtocolOptions::default())),
-            })),
+            upstream_protocol_options: Some(UpstreamProtocolOptions::ExplicitHttpConfig(
+                ExplicitHttpConfig {
+                    protocol_config: Some(ProtocolConfig::Http2ProtocolOptions(
+                        Http2ProtocolOptions::default(),
+                    )),
+                },
+            )),
             ..Default::default()
         }),
     );

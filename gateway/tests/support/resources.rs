@@ -202,7 +202,12 @@ pub fn inbound_listener(
 }
 
 /// Sidecar inbound terminating mTLS (STRICT) in front of any network filter.
-pub fn inbound_listener_with(name: &str, at: SocketAddr, filter: Filter, client_sans: &[&str]) -> Listener {
+pub fn inbound_listener_with(
+    name: &str,
+    at: SocketAddr,
+    filter: Filter,
+    client_sans: &[&str],
+) -> Listener {
     Listener {
         name: name.into(),
         address: Some(addr(at)),

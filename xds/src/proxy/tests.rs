@@ -173,8 +173,14 @@ fn shape_except_address_ignores_ip_but_not_workload_shape() {
     )))
     .unwrap();
     assert_eq!(a.shape_key_except_address(), b.shape_key_except_address());
-    assert_ne!(a.shape_key_except_address(), other_ns.shape_key_except_address());
-    assert_ne!(b.shape_key_except_address(), grpc.shape_key_except_address());
+    assert_ne!(
+        a.shape_key_except_address(),
+        other_ns.shape_key_except_address()
+    );
+    assert_ne!(
+        b.shape_key_except_address(),
+        grpc.shape_key_except_address()
+    );
     assert_ne!(b.shape_key(), grpc.shape_key());
     assert_ne!(
         a.shape_key(),

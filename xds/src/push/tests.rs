@@ -52,7 +52,7 @@ async fn debounce_merges_bursts_and_respects_max_delay() {
         quiet: Duration::from_millis(100),
         max_delay: Duration::from_millis(350),
     };
-    let pusher = spawn_debouncer(config, tx);
+    let pusher = spawn_debouncer(config, tx, None);
     pusher.push(1, PushScope::Endpoints(names(&["a"])));
     tokio::time::sleep(Duration::from_millis(50)).await;
     pusher.push(2, PushScope::Endpoints(names(&["b"])));

@@ -66,6 +66,8 @@ impl Model {
 pub struct TestGenerator {
     pub model: Mutex<Model>,
     pub calls: Mutex<BTreeMap<TypeUrl, usize>>,
+    /// Offer a per-type shape that leaves the proxy's addresses out of EDS.
+    pub eds_ignores_address: std::sync::atomic::AtomicBool,
 }
 
 impl TestGenerator {
@@ -73,6 +75,7 @@ impl TestGenerator {
         Arc::new(TestGenerator {
             model: Mutex::new(model),
             calls: Mutex::default(),
+            eds_ignores_address: Default::default(),
         })
     }
 
@@ -86,6 +89,17 @@ impl TestGenerator {
 }
 
 impl Generator for TestGenerator {
+    fn shape_for(&self, proxy: &Proxy, t: TypeUrl) -> u64 {
+        let coarse = self
+            .eds_ignores_address
+            .load(std::sync::atomic::Ordering::Relaxed);
+        if coarse && t == TypeUrl::ClusterLoadAssignment {
+            proxy.shape_key_except_address()
+        } else {
+            proxy.shape_key()
+        }
+    }
+
     fn generate(
         &self,
         _proxy: &Proxy,

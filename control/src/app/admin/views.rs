@@ -125,7 +125,9 @@ pub fn proxy_view(p: &ProxyStatus, now: SystemTime) -> ProxyView {
                 SyncState::Synced => "synced",
                 SyncState::Nacked => "nacked",
                 SyncState::NotSent => "not-sent",
-                SyncState::Sent if s.sent_at.is_some_and(|at| age(at, now) > STALE_AFTER) => "stale",
+                SyncState::Sent if s.sent_at.is_some_and(|at| age(at, now) > STALE_AFTER) => {
+                    "stale"
+                }
                 SyncState::Sent => "sent",
             };
             let view = TypeView {
@@ -134,9 +136,10 @@ pub fn proxy_view(p: &ProxyStatus, now: SystemTime) -> ProxyView {
                 sent_version: s.sent_version.clone(),
                 acked_version: s.acked_version.clone(),
                 input_version: s.input_version,
-                nack: s.last_nack.as_ref().map(|n| {
-                    format!("version {} rejected: {}", n.rejected_version, n.message)
-                }),
+                nack: s
+                    .last_nack
+                    .as_ref()
+                    .map(|n| format!("version {} rejected: {}", n.rejected_version, n.message)),
                 generate_error: s.generate_error.clone(),
             };
             (t.short().to_string(), view)
@@ -244,14 +247,127 @@ pub struct DumpedResource {
     pub type_url: String,
     /// Whether the proxy ACKed the response that carried it.
     pub acked: bool,
+    /// One line per interesting part (endpoint addresses and health, the
+    /// cluster's discovery type, the listener's address): the table view.
+    pub summary: Vec<String>,
     /// The decoded message, in the readable form of `translate::render`.
     pub config: String,
 }
 
+/// The table columns of `proxy-config` for one resource.
+fn summarize(t: TypeUrl, body: &envoy_types::pb::google::protobuf::Any) -> Vec<String> {
+    use envoy_types::pb::envoy::config::cluster::v3::{
+        cluster::ClusterDiscoveryType, cluster::DiscoveryType, Cluster,
+    };
+    use envoy_types::pb::envoy::config::core::v3::{
+        address, socket_address::PortSpecifier, Address, HealthStatus,
+    };
+    use envoy_types::pb::envoy::config::endpoint::v3::{
+        lb_endpoint::HostIdentifier, ClusterLoadAssignment,
+    };
+    use envoy_types::pb::envoy::config::listener::v3::Listener;
+    use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
+    use prost::Message;
+
+    fn addr(a: Option<&Address>) -> String {
+        match a.and_then(|a| a.address.as_ref()) {
+            Some(address::Address::SocketAddress(sa)) => match sa.port_specifier {
+                Some(PortSpecifier::PortValue(p)) => format!("{}:{p}", sa.address),
+                _ => sa.address.clone(),
+            },
+            Some(other) => format!("{other:?}"),
+            None => "-".into(),
+        }
+    }
+    let bytes = body.value.as_slice();
+    match t {
+        TypeUrl::ClusterLoadAssignment => ClusterLoadAssignment::decode(bytes)
+            .map(|cla| {
+                cla.endpoints
+                    .iter()
+                    .flat_map(|group| {
+                        let locality = group
+                            .locality
+                            .as_ref()
+                            .map(|l| format!("{}/{}/{}", l.region, l.zone, l.sub_zone))
+                            .unwrap_or_default();
+                        group.lb_endpoints.iter().map(move |e| {
+                            let address = match &e.host_identifier {
+                                Some(HostIdentifier::Endpoint(ep)) => addr(ep.address.as_ref()),
+                                _ => "-".into(),
+                            };
+                            let health = HealthStatus::try_from(e.health_status)
+                                .map(|h| h.as_str_name().to_string())
+                                .unwrap_or_else(|_| e.health_status.to_string());
+                            format!(
+                                "{address} {health} priority={} locality={locality}",
+                                group.priority
+                            )
+                        })
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        TypeUrl::Cluster => Cluster::decode(bytes)
+            .map(|c| {
+                let kind = match c.cluster_discovery_type {
+                    Some(ClusterDiscoveryType::Type(k)) => DiscoveryType::try_from(k)
+                        .map(|d| d.as_str_name().to_string())
+                        .unwrap_or_else(|_| k.to_string()),
+                    Some(ClusterDiscoveryType::ClusterType(ct)) => ct.name,
+                    None => "EDS?".into(),
+                };
+                let tls = if c.transport_socket.is_some() {
+                    "tls"
+                } else {
+                    "plaintext"
+                };
+                vec![format!("{kind} {tls}")]
+            })
+            .unwrap_or_default(),
+        TypeUrl::Listener => Listener::decode(bytes)
+            .map(|l| {
+                if l.api_listener.is_some() {
+                    vec!["api_listener".to_string()]
+                } else {
+                    vec![format!(
+                        "{} chains={}",
+                        addr(l.address.as_ref()),
+                        l.filter_chains.len()
+                    )]
+                }
+            })
+            .unwrap_or_default(),
+        TypeUrl::RouteConfiguration => RouteConfiguration::decode(bytes)
+            .map(|r| {
+                r.virtual_hosts
+                    .iter()
+                    .map(|vh| {
+                        format!(
+                            "{} domains={} routes={}",
+                            vh.name,
+                            vh.domains.len(),
+                            vh.routes.len()
+                        )
+                    })
+                    .collect()
+            })
+            .unwrap_or_default(),
+        TypeUrl::Secret => Vec::new(),
+    }
+}
+
 /// What the streams of `node_id` were last sent of `t`, by name. `None`
 /// when no stream of that node is connected.
-pub fn config_dump(statuses: &[ProxyStatus], node_id: &str, t: TypeUrl) -> Option<Vec<DumpedResource>> {
-    let mine: Vec<&ProxyStatus> = statuses.iter().filter(|s| s.proxy.node_id == node_id).collect();
+pub fn config_dump(
+    statuses: &[ProxyStatus],
+    node_id: &str,
+    t: TypeUrl,
+) -> Option<Vec<DumpedResource>> {
+    let mine: Vec<&ProxyStatus> = statuses
+        .iter()
+        .filter(|s| s.proxy.node_id == node_id)
+        .collect();
     if mine.is_empty() {
         return None;
     }
@@ -267,10 +383,97 @@ pub fn config_dump(statuses: &[ProxyStatus], node_id: &str, t: TypeUrl) -> Optio
                     version: r.version.clone(),
                     type_url: r.body.type_url.clone(),
                     acked,
+                    summary: summarize(t, &r.body),
                     config: render_any(&r.body),
                 },
             );
         }
     }
     Some(out.into_values().collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use isthmus_xds::{Nack, Proxy, StreamKind, TypeStatus};
+
+    use super::*;
+
+    fn status(types: Vec<(TypeUrl, TypeStatus)>, now: SystemTime) -> ProxyStatus {
+        let proxy = Proxy::from_node(Some(&Node {
+            id: "sidecar~10.0.0.1~p.ns~ns.svc.cluster.local".into(),
+            ..Default::default()
+        }))
+        .expect("valid node");
+        ProxyStatus {
+            stream_id: 3,
+            kind: StreamKind::StateOfTheWorld,
+            proxy: Arc::new(proxy),
+            connected_at: now - Duration::from_secs(90),
+            types: types.into_iter().collect(),
+        }
+    }
+
+    #[test]
+    fn states_stale_and_nacks() {
+        let now = SystemTime::now();
+        // Built field by field: the sent resources are the xDS crate's own.
+        let with = |state: SyncState, ago: Option<u64>| {
+            let mut t = TypeStatus::default();
+            t.state = state;
+            t.sent_at = ago.map(|a| now - Duration::from_secs(a));
+            t
+        };
+        let sent = |ago: u64| with(SyncState::Sent, Some(ago));
+        let mut nacked = with(SyncState::Nacked, Some(1));
+        nacked.last_nack = Some(Nack {
+            rejected_version: "v2".into(),
+            nonce: "3-4".into(),
+            message: "bad cluster".into(),
+            at: now,
+        });
+        let view = proxy_view(
+            &status(
+                vec![
+                    (TypeUrl::Cluster, nacked),
+                    (TypeUrl::Listener, sent(1)),
+                    (TypeUrl::RouteConfiguration, sent(STALE_AFTER.as_secs() + 5)),
+                    (
+                        TypeUrl::ClusterLoadAssignment,
+                        with(SyncState::Synced, Some(600)),
+                    ),
+                ],
+                now,
+            ),
+            now,
+        );
+        assert_eq!(view.types["cds"].state, "nacked");
+        assert_eq!(
+            view.types["cds"].nack.as_deref(),
+            Some("version v2 rejected: bad cluster")
+        );
+        assert_eq!(view.types["lds"].state, "sent");
+        assert_eq!(view.types["rds"].state, "stale");
+        assert_eq!(view.types["eds"].state, "synced");
+        assert_eq!(view.connected_secs, 90);
+        assert_eq!(view.kind, "state-of-the-world");
+    }
+
+    #[test]
+    fn dump_of_unknown_proxy_is_none_and_types_parse() {
+        assert!(config_dump(&[], "nobody", TypeUrl::Cluster).is_none());
+        let now = SystemTime::now();
+        let one = status(vec![], now);
+        let dump = config_dump(
+            &[one],
+            "sidecar~10.0.0.1~p.ns~ns.svc.cluster.local",
+            TypeUrl::Cluster,
+        );
+        assert_eq!(dump.map(|d| d.len()), Some(0));
+        assert_eq!(parse_type("routes"), Some(TypeUrl::RouteConfiguration));
+        assert_eq!(parse_type("eds"), Some(TypeUrl::ClusterLoadAssignment));
+        assert_eq!(parse_type("pods"), None);
+    }
 }

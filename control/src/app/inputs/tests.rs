@@ -149,7 +149,10 @@ fn inputs(config: &Arc<ConfigSnapshot>, registry: &Arc<RegistrySnapshot>) -> Inp
 }
 
 fn base_registry() -> Arc<RegistrySnapshot> {
-    registry(vec![endpoint("10.2.0.1", "reviews", Health::Healthy)], &["ROOT-B"])
+    registry(
+        vec![endpoint("10.2.0.1", "reviews", Health::Healthy)],
+        &["ROOT-B"],
+    )
 }
 
 fn endpoints_of(scopes: &[PushScope]) -> BTreeSet<String> {
@@ -165,7 +168,10 @@ fn remote_health_change_is_endpoint_only_for_that_service() {
     let old = inputs(&c, &base_registry());
     let new = inputs(
         &c,
-        &registry(vec![endpoint("10.2.0.1", "reviews", Health::Unhealthy)], &["ROOT-B"]),
+        &registry(
+            vec![endpoint("10.2.0.1", "reviews", Health::Unhealthy)],
+            &["ROOT-B"],
+        ),
     );
     let names = endpoints_of(&changes(&old, &new));
     for want in [
@@ -248,7 +254,10 @@ spec:
         host: reviews
         subset: v1
 "#;
-    assert_eq!(changes(&old, &inputs(&config(vs), &r)), vec![PushScope::Full]);
+    assert_eq!(
+        changes(&old, &inputs(&config(vs), &r)),
+        vec![PushScope::Full]
+    );
     let mut more = (*base_registry()).clone();
     more.services.clear();
     assert_eq!(
@@ -337,7 +346,11 @@ fn endpoint_only_scopes_match_what_translation_changes() {
                 assert_eq!(b.name, a.name);
                 if b != a {
                     changed += 1;
-                    assert!(names.contains(&a.name), "{} changed but is not pushed", a.name);
+                    assert!(
+                        names.contains(&a.name),
+                        "{} changed but is not pushed",
+                        a.name
+                    );
                 }
             }
             assert_eq!(before.len(), after.len());

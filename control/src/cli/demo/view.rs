@@ -30,6 +30,8 @@ pub struct Frame<'a> {
     /// (cluster, lease expired) as us-west's control plane sees them.
     pub leases: &'a [(String, bool)],
     pub events: &'a [Event],
+    /// How many of `events` earlier lines already printed.
+    pub printed_events: usize,
     pub url: &'a str,
 }
 
@@ -53,16 +55,47 @@ fn lease_text(leases: &[(String, bool)]) -> String {
 pub fn table(f: &Frame<'_>) -> String {
     let mut s = String::new();
     let w = f.window;
-    let _ = writeln!(s, "isthmus demo — productpage (us-west) → reviews      t = {:>4}s", f.elapsed.as_secs());
+    let _ = writeln!(
+        s,
+        "isthmus demo — productpage (us-west) → reviews      t = {:>4}s",
+        f.elapsed.as_secs()
+    );
     let _ = writeln!(s, "curl {}\n", f.url);
-    let _ = writeln!(s, "last second: {} requests, {:.1}% ok, p50 {:.1}ms, p99 {:.1}ms", w.total, w.success_rate() * 100.0, ms(w.p50), ms(w.p99));
-    let _ = writeln!(s, "  {:<12} {:<7} {:>6} {:>7}", "CLUSTER", "VERSION", "REQS", "SHARE");
+    let _ = writeln!(
+        s,
+        "last second: {} requests, {:.1}% ok, p50 {:.1}ms, p99 {:.1}ms",
+        w.total,
+        w.success_rate() * 100.0,
+        ms(w.p50),
+        ms(w.p99)
+    );
+    let _ = writeln!(
+        s,
+        "  {:<12} {:<7} {:>6} {:>7}",
+        "CLUSTER", "VERSION", "REQS", "SHARE"
+    );
     for r in &f.rows {
-        let share = if w.ok == 0 { 0.0 } else { r.count as f64 / w.ok as f64 };
-        let _ = writeln!(s, "  {:<12} {:<7} {:>6} {:>6.1}% {}", r.cluster, r.version, r.count, share * 100.0, bar(share));
+        let share = if w.ok == 0 {
+            0.0
+        } else {
+            r.count as f64 / w.ok as f64
+        };
+        let _ = writeln!(
+            s,
+            "  {:<12} {:<7} {:>6} {:>6.1}% {}",
+            r.cluster,
+            r.version,
+            r.count,
+            share * 100.0,
+            bar(share)
+        );
     }
     if w.failed > 0 {
-        let _ = writeln!(s, "  {:<12} {:<7} {:>6} {:?}", "FAILED", "", w.failed, w.failures);
+        let _ = writeln!(
+            s,
+            "  {:<12} {:<7} {:>6} {:?}",
+            "FAILED", "", w.failed, w.failures
+        );
     }
     let t = f.total;
     let _ = writeln!(
@@ -106,8 +139,7 @@ pub fn line(f: &Frame<'_>) -> String {
     if w.failed > 0 {
         let _ = write!(s, " failed={}", w.failed);
     }
-    // Events of the last second go on the line that follows them.
-    for e in f.events.iter().filter(|e| e.at + Duration::from_secs(1) > f.elapsed) {
+    for e in f.events.iter().skip(f.printed_events) {
         let _ = write!(s, "\n  event at {:.1}s: {}", e.at.as_secs_f64(), e.text);
     }
     s
@@ -119,17 +151,37 @@ mod tests {
 
     #[test]
     fn table_and_line_show_landings_leases_and_events() {
-        let window = Summary { total: 30, ok: 30, ..Summary::default() };
-        let total = Summary { total: 300, ok: 299, failed: 1, ..Summary::default() };
-        let leases = vec![("us-east".to_string(), true), ("eu-central".to_string(), false)];
-        let events = vec![Event { at: Duration::from_millis(10_500), text: "killed us-east".into() }];
+        let window = Summary {
+            total: 30,
+            ok: 30,
+            ..Summary::default()
+        };
+        let total = Summary {
+            total: 300,
+            ok: 299,
+            failed: 1,
+            ..Summary::default()
+        };
+        let leases = vec![
+            ("us-east".to_string(), true),
+            ("eu-central".to_string(), false),
+        ];
+        let events = vec![Event {
+            at: Duration::from_millis(10_500),
+            text: "killed us-east".into(),
+        }];
         let f = Frame {
             elapsed: Duration::from_secs(11),
-            rows: vec![Row { cluster: "eu-central".into(), version: "v1".into(), count: 15 }],
+            rows: vec![Row {
+                cluster: "eu-central".into(),
+                version: "v1".into(),
+                count: 15,
+            }],
             window: &window,
             total: &total,
             leases: &leases,
             events: &events,
+            printed_events: 0,
             url: "http://127.12.3.1:9080/",
         };
         let t = table(&f);
@@ -140,5 +192,10 @@ mod tests {
         let l = line(&f);
         assert!(l.contains("[eu-central/v1=15]"), "{l}");
         assert!(l.contains("event at 10.5s: killed us-east"), "{l}");
+        let again = line(&Frame {
+            printed_events: 1,
+            ..f
+        });
+        assert!(!again.contains("killed"), "{again}");
     }
 }

@@ -286,6 +286,7 @@ pub fn route_configs(ctx: &Context<'_>) -> Vec<RouteConfiguration> {
             .map(|s| GatewayBinding {
                 gateway: s.gateway_key(),
                 hosts: &s.server.hosts,
+                https_redirect: s.server.tls.as_ref().and_then(|t| t.https_redirect) == Some(true),
             })
             .collect();
         if !http.is_empty() {
@@ -300,6 +301,7 @@ pub fn route_configs(ctx: &Context<'_>) -> Vec<RouteConfiguration> {
             let binding = GatewayBinding {
                 gateway: s.gateway_key(),
                 hosts: &s.server.hosts,
+                https_redirect: false,
             };
             out.push(gateway_route_config(
                 ctx,

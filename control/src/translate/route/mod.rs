@@ -7,11 +7,11 @@ mod action;
 mod fault;
 mod matching;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
 use envoy_types::pb::envoy::config::route::v3::{
-    route, route_action, route_match::PathSpecifier, Route, RouteAction, RouteConfiguration,
-    RouteMatch, VirtualHost,
+    route, route_action, route_match::PathSpecifier, virtual_host, Route, RouteAction,
+    RouteConfiguration, RouteMatch, VirtualHost,
 };
 use envoy_types::pb::google::protobuf::BoolValue;
 
@@ -195,6 +195,19 @@ pub struct GatewayBinding<'a> {
     /// `(namespace, name)` of the Gateway.
     pub gateway: (&'a str, &'a str),
     pub hosts: &'a [String],
+    /// `tls.httpsRedirect` on a plain HTTP server: answer with a redirect
+    /// to HTTPS instead of routing.
+    pub https_redirect: bool,
+}
+
+/// One VirtualService's contribution to a gateway virtual host.
+struct HostSource {
+    /// The host came from narrowing a wildcard to the server's host.
+    narrowed: bool,
+    /// Position of the VirtualService in namespace/name order.
+    order: usize,
+    routes: Vec<Route>,
+    https_redirect: bool,
 }
 
 /// Gateway route configuration: virtual hosts of the VirtualServices bound
@@ -205,14 +218,15 @@ pub fn gateway_route_config(
     bindings: &[GatewayBinding<'_>],
     port: u16,
 ) -> RouteConfiguration {
-    let mut seen = BTreeSet::new();
-    let mut hosts = Vec::new();
+    // Several VirtualServices may serve one host: their routes are merged,
+    // exact hosts first, then by namespace/name.
+    let mut by_host: BTreeMap<String, Vec<HostSource>> = BTreeMap::new();
     for binding in bindings {
         let site = RouteSite {
             port,
             gateway: Some(binding.gateway),
         };
-        for vs in ctx.inputs.config.virtual_services() {
+        for (order, vs) in ctx.inputs.config.virtual_services().enumerate() {
             let bound = vs.spec.gateways.iter().any(|g| {
                 resolve_gateway_ref(g, vs.namespace())
                     == GatewayRef::Gateway {
@@ -223,36 +237,65 @@ pub fn gateway_route_config(
             if !bound || vs.spec.http.is_empty() {
                 continue;
             }
-            for host in &vs.spec.hosts {
-                let allowed = binding.hosts.iter().any(|sh| {
-                    let pattern = sh.split_once('/').map(|(_, h)| h).unwrap_or(sh);
-                    host_matches(pattern, host) || host_matches(host, pattern)
-                });
-                if !allowed {
-                    continue;
-                }
-                let domains: Vec<String> = if host == "*" {
-                    vec!["*".to_string()]
-                } else {
-                    vec![host.clone(), format!("{host}:{port}")]
-                };
-                let domains: Vec<String> = domains
-                    .into_iter()
-                    .filter(|d| seen.insert(d.clone()))
-                    .collect();
-                if domains.is_empty() {
-                    continue;
-                }
-                hosts.push(VirtualHost {
-                    name: format!("{host}:{port}"),
-                    domains,
+            // The effective host of a VirtualService host under a server
+            // host is the narrower of the two (`*` under `a.example.com`
+            // serves only `a.example.com`).
+            let effective: BTreeMap<String, bool> = vs
+                .spec
+                .hosts
+                .iter()
+                .flat_map(|host| {
+                    binding.hosts.iter().filter_map(move |sh| {
+                        let server = sh.split_once('/').map(|(_, h)| h).unwrap_or(sh);
+                        if host_matches(server, host) {
+                            Some((host.clone(), false))
+                        } else if host_matches(host, server) {
+                            Some((server.to_string(), true))
+                        } else {
+                            None
+                        }
+                    })
+                })
+                .collect();
+            for (host, narrowed) in effective {
+                by_host.entry(host).or_default().push(HostSource {
+                    narrowed,
+                    order,
                     routes: virtual_service_routes(ctx, vs, site),
-                    ..Default::default()
+                    https_redirect: binding.https_redirect,
                 });
             }
         }
     }
-    hosts.sort_by(|a, b| a.name.cmp(&b.name));
+    let mut seen = BTreeSet::new();
+    let mut hosts = Vec::new();
+    for (host, mut sources) in by_host {
+        sources.sort_by_key(|s| (s.narrowed, s.order));
+        let domains: Vec<String> = if host == "*" {
+            vec!["*".to_string()]
+        } else {
+            vec![host.clone(), format!("{host}:{port}")]
+        };
+        let domains: Vec<String> = domains
+            .into_iter()
+            .filter(|d| seen.insert(d.clone()))
+            .collect();
+        if domains.is_empty() {
+            continue;
+        }
+        let redirect = sources.iter().any(|s| s.https_redirect);
+        hosts.push(VirtualHost {
+            name: format!("{host}:{port}"),
+            domains,
+            routes: sources.into_iter().flat_map(|s| s.routes).collect(),
+            require_tls: if redirect {
+                virtual_host::TlsRequirementType::All as i32
+            } else {
+                virtual_host::TlsRequirementType::None as i32
+            },
+            ..Default::default()
+        });
+    }
     RouteConfiguration {
         name: name.to_string(),
         virtual_hosts: hosts,

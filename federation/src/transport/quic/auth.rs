@@ -95,9 +95,7 @@ pub fn trust_domain_authorizer(trust_domain: &str) -> PeerAuthorizer {
         if ids.iter().any(|u| in_trust_domain(u, &td)) {
             Ok(())
         } else {
-            Err(format!(
-                "peer identity {ids:?} is not in trust domain {td}"
-            ))
+            Err(format!("peer identity {ids:?} is not in trust domain {td}"))
         }
     })
 }

@@ -48,7 +48,9 @@ impl Hello {
 
     pub fn decode(b: &[u8; HELLO_LEN]) -> Result<Hello, String> {
         if &b[..4] != MAGIC {
-            return Err("stream does not start with the Isthmus Raft hello (wrong protocol?)".into());
+            return Err(
+                "stream does not start with the Isthmus Raft hello (wrong protocol?)".into(),
+            );
         }
         if b[4] != VERSION {
             return Err(format!(

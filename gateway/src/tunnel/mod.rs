@@ -1,0 +1,200 @@
+//! QUIC tunnel between east-west gateways (UDP, by convention port 15443).
+//!
+//! One quinn connection per peer gateway, mutually authenticated with the
+//! gateways' own SPIFFE certificates against the federation trust bundle.
+//! Each proxied TCP connection is one bidirectional stream that starts with
+//! a small header naming the destination SNI and the peer's listener port;
+//! the peer dispatches it exactly like a connection on that listener (SNI
+//! passthrough: the bytes are the sidecars' end-to-end mTLS, the gateways
+//! never hold workload keys). When QUIC is unavailable the caller falls
+//! back to TCP to the same address.
+
+mod header;
+mod server;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use tokio::io::AsyncWriteExt;
+
+pub use header::{read_header, write_header, HeaderError, MAX_SNI};
+pub use server::serve;
+
+use crate::proxy::BoxIo;
+use crate::tls::{provider, CertReceiver, SpiffeVerifier, WatchResolver};
+
+/// ALPN of the tunnel; anything else is refused.
+pub const ALPN: &[u8] = b"isthmus-tunnel/1";
+
+#[derive(Debug, thiserror::Error)]
+pub enum TunnelError {
+    #[error("tunnel TLS setup: {0}")]
+    Tls(String),
+    #[error("binding the QUIC tunnel on udp/{0}: {1} (is the port free?)")]
+    Bind(SocketAddr, std::io::Error),
+    #[error("QUIC connection to peer gateway {0}: {1}")]
+    Connect(SocketAddr, String),
+    #[error("opening a tunnel stream to {0}: {1}")]
+    Stream(SocketAddr, String),
+    #[error(transparent)]
+    Header(#[from] HeaderError),
+}
+
+/// Where the tunnel listens.
+#[derive(Debug, Clone, Copy)]
+pub struct TunnelConfig {
+    pub bind: SocketAddr,
+}
+
+fn transport() -> Arc<quinn::TransportConfig> {
+    let mut tc = quinn::TransportConfig::default();
+    tc.keep_alive_interval(Some(Duration::from_secs(5)));
+    tc.max_concurrent_bidi_streams(quinn::VarInt::from_u32(4096));
+    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(30)) {
+        tc.max_idle_timeout(Some(idle));
+    }
+    Arc::new(tc)
+}
+
+fn verifier(cert: &CertReceiver) -> Result<SpiffeVerifier, TunnelError> {
+    let bundle = cert.borrow().trust_bundle().to_vec();
+    SpiffeVerifier::new(&bundle, Vec::new()).map_err(|e| TunnelError::Tls(e.to_string()))
+}
+
+/// Builds the endpoint (server and client on one UDP socket).
+pub fn endpoint(cfg: TunnelConfig, cert: &CertReceiver) -> Result<quinn::Endpoint, TunnelError> {
+    let tls = |e: rustls::Error| TunnelError::Tls(e.to_string());
+    let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls)?
+        .with_client_cert_verifier(Arc::new(verifier(cert)?))
+        .with_cert_resolver(Arc::new(WatchResolver(cert.clone())));
+    server.alpn_protocols = vec![ALPN.to_vec()];
+    let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
+        .with_protocol_versions(&[&rustls::version::TLS13])
+        .map_err(tls)?
+        .dangerous()
+        .with_custom_certificate_verifier(Arc::new(verifier(cert)?))
+        .with_client_cert_resolver(Arc::new(WatchResolver(cert.clone())));
+    client.alpn_protocols = vec![ALPN.to_vec()];
+    let server = quinn::crypto::rustls::QuicServerConfig::try_from(server)
+        .map_err(|e| TunnelError::Tls(e.to_string()))?;
+    let client = quinn::crypto::rustls::QuicClientConfig::try_from(client)
+        .map_err(|e| TunnelError::Tls(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(server));
+    server.transport_config(transport());
+    let mut client = quinn::ClientConfig::new(Arc::new(client));
+    client.transport_config(transport());
+    let mut ep =
+        quinn::Endpoint::server(server, cfg.bind).map_err(|e| TunnelError::Bind(cfg.bind, e))?;
+    ep.set_default_client_config(client);
+    Ok(ep)
+}
+
+/// Opens tunnel streams; one QUIC connection per peer, reused.
+#[derive(Debug, Clone)]
+pub struct TunnelClient {
+    endpoint: quinn::Endpoint,
+    conns: Arc<Mutex<HashMap<SocketAddr, Peer>>>,
+}
+
+#[derive(Debug, Clone)]
+enum Peer {
+    Up(quinn::Connection),
+    /// The last handshake failed; use TCP until then instead of paying the
+    /// handshake timeout on every connection.
+    DownUntil(tokio::time::Instant),
+}
+
+/// How long a peer whose tunnel handshake failed is reached over TCP only.
+const RETRY_AFTER: Duration = Duration::from_secs(10);
+
+impl TunnelClient {
+    pub fn new(endpoint: quinn::Endpoint) -> Self {
+        Self {
+            endpoint,
+            conns: Arc::default(),
+        }
+    }
+
+    async fn connection(
+        &self,
+        peer: SocketAddr,
+        timeout: Duration,
+    ) -> Result<quinn::Connection, TunnelError> {
+        let cached = {
+            let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+            conns.get(&peer).cloned()
+        };
+        match cached {
+            Some(Peer::Up(c)) if c.close_reason().is_none() => return Ok(c),
+            Some(Peer::DownUntil(t)) if tokio::time::Instant::now() < t => {
+                return Err(TunnelError::Connect(
+                    peer,
+                    "tunnel recently unreachable".into(),
+                ))
+            }
+            _ => {}
+        }
+        let result = self.handshake(peer, timeout).await;
+        let entry = match &result {
+            Ok(c) => Peer::Up(c.clone()),
+            Err(_) => Peer::DownUntil(tokio::time::Instant::now() + RETRY_AFTER),
+        };
+        self.conns
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(peer, entry);
+        result
+    }
+
+    async fn handshake(
+        &self,
+        peer: SocketAddr,
+        timeout: Duration,
+    ) -> Result<quinn::Connection, TunnelError> {
+        // The peer's certificate is checked against the bundle (any gateway
+        // identity); the server name is not a DNS identity.
+        let connecting = self
+            .endpoint
+            .connect(peer, "isthmus-tunnel")
+            .map_err(|e| TunnelError::Connect(peer, e.to_string()))?;
+        let conn = tokio::time::timeout(timeout, connecting)
+            .await
+            .map_err(|_| TunnelError::Connect(peer, "handshake timed out".into()))?
+            .map_err(|e| TunnelError::Connect(peer, e.to_string()))?;
+        tracing::info!(%peer, "QUIC tunnel connected to peer gateway");
+        Ok(conn)
+    }
+
+    /// A stream to `peer` carrying a connection for `sni` on the peer's
+    /// listener `port`; `timeout` bounds a new QUIC handshake (the peer
+    /// cluster's connect timeout).
+    pub async fn open(
+        &self,
+        peer: SocketAddr,
+        sni: &str,
+        port: u16,
+        timeout: Duration,
+    ) -> Result<BoxIo, TunnelError> {
+        let conn = self.connection(peer, timeout).await?;
+        let (mut send, recv) = match conn.open_bi().await {
+            Ok(s) => s,
+            Err(e) => {
+                // A dead cached connection: forget it so the next call reconnects.
+                self.conns
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .remove(&peer);
+                return Err(TunnelError::Stream(peer, e.to_string()));
+            }
+        };
+        write_header(&mut send, sni, port).await?;
+        send.flush()
+            .await
+            .map_err(|e| TunnelError::Stream(peer, e.to_string()))?;
+        Ok(Box::new(tokio::io::join(recv, send)))
+    }
+}

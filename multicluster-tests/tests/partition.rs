@@ -1,0 +1,115 @@
+//! Federation partition: us-west's control plane is cut off (frozen with
+//! SIGSTOP, see `Federation::partition`). The majority (us-east,
+//! eu-central) keeps accepting registry changes; us-west keeps serving
+//! with its last known endpoints; after healing, us-west converges.
+
+mod common;
+
+use isthmus_multicluster_tests::admin::get_json;
+use isthmus_multicluster_tests::{wait, FederationSpec, Load, Summary};
+
+const NEW_ENDPOINT: &str = "apiVersion: networking.istio.io/v1beta1
+kind: WorkloadEntry
+metadata:
+  name: reviews-v3
+  namespace: default
+spec:
+  address: ADDRESS
+  serviceAccount: bookinfo-reviews
+  labels:
+    app: reviews
+    version: v3
+";
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn majority_accepts_changes_isolated_cluster_keeps_serving_and_converges() {
+    let mut fed = common::start(FederationSpec::bookinfo(), "us-east")
+        .await
+        .unwrap();
+    let west_admin = fed.cluster("us-west").unwrap().block.control_admin();
+    let west_id = get_json(west_admin, "/debug/federation").await.unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    let mut load = Load::start(
+        fed.load("us-west", "productpage-v1", "reviews", common::rate())
+            .unwrap(),
+    );
+
+    fed.partition("us-west").unwrap();
+    // The majority has (or elects) a leader other than us-west.
+    let fed_ref = &fed;
+    wait::until(
+        "a leader among us-east and eu-central",
+        15 * common::SECOND,
+        || async move {
+            match fed_ref.raft_status("us-east").await {
+                Ok((_, leader)) if leader != 0 && leader != west_id => Ok(()),
+                other => Err(format!("us-east sees {other:?}")),
+            }
+        },
+    )
+    .await
+    .unwrap();
+
+    // A change in eu-central: a third reviews endpoint.
+    let eu = fed.cluster("eu-central").unwrap().block;
+    let yaml = NEW_ENDPOINT.replace("ADDRESS", &eu.workload_ip(9).to_string());
+    fed.write_config("eu-central", "reviews-v3.yaml", &yaml)
+        .unwrap();
+    for observer in ["us-east", "eu-central"] {
+        wait::until(
+            &format!("{observer} to see the new endpoint"),
+            15 * common::SECOND,
+            || async {
+                let v = fed.registry(observer).await?;
+                match v.endpoints("eu-central", "default/reviews") {
+                    3 => Ok(()),
+                    n => Err(format!("{n} endpoints")),
+                }
+            },
+        )
+        .await
+        .unwrap();
+    }
+
+    // us-west, still cut off, kept serving from us-east all along.
+    tokio::time::sleep(2 * common::SECOND).await;
+    let during = Summary::of(&load.drain());
+    eprintln!("during the partition: {during:?}");
+    assert_eq!(during.failed, 0, "{:?}", during.failures);
+    assert!(
+        during.total as f64 >= common::rate() * 2.0,
+        "load too thin: {}",
+        during.total
+    );
+    assert_eq!(
+        during.in_cluster("us-east"),
+        during.ok,
+        "{:?}",
+        during.landings
+    );
+
+    fed.heal("us-west").unwrap();
+    wait::until("us-west to converge", 20 * common::SECOND, || async {
+        let v = fed.registry("us-west").await?;
+        match v.endpoints("eu-central", "default/reviews") {
+            3 => Ok(()),
+            n => Err(format!("{n} endpoints")),
+        }
+    })
+    .await
+    .unwrap();
+    fed.wait_federated(&["us-east", "us-west", "eu-central"], 20 * common::SECOND)
+        .await
+        .unwrap();
+    tokio::time::sleep(common::SECOND).await;
+    let after = Summary::of(&load.finish().await);
+    assert_eq!(after.failed, 0, "after healing: {:?}", after.failures);
+    assert_eq!(
+        after.in_cluster("us-east"),
+        after.ok,
+        "{:?}",
+        after.landings
+    );
+    fed.shutdown().await;
+}
