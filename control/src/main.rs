@@ -41,6 +41,11 @@ enum Command {
     Control(isthmus_control::app::ControlOptions),
     /// Run the data plane as a sidecar, east-west, ingress or egress gateway.
     Gateway(cli::gateway::GatewayArgs),
+    /// The federation registry: witness, and recovery of a lost quorum.
+    Federation {
+        #[command(subcommand)]
+        command: cli::federation::FederationCommand,
+    },
     /// Per connected proxy, per type: synced, NACKed (with the message) or
     /// stale; the registry, federation and config state (like `istioctl proxy-status`).
     Status(cli::status::StatusArgs),
@@ -103,6 +108,10 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
         }
         Command::Control(opts) => {
             runtime()?.block_on(isthmus_control::app::run(opts, cli::shutdown_signal()))?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Federation { command } => {
+            runtime()?.block_on(cli::federation::run(command))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Gateway(args) => {

@@ -214,12 +214,7 @@ fn grpc_xds_client_calls_a_service_in_the_other_cluster() {
         "{lds}"
     );
     assert_eq!(lds[0]["acked"], true, "{lds}");
-    assert!(
-        lds[0]["config"]
-            .as_str()
-            .is_some_and(|c| c.contains("api_listener")),
-        "{lds}"
-    );
+    assert!(lds[0]["config"]["api_listener"].is_object(), "{lds}");
 
     // B scales out: the new endpoint travels B's config → registry → A's
     // endpoint push, and the connected gRPC client accepts it.

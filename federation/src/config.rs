@@ -50,6 +50,10 @@ pub struct NodeConfig {
     /// Watch history length in events; older revisions get `Compacted`.
     pub history_limit: usize,
     pub max_size_per_msg: u64,
+    /// Largest encoded command accepted for proposal. Must stay well under
+    /// the transport's frame limit (QUIC `max_message_bytes`, 16 MiB), or an
+    /// entry that cannot be replicated would stall the log.
+    pub max_entry_bytes: usize,
     /// How long a snapshot send may go unreported by the transport before
     /// the leader counts it as failed and retries.
     pub snapshot_timeout: Duration,
@@ -75,6 +79,7 @@ impl NodeConfig {
             keep_entries: 1_000,
             history_limit: 10_000,
             max_size_per_msg: 1 << 20,
+            max_entry_bytes: 8 << 20,
             snapshot_timeout: Duration::from_secs(180),
             max_inflight_msgs: 256,
             lease: LeaseConfig::default(),

@@ -33,6 +33,8 @@ pub enum FederationError {
     ConfChange(String),
     #[error("the federation node has stopped (see its log for the cause)")]
     Stopped,
+    #[error("registry command of {bytes} bytes exceeds the {max}-byte limit; publish a large export as several smaller diffs (e.g. one per service)")]
+    TooLarge { bytes: usize, max: usize },
     #[error("node {node} is a witness: it holds no registry data and serves no reads or writes; use a cluster's control plane")]
     Witness { node: u64 },
 }

@@ -344,3 +344,31 @@ async fn leader_transfer_moves_leadership() {
         .await
         .expect("the new leader takes writes");
 }
+
+/// A command too large to replicate is refused at the door, naming the
+/// limit, and the registry keeps its last good state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_commands_are_refused_before_the_log() {
+    let dir = tempfile::tempdir().unwrap();
+    let tc = TestCluster::start(dir.path(), &[1], |c| c.max_entry_bytes = 16 << 10)
+        .await
+        .unwrap();
+    let h = tc.handle(1).unwrap();
+    register(&h, "a").await;
+    let before = publish_one(&h, "a", 1).await.unwrap();
+    let err = h
+        .publish("a", upsert(service("a", "huge", 500, 2)))
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(err, FederationError::TooLarge { max, .. } if max == 16 << 10),
+        "{err}"
+    );
+    assert!(err.to_string().contains("smaller diffs"), "{err}");
+    let view = h.read_linearizable().await.unwrap();
+    assert_eq!(view.revision, before);
+    assert!(!view.services["a"].contains_key(&key("default", "huge")));
+    publish_one(&h, "a", 3)
+        .await
+        .expect("later writes still go through");
+}

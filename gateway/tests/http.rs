@@ -620,6 +620,57 @@ async fn rds_over_delta_updates_routes_live_and_nacks_bad_ones() {
         assert!(Instant::now() < deadline, "route update never applied");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // The control plane restarts (same address): RDS is subscribed again on
+    // the new stream, routes keep serving meanwhile, and the new ones apply.
+    let addr = ads.addr;
+    ads.stop();
+    drop(ads);
+    assert_eq!(
+        get(&c, at, "svc", "/", &[]).await.2,
+        "v2",
+        "static stability"
+    );
+    let ads = ScriptedAds::start_delta_on(addr).await;
+    ads.set(
+        CDS,
+        vec![
+            named("v1", eds_cluster("v1")),
+            named("v2", eds_cluster("v2")),
+        ],
+    );
+    ads.set(
+        EDS,
+        vec![
+            named("v1", cla("v1", &[(0, &[v1.addr])])),
+            named("v2", cla("v2", &[(0, &[v2.addr])])),
+        ],
+    );
+    ads.set(
+        RDS,
+        vec![named(
+            "80",
+            route_config(
+                "80",
+                &["*"],
+                vec![prefix_route("all", "/", to_cluster("v1"))],
+            ),
+        )],
+    );
+    ads.set(
+        LDS,
+        vec![named("http", http_listener("http", any_port(), rds("80")))],
+    );
+    let deadline = Instant::now() + WAIT;
+    loop {
+        if get(&c, at, "svc", "/", &[]).await.2 == "v1" {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "routes from the restarted control plane never applied"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

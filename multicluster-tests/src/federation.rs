@@ -8,16 +8,25 @@ use std::time::Duration;
 
 use crate::cluster::{Cluster, Launch, Part};
 use crate::error::{io, HarnessError};
-use crate::faultproxy::FaultProxy;
+use crate::faultproxy::{FaultProxy, Faults};
+use crate::udpproxy::UdpFaultProxy;
 use crate::load::LoadConfig;
 use crate::process::Managed;
 use crate::render::Peer;
 use crate::setup::{self, ClusterFiles};
-use crate::spec::{Block, ConfigSource, FederationSpec, EASTWEST_PORT};
+use crate::spec::{Block, ConfigSource, FederationSpec, EASTWEST_PORT, FEDERATION_PORT};
+
+/// One direction of a federation peer link, through a UDP fault proxy.
+pub struct Link {
+    pub from: String,
+    pub to: String,
+    pub proxy: UdpFaultProxy,
+}
 
 pub struct Federation {
     // Clusters first: fields drop in order, processes before their directory.
     clusters: Vec<Cluster>,
+    links: Vec<Link>,
     launch: Launch,
     root: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -97,6 +106,23 @@ impl Federation {
         };
         let secret = format!("{:016x}", rand::random::<u64>());
 
+        let mut links = Vec::new();
+        if spec.federation_links {
+            for (i, from) in spec.clusters.iter().enumerate() {
+                for (j, to) in spec.clusters.iter().enumerate() {
+                    if i == j {
+                        continue;
+                    }
+                    let n = u8::try_from(1 + j).map_err(|_| HarnessError::Spec("too many clusters".into()))?;
+                    let listen = SocketAddr::new(blocks[i].spare_ip(n), FEDERATION_PORT);
+                    links.push(Link {
+                        from: from.name.clone(),
+                        to: to.name.clone(),
+                        proxy: UdpFaultProxy::start(listen, blocks[j].federation()).await?,
+                    });
+                }
+            }
+        }
         let mut clusters = Vec::with_capacity(n);
         for (i, c) in spec.clusters.iter().enumerate() {
             let block = blocks[i];
@@ -114,7 +140,11 @@ impl Federation {
                 .filter(|(other, _)| other.name != c.name)
                 .map(|(other, b)| Peer {
                     id: other.name.clone(),
-                    address: b.federation(),
+                    address: links
+                        .iter()
+                        .find(|l| l.from == c.name && l.to == other.name)
+                        .map(|l| l.proxy.addr())
+                        .unwrap_or_else(|| b.federation()),
                 })
                 .collect();
             let config_dir = setup::write_cluster(&ClusterFiles {
@@ -168,6 +198,7 @@ impl Federation {
         }
         Ok(Federation {
             clusters: running,
+            links,
             launch,
             root,
             _tmp: tmp,
@@ -288,6 +319,26 @@ impl Federation {
 
     pub fn heal(&mut self, cluster: &str) -> Result<(), HarnessError> {
         self.cluster_mut(cluster)?.resume_part(&Part::Control)
+    }
+
+    /// Cuts (`cut = true`) or restores every federation link to and from
+    /// `cluster`: a real partition of its control plane, which keeps
+    /// running and serving its own proxies. Needs `federation_links`.
+    pub fn cut_links(&self, cluster: &str, cut: bool) -> Result<usize, HarnessError> {
+        self.cluster(cluster)?;
+        let mut n = 0;
+        for l in self.links.iter().filter(|l| l.from == cluster || l.to == cluster) {
+            l.proxy.set(Faults { cut, ..Faults::default() });
+            n += 1;
+        }
+        if n == 0 {
+            return Err(HarnessError::Spec("no federation links to cut: start with `federation_links = true`".into()));
+        }
+        Ok(n)
+    }
+
+    pub fn link(&self, from: &str, to: &str) -> Option<&UdpFaultProxy> {
+        self.links.iter().find(|l| l.from == from && l.to == to).map(|l| &l.proxy)
     }
 
     /// Writes (or replaces) a config file of a cluster; its control plane

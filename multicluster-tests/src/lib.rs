@@ -23,6 +23,7 @@ pub mod ready;
 pub mod render;
 pub mod scenario;
 pub mod setup;
+pub mod udpproxy;
 pub mod spec;
 pub mod stats;
 pub mod wait;

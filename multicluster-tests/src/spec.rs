@@ -233,6 +233,10 @@ pub struct FederationSpec {
     pub state_dir: Option<PathBuf>,
     /// `isthmus` log filter for every child.
     pub log_filter: String,
+    /// Route every federation peer link (QUIC) through its own UDP fault
+    /// proxy, so links can be cut: a real partition, with every process
+    /// still running (see `Federation::cut_links`).
+    pub federation_links: bool,
 }
 
 impl FederationSpec {
@@ -244,6 +248,7 @@ impl FederationSpec {
             blocks: None,
             state_dir: None,
             log_filter: "info".to_string(),
+            federation_links: false,
         }
     }
 

@@ -1,7 +1,10 @@
-//! Federation partition: us-west's control plane is cut off (frozen with
-//! SIGSTOP, see `Federation::partition`). The majority (us-east,
-//! eu-central) keeps accepting registry changes; us-west keeps serving
-//! with its last known endpoints; after healing, us-west converges.
+//! Federation partition: us-west's control plane is cut off, either by
+//! cutting every federation link to and from it (UDP fault proxies on the
+//! QUIC links: a real partition, the control plane keeps running and
+//! serving its proxies) or by freezing it (SIGSTOP, the cheap variant).
+//! The majority (us-east, eu-central) keeps accepting registry changes;
+//! us-west keeps serving with its last known endpoints; after healing,
+//! us-west converges.
 
 mod common;
 
@@ -21,11 +24,31 @@ spec:
     version: v3
 ";
 
+/// The two tests of this file start a federation each; one at a time.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+#[derive(Clone, Copy, PartialEq)]
+enum Isolation {
+    CutLinks,
+    Freeze,
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn majority_accepts_changes_isolated_cluster_keeps_serving_and_converges() {
-    let mut fed = common::start(FederationSpec::bookinfo(), "us-east")
-        .await
-        .unwrap();
+async fn network_partition_majority_accepts_changes_isolated_cluster_keeps_serving_and_converges() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    scenario(Isolation::CutLinks).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn frozen_control_plane_majority_accepts_changes_isolated_cluster_keeps_serving_and_converges() {
+    let _one = ONE_AT_A_TIME.lock().await;
+    scenario(Isolation::Freeze).await;
+}
+
+async fn scenario(how: Isolation) {
+    let mut spec = FederationSpec::bookinfo();
+    spec.federation_links = how == Isolation::CutLinks;
+    let mut fed = common::start(spec, "us-east").await.unwrap();
     let west_admin = fed.cluster("us-west").unwrap().block.control_admin();
     let west_id = get_json(west_admin, "/debug/federation").await.unwrap()["id"]
         .as_u64()
@@ -35,7 +58,10 @@ async fn majority_accepts_changes_isolated_cluster_keeps_serving_and_converges()
             .unwrap(),
     );
 
-    fed.partition("us-west").unwrap();
+    match how {
+        Isolation::CutLinks => assert_eq!(fed.cut_links("us-west", true).unwrap(), 4),
+        Isolation::Freeze => fed.partition("us-west").unwrap(),
+    }
     // The majority has (or elects) a leader other than us-west.
     let fed_ref = &fed;
     wait::until(
@@ -90,7 +116,8 @@ async fn majority_accepts_changes_isolated_cluster_keeps_serving_and_converges()
     );
 
     fed.heal("us-west").unwrap();
-    wait::until("us-west to converge", 20 * common::SECOND, || async {
+    let healed = std::time::Instant::now();
+    wait::until("us-west to converge", 15 * common::SECOND, || async {
         let v = fed.registry("us-west").await?;
         match v.endpoints("eu-central", "default/reviews") {
             3 => Ok(()),
@@ -99,6 +126,7 @@ async fn majority_accepts_changes_isolated_cluster_keeps_serving_and_converges()
     })
     .await
     .unwrap();
+    eprintln!("us-west converged {:?} after healing", healed.elapsed());
     fed.wait_federated(&["us-east", "us-west", "eu-central"], 20 * common::SECOND)
         .await
         .unwrap();

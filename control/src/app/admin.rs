@@ -4,6 +4,7 @@
 //! `/debug/config`), plus what `isthmus status` and `isthmus proxy-config`
 //! read: `/debug/status` and `/debug/config_dump?proxy=ID&type=clusters`.
 
+pub mod debug_json;
 pub mod views;
 
 use std::convert::Infallible;
@@ -138,12 +139,22 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
     }
 }
 
+const FEDERATION_STATUS_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Everything `isthmus status` shows, at one moment.
 pub async fn status_view(state: &AdminState) -> views::StatusView {
     let now = std::time::SystemTime::now();
-    let (federation, federation_error) = match state.federation.status().await {
-        Ok(s) => (Some(views::federation_view(&s)), None),
-        Err(e) => (None, Some(e.to_string())),
+    // A wedged node loop must not hang the whole status page.
+    let answer = tokio::time::timeout(FEDERATION_STATUS_TIMEOUT, state.federation.status()).await;
+    let (federation, federation_error) = match answer {
+        Ok(Ok(s)) => (Some(views::federation_view(&s)), None),
+        Ok(Err(e)) => (None, Some(e.to_string())),
+        Err(_) => (
+            None,
+            Some(format!(
+                "the federation node did not answer within {FEDERATION_STATUS_TIMEOUT:?}; check its logs"
+            )),
+        ),
     };
     let mut proxies: Vec<views::ProxyView> = state
         .xds

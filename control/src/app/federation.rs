@@ -1,13 +1,13 @@
 //! Starting this cluster's federation node from its MeshConfig, and what the
 //! cluster publishes about itself.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use isthmus_federation::model::{ClusterInfo, Locality};
-use isthmus_federation::transport::quic::{trust_domain_authorizer, PeerAddr, QuicConfig, QuicTransport};
+use isthmus_federation::transport::quic::{node_issuer_authorizer, PeerAddr, QuicConfig, QuicTransport};
 use isthmus_federation::{Metrics, Node, NodeConfig, RegistrySnapshot};
-use isthmus_identity::{BundleWatch, CertWatch, PeerPolicy, TrustBundle};
+use isthmus_identity::{BundleWatch, CertWatch, PeerPolicy, SpiffeId, TrustBundle};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
@@ -30,6 +30,68 @@ pub fn node_id(cluster_id: &str) -> u64 {
     h.max(1)
 }
 
+/// The subject common name `isthmus ca intermediate --cluster ID` gives the
+/// intermediate of cluster ID.
+pub fn intermediate_common_name(cluster_id: &str) -> String {
+    format!("Isthmus intermediate CA {cluster_id}")
+}
+
+/// This node and the other members, as names (cluster ids, or a witness's
+/// name) and federation addresses.
+pub struct Members<'a> {
+    pub me: &'a str,
+    pub listen: &'a str,
+    pub peers: Vec<(&'a str, &'a str)>,
+}
+
+/// The QUIC transport settings shared by control planes and witnesses, and
+/// the initial voter set (this node plus every peer).
+pub fn quic_config(
+    trust_domain: &str,
+    members: &Members<'_>,
+    certs: CertWatch,
+    bundle: BundleWatch,
+) -> Result<(QuicConfig, Vec<u64>), AppError> {
+    let bind = members
+        .listen
+        .parse()
+        .map_err(|e| AppError::Config(format!("federation listen address `{}`: {e}", members.listen)))?;
+    let me = node_id(members.me);
+    let mut voters = BTreeSet::from([me]);
+    let mut issuers = HashMap::from([(me, intermediate_common_name(members.me))]);
+    let mut peers = Vec::new();
+    for (name, address) in &members.peers {
+        let id = node_id(name);
+        voters.insert(id);
+        issuers.insert(id, intermediate_common_name(name));
+        if *name != members.me {
+            let addr = PeerAddr::parse(address, "federation.isthmus.local")
+                .map_err(|e| AppError::Config(format!("federation peer {name}: {e}")))?;
+            peers.push((id, addr));
+        }
+    }
+    let server_tls = isthmus_identity::tls::server_config(
+        certs.clone(),
+        bundle.clone(),
+        PeerPolicy::trust_domain(trust_domain),
+        true,
+        &[RAFT_ALPN],
+    )
+    .map_err(|e| AppError::Identity(e.to_string()))?;
+    let client_tls =
+        isthmus_identity::tls::client_config(Some(certs), bundle, PeerPolicy::trust_domain(trust_domain), &[RAFT_ALPN])
+            .map_err(|e| AppError::Identity(e.to_string()))?;
+    // Every member presents the control plane's identity; what ties a
+    // certificate to one Raft node id is the intermediate that issued it,
+    // so one cluster's CA cannot speak for another cluster's node.
+    let control = SpiffeId::new(trust_domain, super::CONTROL_NAMESPACE, super::CONTROL_SERVICE_ACCOUNT)
+        .map_err(|e| AppError::Identity(e.to_string()))?;
+    let authorize = node_issuer_authorizer(&control.to_uri(), move |id| issuers.get(&id).cloned());
+    let mut qcfg = QuicConfig::new(me, bind, server_tls, client_tls, authorize);
+    qcfg.peers.extend(peers);
+    Ok((qcfg, voters.into_iter().collect()))
+}
+
 pub async fn start(
     opts: &ControlOptions,
     mesh: &MeshConfigSpec,
@@ -41,53 +103,24 @@ pub async fn start(
     let listen = fed.listen.as_deref().ok_or_else(|| {
         AppError::Config("MeshConfig.spec.federation.listen is not set (the UDP address of this cluster's federation node)".into())
     })?;
-    let bind = listen
-        .parse()
-        .map_err(|e| AppError::Config(format!("MeshConfig.spec.federation.listen `{listen}`: {e}")))?;
-    let me = node_id(&mesh.cluster_id);
-    let mut voters = BTreeSet::from([me]);
-    let mut peers = Vec::new();
-    for p in &fed.peers {
-        let id = node_id(&p.id);
-        voters.insert(id);
-        if p.id != mesh.cluster_id {
-            let addr = PeerAddr::parse(&p.address, "federation.isthmus.local").map_err(|e| {
-                AppError::Config(format!("MeshConfig.spec.federation.peers[{}]: {e}", p.id))
-            })?;
-            peers.push((id, addr));
-        }
-    }
-    let td = mesh.trust_domain();
-    let server_tls = isthmus_identity::tls::server_config(
-        certs.clone(),
-        bundle.clone(),
-        PeerPolicy::trust_domain(td),
-        true,
-        &[RAFT_ALPN],
-    )
-    .map_err(|e| AppError::Identity(e.to_string()))?;
-    let client_tls = isthmus_identity::tls::client_config(
-        Some(certs),
-        bundle,
-        PeerPolicy::trust_domain(td),
-        &[RAFT_ALPN],
-    )
-    .map_err(|e| AppError::Identity(e.to_string()))?;
+    let members = Members {
+        me: &mesh.cluster_id,
+        listen,
+        peers: fed.peers.iter().map(|p| (p.id.as_str(), p.address.as_str())).collect(),
+    };
+    let (qcfg, voters) = quic_config(mesh.trust_domain(), &members, certs, bundle)?;
+    let me = qcfg.id;
     let fed_metrics = Metrics::new(metrics)?;
-    let mut qcfg = QuicConfig::new(me, bind, server_tls, client_tls, trust_domain_authorizer(td));
-    for (id, addr) in peers {
-        qcfg.peers.insert(id, addr);
-    }
-    let (transport, inbound) = QuicTransport::start(qcfg, fed_metrics.clone())
-        .map_err(|e| AppError::Federation(e.to_string()))?;
-    let mut cfg = NodeConfig::new(me, opts.data_dir.join("federation"), voters.into_iter().collect());
+    let (transport, inbound) =
+        QuicTransport::start(qcfg, fed_metrics.clone()).map_err(|e| AppError::Federation(e.to_string()))?;
+    let mut cfg = NodeConfig::new(me, ControlOptions::federation_dir(&opts.data_dir), voters);
     cfg.tick_interval = opts.raft_tick;
     cfg.lease.renew_interval = opts.lease_renew;
     cfg.lease.ttl = opts.lease_ttl;
     let node = Node::start(cfg, transport, inbound, fed_metrics)
         .await
         .map_err(|e| AppError::Federation(e.to_string()))?;
-    info!(node = me, listen = %bind, "federation node started");
+    info!(node = me, listen = %listen, "federation node started");
     Ok(node)
 }
 

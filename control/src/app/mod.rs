@@ -8,7 +8,8 @@
 
 pub mod admin;
 pub mod export;
-mod federation;
+pub mod federation;
+pub mod identity;
 mod inputs;
 
 use std::net::SocketAddr;
@@ -16,11 +17,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use isthmus_identity::{
-    files::load_authority, AuthoritySigner, CaMetrics, CaService, CaServiceConfig, CertManager,
-    CertManagerConfig, FileAuthenticator, LeafPolicy, PeerPolicy, SpiffeId, TokenTable,
-    TrustBundle,
-};
+use isthmus_identity::{CaMetrics, CaService, CaServiceConfig, FileAuthenticator, PeerPolicy, TokenTable};
 use isthmus_xds::{XdsConfig, XdsServer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -67,6 +64,13 @@ pub struct ControlOptions {
     /// A cluster whose lease is not renewed for this long is marked unavailable.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub lease_ttl: Duration,
+}
+
+impl ControlOptions {
+    /// Where the federation node keeps its log and snapshots under `--data-dir`.
+    pub fn federation_dir(data_dir: &std::path::Path) -> PathBuf {
+        data_dir.join("federation")
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -131,26 +135,10 @@ pub async fn run(
     }
     let trust_domain = mesh.trust_domain().to_string();
 
-    // Identity: this cluster's intermediate, and the control plane's own
-    // certificate, issued in-process and rotated like any workload's.
-    let authority = load_authority(&opts.ca_dir, &trust_domain, LeafPolicy::default())
-        .map_err(|source| AppError::Ca { dir: opts.ca_dir.clone(), source })?;
-    let root_pem = authority.root_pem().to_string();
-    let intermediate_pem = authority.intermediate_pem().to_string();
-    let (_authority_tx, authority_rx) = watch::channel(Arc::new(authority));
-    let own_id = SpiffeId::new(&trust_domain, CONTROL_NAMESPACE, CONTROL_SERVICE_ACCOUNT)
-        .map_err(|e| AppError::Identity(e.to_string()))?;
-    let certs = CertManager::start(
-        CertManagerConfig::new(own_id.clone()),
-        Arc::new(AuthoritySigner::new(authority_rx.clone(), own_id)),
-    )
-    .map_err(|e| AppError::Identity(e.to_string()))?;
-    certs
-        .wait_ready(Duration::from_secs(10))
-        .await
-        .map_err(|e| AppError::Identity(e.to_string()))?;
-    let bundle = TrustBundle::from_pem(&root_pem, "root-cert.pem").map_err(|e| AppError::Identity(e.to_string()))?;
-    let (bundle_tx, bundle_rx) = watch::channel(Arc::new(bundle));
+    let id = identity::load(&opts.ca_dir, &trust_domain).await?;
+    let (certs, root_pem, intermediate_pem) = (id.certs, id.root_pem, id.intermediate_pem);
+    let (authority_rx, bundle_tx, bundle_rx) = (id.authority, id.bundle_tx, id.bundle);
+    let _authority_tx = id.authority_tx;
 
     // Checked before anything starts, so a bad file fails start-up cleanly.
     let tokens = match &opts.bootstrap_tokens {

@@ -1,6 +1,7 @@
 //! Subcommands whose wiring lives at the binary's edge.
 
 pub mod demo;
+pub mod federation;
 pub mod gateway;
 pub mod status;
 pub mod workload;

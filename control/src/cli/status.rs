@@ -69,6 +69,10 @@ pub enum AdminError {
         #[source]
         source: hyper_util::client::legacy::Error,
     },
+    #[error(
+        "{url} did not answer within {ADMIN_TIMEOUT:?}; is the control plane overloaded or stuck?"
+    )]
+    Timeout { url: String },
     #[error("reading the answer of {url}: {source}")]
     Body {
         url: String,
@@ -88,6 +92,8 @@ pub enum AdminError {
         source: serde_json::Error,
     },
 }
+
+const ADMIN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// GETs `path_and_query` from the admin port and decodes the JSON answer.
 async fn get<T: serde::de::DeserializeOwned>(
@@ -114,23 +120,29 @@ async fn get<T: serde::de::DeserializeOwned>(
         });
     }
     let client = Client::builder(TokioExecutor::new()).build_http::<Empty<Bytes>>();
-    let resp = client
-        .get(uri)
+    let exchange = async {
+        let resp = client
+            .get(uri)
+            .await
+            .map_err(|source| AdminError::Connect {
+                url: url.clone(),
+                source,
+            })?;
+        let status = resp.status();
+        let body = resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(|source| AdminError::Body {
+                url: url.clone(),
+                source,
+            })?
+            .to_bytes();
+        Ok((status, body))
+    };
+    let (status, body) = tokio::time::timeout(ADMIN_TIMEOUT, exchange)
         .await
-        .map_err(|source| AdminError::Connect {
-            url: url.clone(),
-            source,
-        })?;
-    let status = resp.status();
-    let body = resp
-        .into_body()
-        .collect()
-        .await
-        .map_err(|source| AdminError::Body {
-            url: url.clone(),
-            source,
-        })?
-        .to_bytes();
+        .map_err(|_| AdminError::Timeout { url: url.clone() })??;
     if !status.is_success() {
         return Err(AdminError::Status {
             url,

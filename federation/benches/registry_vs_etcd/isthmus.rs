@@ -109,6 +109,13 @@ pub fn child(id: u64, dir: PathBuf, timing: Timing) -> Result<(), String> {
         cfg.election_ticks = timing.election_ticks;
         // No lease renewer runs in the benchmark; keep expiry out of it.
         cfg.lease.ttl = Duration::from_secs(3600);
+        // For experiments: how often the registry is snapshotted.
+        if let Some(n) = std::env::var("BENCH_SNAPSHOT_EVERY")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            cfg.snapshot_every = n;
+        }
         let node = Node::start(cfg, transport.clone(), inbound, metrics)
             .await
             .map_err(|e| e.to_string())?;

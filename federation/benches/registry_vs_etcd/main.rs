@@ -64,19 +64,25 @@ fn main() {
         println!("registry_vs_etcd: built (run without --test to measure)");
         return;
     }
-    if let Err(e) = drive() {
+    let outcome = tempdir().and_then(|dir| {
+        // Every child process is killed when its handle drops inside
+        // `drive`, before the directory goes, also on failure.
+        let r = drive(&dir);
+        let _ = std::fs::remove_dir_all(&dir);
+        r
+    });
+    if let Err(e) = outcome {
         eprintln!("benchmark failed: {e}");
         std::process::exit(1);
     }
 }
 
-fn drive() -> Result<(), String> {
+fn drive(dir: &std::path::Path) -> Result<(), String> {
     let secs: u64 = std::env::var("BENCH_SECS")
         .ok()
         .and_then(|s| s.parse().ok())
         .unwrap_or(8);
     let load_time = Duration::from_secs(secs);
-    let dir = tempdir()?;
     let mut results = Results::default();
     let scenarios = [1usize, 1000];
 
@@ -162,7 +168,6 @@ fn drive() -> Result<(), String> {
     if let Ok(out) = std::env::var("BENCH_OUT") {
         std::fs::write(&out, &table).map_err(|e| format!("cannot write {out}: {e}"))?;
     }
-    let _ = std::fs::remove_dir_all(&dir);
     Ok(())
 }
 

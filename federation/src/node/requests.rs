@@ -31,6 +31,17 @@ impl Core {
                         return;
                     }
                 };
+                if data.len() > self.cfg.max_entry_bytes {
+                    self.metrics
+                        .proposals_failed
+                        .with_label_values(&["too_large"])
+                        .inc();
+                    let _ = reply.send(Err(FederationError::TooLarge {
+                        bytes: data.len(),
+                        max: self.cfg.max_entry_bytes,
+                    }));
+                    return;
+                }
                 self.metrics.proposals.inc();
                 let id = self.next_id();
                 self.writes.insert(

@@ -59,7 +59,7 @@ impl XdsClient {
                 .await
                 .map_err(|e| (e, false))?;
         }
-        for kind in [TypeKind::Endpoint, TypeKind::Secret] {
+        for kind in [TypeKind::Endpoint, TypeKind::Secret, TypeKind::Route] {
             if !self.subs[&kind].names.is_empty() {
                 send(&tx, self.delta_subscribe(kind))
                     .await

@@ -238,6 +238,11 @@ impl ScriptedAds {
         Self::start_with(addr, false).await
     }
 
+    /// A delta-speaking server on a given address (a control plane coming back).
+    pub async fn start_delta_on(addr: SocketAddr) -> Self {
+        Self::start_with(addr, true).await
+    }
+
     /// A server that also speaks delta ADS.
     pub async fn start_delta() -> Self {
         Self::start_with("127.0.0.1:0".parse().expect("addr"), true).await

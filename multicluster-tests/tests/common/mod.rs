@@ -17,7 +17,11 @@ pub fn rate() -> f64 {
 
 /// Starts `spec`, waits until everything is ready and productpage's calls
 /// to reviews land in `expect`.
-pub async fn start(spec: FederationSpec, expect: &str) -> Result<Federation, HarnessError> {
+pub async fn start(mut spec: FederationSpec, expect: &str) -> Result<Federation, HarnessError> {
+    // ISTHMUS_TEST_LOG: the children's log filter, e.g. `info,isthmus_federation=debug`.
+    if let Ok(filter) = std::env::var("ISTHMUS_TEST_LOG") {
+        spec.log_filter = filter;
+    }
     let fed = Federation::start_for_tests(spec).await?;
     fed.wait_ready(READY_LIMIT).await?;
     fed.wait_lands("us-west", "productpage-v1", "reviews", expect, READY_LIMIT)

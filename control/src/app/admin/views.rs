@@ -250,8 +250,9 @@ pub struct DumpedResource {
     /// One line per interesting part (endpoint addresses and health, the
     /// cluster's discovery type, the listener's address): the table view.
     pub summary: Vec<String>,
-    /// The decoded message, in the readable form of `translate::render`.
-    pub config: String,
+    /// The decoded message: structured (see [`super::debug_json`]), or the
+    /// readable text of `translate::render` if that does not convert.
+    pub config: serde_json::Value,
 }
 
 /// The table columns of `proxy-config` for one resource.
@@ -384,7 +385,10 @@ pub fn config_dump(
                     type_url: r.body.type_url.clone(),
                     acked,
                     summary: summarize(t, &r.body),
-                    config: render_any(&r.body),
+                    config: {
+                        let text = render_any(&r.body);
+                        super::debug_json::to_json(&text).unwrap_or(serde_json::Value::String(text))
+                    },
                 },
             );
         }

@@ -425,3 +425,50 @@ fn output_that_ignores_the_proxy_address() {
         generate(&i, &b, ProxyFlavor::Envoy, TypeUrl::Cluster, &Names::All)
     );
 }
+
+/// The admin port's JSON config dump understands everything translation
+/// renders (it maps the readable text back to structure).
+#[test]
+fn rendered_output_converts_to_json() {
+    use crate::app::admin::debug_json::to_json;
+    use crate::translate::render::render_any;
+    let i = inputs(&config(&workload("10.1.0.1", 1)), &base_registry());
+    let p = proxy("10.1.0.1", false);
+    let clusters = generate(&i, &p, ProxyFlavor::Envoy, TypeUrl::Cluster, &Names::All);
+    let eds = Names::Some(clusters.iter().map(|r| r.name.clone()).collect());
+    let mut all = clusters;
+    all.extend(generate(
+        &i,
+        &p,
+        ProxyFlavor::Envoy,
+        TypeUrl::ClusterLoadAssignment,
+        &eds,
+    ));
+    all.extend(generate(
+        &i,
+        &p,
+        ProxyFlavor::Envoy,
+        TypeUrl::Listener,
+        &Names::All,
+    ));
+    all.extend(generate(
+        &i,
+        &p,
+        ProxyFlavor::Envoy,
+        TypeUrl::RouteConfiguration,
+        &Names::All,
+    ));
+    all.extend(generate(
+        &i,
+        &p,
+        ProxyFlavor::Envoy,
+        TypeUrl::Secret,
+        &Names::All,
+    ));
+    assert!(all.len() > 5);
+    for r in &all {
+        let text = render_any(&r.body);
+        let json = to_json(&text).unwrap_or_else(|| panic!("{} does not convert:\n{text}", r.name));
+        assert!(json.is_object(), "{}", r.name);
+    }
+}

@@ -61,6 +61,27 @@ impl PeerIdentity<'_> {
             .collect())
     }
 
+    /// Common name of the CA that signed the leaf (its issuer DN), e.g.
+    /// `Isthmus intermediate CA east` for cluster `east`'s intermediate.
+    /// Only meaningful after TLS verified the chain: an intermediate with
+    /// path length 0 cannot mint a CA of another name under the root.
+    pub fn leaf_issuer_common_name(&self) -> Result<String, String> {
+        let leaf = self
+            .chain
+            .first()
+            .ok_or_else(|| "peer presented no certificate".to_string())?;
+        let (_, cert) = x509_parser::parse_x509_certificate(leaf.as_ref())
+            .map_err(|e| format!("unparsable peer certificate: {e}"))?;
+        let cn = cert
+            .issuer()
+            .iter_common_name()
+            .next()
+            .ok_or_else(|| "peer certificate's issuer has no common name".to_string())?;
+        cn.as_str()
+            .map(str::to_string)
+            .map_err(|e| format!("peer certificate's issuer common name is not text: {e}"))
+    }
+
     /// The leaf's single SPIFFE id; several or none is an error.
     pub fn spiffe_id(&self) -> Result<String, String> {
         let mut ids = self.spiffe_ids()?;
@@ -133,6 +154,40 @@ pub fn node_identity_authorizer(
     })
 }
 
+/// For members that all share one SPIFFE id (every control plane runs as
+/// the same service account) but each holds a certificate from its own
+/// cluster's intermediate CA: node `n` must present `spiffe_id`, issued by
+/// the CA whose common name is `issuer(n)`.
+pub fn node_issuer_authorizer(
+    spiffe_id: &str,
+    issuer: impl Fn(u64) -> Option<String> + Send + Sync + 'static,
+) -> PeerAuthorizer {
+    let want_id = spiffe_id.to_string();
+    Arc::new(move |peer: &PeerIdentity<'_>| {
+        let presented = peer.spiffe_id()?;
+        if presented != want_id {
+            return Err(format!(
+                "peer presented {presented}; federation members must present {want_id}"
+            ));
+        }
+        let Some(want) = issuer(peer.node_id) else {
+            return Err(format!(
+                "node id {} is not a known federation member; add it to the federation peers",
+                peer.node_id
+            ));
+        };
+        let got = peer.leaf_issuer_common_name()?;
+        if got == want {
+            Ok(())
+        } else {
+            Err(format!(
+                "node id {} must hold a certificate issued by `{want}`, this one was issued by `{got}`; a member is using another cluster's certificate",
+                peer.node_id
+            ))
+        }
+    })
+}
+
 /// [`node_identity_authorizer`] over a fixed table node id -> SPIFFE id.
 pub fn node_identity_map(trust_domain: &str, ids: HashMap<u64, String>) -> PeerAuthorizer {
     node_identity_authorizer(trust_domain, move |n| ids.get(&n).cloned())
@@ -196,6 +251,50 @@ mod tests {
             ]
         )
         .is_err());
+    }
+
+    /// A leaf with `uri` signed by a CA named `ca_cn`.
+    fn issued_by(ca_cn: &str, uri: &str) -> CertificateDer<'static> {
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca = CertificateParams::new(vec![]).unwrap();
+        ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        ca.distinguished_name.push(rcgen::DnType::CommonName, ca_cn);
+        let issuer = rcgen::Issuer::new(ca, ca_key);
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::new(vec![]).unwrap();
+        p.subject_alt_names
+            .push(SanType::URI(uri.try_into().unwrap()));
+        p.signed_by(&key, &issuer).unwrap().der().clone()
+    }
+
+    #[test]
+    fn shared_spiffe_ids_are_told_apart_by_their_issuing_ca() {
+        const CP: &str = "spiffe://fed.test/ns/istio-system/sa/isthmus-control";
+        let a = node_issuer_authorizer(CP, |n| match n {
+            1 => Some("Isthmus intermediate CA east".to_string()),
+            2 => Some("Isthmus intermediate CA west".to_string()),
+            _ => None,
+        });
+        let east = vec![issued_by("Isthmus intermediate CA east", CP)];
+        let check = |node_id: u64, chain: &[CertificateDer<'static>]| {
+            a(&PeerIdentity {
+                node_id,
+                direction: PeerDirection::Outbound,
+                chain,
+            })
+        };
+        assert!(check(1, &east).is_ok());
+        let err = check(2, &east).unwrap_err();
+        assert!(
+            err.contains("issued by `Isthmus intermediate CA east`"),
+            "{err}"
+        );
+        assert!(check(3, &east).is_err());
+        let workload = vec![issued_by(
+            "Isthmus intermediate CA east",
+            "spiffe://fed.test/ns/shop/sa/reviews",
+        )];
+        assert!(check(1, &workload).is_err(), "a workload is not a member");
     }
 
     #[test]

@@ -15,8 +15,8 @@ mod auth;
 pub mod wire;
 
 pub use auth::{
-    node_identity_authorizer, node_identity_map, trust_domain_authorizer, PeerAuthorizer,
-    PeerDirection, PeerIdentity,
+    node_identity_authorizer, node_identity_map, node_issuer_authorizer, trust_domain_authorizer,
+    PeerAuthorizer, PeerDirection, PeerIdentity,
 };
 
 use super::{Transport, INBOUND_QUEUE};
