@@ -9,12 +9,12 @@ use std::time::Duration;
 use crate::cluster::{Cluster, Launch, Part};
 use crate::error::{io, HarnessError};
 use crate::faultproxy::{FaultProxy, Faults};
-use crate::udpproxy::UdpFaultProxy;
 use crate::load::LoadConfig;
 use crate::process::Managed;
 use crate::render::Peer;
 use crate::setup::{self, ClusterFiles};
 use crate::spec::{Block, ConfigSource, FederationSpec, EASTWEST_PORT, FEDERATION_PORT};
+use crate::udpproxy::UdpFaultProxy;
 
 /// One direction of a federation peer link, through a UDP fault proxy.
 pub struct Link {
@@ -113,7 +113,8 @@ impl Federation {
                     if i == j {
                         continue;
                     }
-                    let n = u8::try_from(1 + j).map_err(|_| HarnessError::Spec("too many clusters".into()))?;
+                    let n = u8::try_from(1 + j)
+                        .map_err(|_| HarnessError::Spec("too many clusters".into()))?;
                     let listen = SocketAddr::new(blocks[i].spare_ip(n), FEDERATION_PORT);
                     links.push(Link {
                         from: from.name.clone(),
@@ -327,18 +328,30 @@ impl Federation {
     pub fn cut_links(&self, cluster: &str, cut: bool) -> Result<usize, HarnessError> {
         self.cluster(cluster)?;
         let mut n = 0;
-        for l in self.links.iter().filter(|l| l.from == cluster || l.to == cluster) {
-            l.proxy.set(Faults { cut, ..Faults::default() });
+        for l in self
+            .links
+            .iter()
+            .filter(|l| l.from == cluster || l.to == cluster)
+        {
+            l.proxy.set(Faults {
+                cut,
+                ..Faults::default()
+            });
             n += 1;
         }
         if n == 0 {
-            return Err(HarnessError::Spec("no federation links to cut: start with `federation_links = true`".into()));
+            return Err(HarnessError::Spec(
+                "no federation links to cut: start with `federation_links = true`".into(),
+            ));
         }
         Ok(n)
     }
 
     pub fn link(&self, from: &str, to: &str) -> Option<&UdpFaultProxy> {
-        self.links.iter().find(|l| l.from == from && l.to == to).map(|l| &l.proxy)
+        self.links
+            .iter()
+            .find(|l| l.from == from && l.to == to)
+            .map(|l| &l.proxy)
     }
 
     /// Writes (or replaces) a config file of a cluster; its control plane

@@ -23,9 +23,9 @@ pub mod ready;
 pub mod render;
 pub mod scenario;
 pub mod setup;
-pub mod udpproxy;
 pub mod spec;
 pub mod stats;
+pub mod udpproxy;
 pub mod wait;
 
 pub use cluster::{Cluster, Part};

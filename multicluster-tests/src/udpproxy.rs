@@ -21,15 +21,26 @@ pub struct UdpFaultProxy {
 }
 
 impl UdpFaultProxy {
-    pub async fn start(listen: SocketAddr, upstream: SocketAddr) -> Result<UdpFaultProxy, ProxyError> {
-        let socket = UdpSocket::bind(listen)
-            .await
-            .map_err(|source| ProxyError { addr: listen, source })?;
-        let addr = socket.local_addr().map_err(|source| ProxyError { addr: listen, source })?;
+    pub async fn start(
+        listen: SocketAddr,
+        upstream: SocketAddr,
+    ) -> Result<UdpFaultProxy, ProxyError> {
+        let socket = UdpSocket::bind(listen).await.map_err(|source| ProxyError {
+            addr: listen,
+            source,
+        })?;
+        let addr = socket.local_addr().map_err(|source| ProxyError {
+            addr: listen,
+            source,
+        })?;
         let (faults, rx) = watch::channel(Faults::default());
         let mut tasks = JoinSet::new();
         tasks.spawn(relay(Arc::new(socket), upstream, rx));
-        Ok(UdpFaultProxy { addr, faults, tasks })
+        Ok(UdpFaultProxy {
+            addr,
+            faults,
+            tasks,
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -80,7 +91,10 @@ async fn relay(listen: Arc<UdpSocket>, upstream: SocketAddr, faults: watch::Rece
         let up = match clients.get(&from) {
             Some(s) => s.clone(),
             None => {
-                let bind = SocketAddr::new(listen.local_addr().map(|a| a.ip()).unwrap_or(upstream.ip()), 0);
+                let bind = SocketAddr::new(
+                    listen.local_addr().map(|a| a.ip()).unwrap_or(upstream.ip()),
+                    0,
+                );
                 let Ok(s) = UdpSocket::bind(bind).await else {
                     continue;
                 };
@@ -95,7 +109,12 @@ async fn relay(listen: Arc<UdpSocket>, upstream: SocketAddr, faults: watch::Rece
 }
 
 /// Upstream's answers to one client.
-async fn answers(up: Arc<UdpSocket>, listen: Arc<UdpSocket>, client: SocketAddr, faults: watch::Receiver<Faults>) {
+async fn answers(
+    up: Arc<UdpSocket>,
+    listen: Arc<UdpSocket>,
+    client: SocketAddr,
+    faults: watch::Receiver<Faults>,
+) {
     let mut buf = vec![0u8; 65536];
     loop {
         // An ICMP "port unreachable" (the peer was not up yet) surfaces as
@@ -135,10 +154,15 @@ mod tests {
                 let _ = server.send_to(&buf[..n], from).await;
             }
         });
-        let p = UdpFaultProxy::start("127.0.0.1:0".parse().unwrap(), server_addr).await.unwrap();
+        let p = UdpFaultProxy::start("127.0.0.1:0".parse().unwrap(), server_addr)
+            .await
+            .unwrap();
         let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
         assert!(ask(&client, p.addr()).await);
-        p.set(Faults { cut: true, ..Faults::default() });
+        p.set(Faults {
+            cut: true,
+            ..Faults::default()
+        });
         assert!(!ask(&client, p.addr()).await, "a cut link delivers nothing");
         p.set(Faults::default());
         assert!(ask(&client, p.addr()).await);

@@ -7,7 +7,7 @@ mod common;
 
 use std::time::Duration;
 
-use isthmus_multicluster_tests::{FederationSpec, Faults, Load, Summary};
+use isthmus_multicluster_tests::{Faults, FederationSpec, Load, Summary};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn latency_on_the_wan_link_shows_and_a_cut_link_fails_over() {
@@ -17,12 +17,19 @@ async fn latency_on_the_wan_link_shows_and_a_cut_link_fails_over() {
     let wan = fed.cluster("us-east").unwrap().wan().unwrap();
     let fed_ref = &fed;
     let measure = |rate: f64| async move {
-        let load = Load::start(fed_ref.load("us-west", "productpage-v1", "reviews", rate).unwrap());
+        let load = Load::start(
+            fed_ref
+                .load("us-west", "productpage-v1", "reviews", rate)
+                .unwrap(),
+        );
         tokio::time::sleep(2 * common::SECOND).await;
         Summary::of(&load.finish().await)
     };
 
-    wan.set(Faults { latency: Duration::from_millis(40), ..Faults::default() });
+    wan.set(Faults {
+        latency: Duration::from_millis(40),
+        ..Faults::default()
+    });
     let slow = measure(20.0).await;
     eprintln!("40ms one-way: {slow:?}");
     assert_eq!(slow.failed, 0, "{:?}", slow.failures);
@@ -31,7 +38,10 @@ async fn latency_on_the_wan_link_shows_and_a_cut_link_fails_over() {
     // back: at least two round trips of 80ms.
     assert!(slow.p50 >= Duration::from_millis(160), "p50 {:?}", slow.p50);
 
-    wan.set(Faults { cut: true, ..Faults::default() });
+    wan.set(Faults {
+        cut: true,
+        ..Faults::default()
+    });
     let cut = measure(common::rate()).await;
     eprintln!("cut: {cut:?}");
     assert_eq!(cut.in_cluster("us-east"), 0, "{:?}", cut.landings);
@@ -42,8 +52,14 @@ async fn latency_on_the_wan_link_shows_and_a_cut_link_fails_over() {
     assert_eq!(cut.failed, 0, "{:?}", cut.failures);
 
     wan.set(Faults::default());
-    fed.wait_lands("us-west", "productpage-v1", "reviews", "us-east", 10 * common::SECOND)
-        .await
-        .unwrap();
+    fed.wait_lands(
+        "us-west",
+        "productpage-v1",
+        "reviews",
+        "us-east",
+        10 * common::SECOND,
+    )
+    .await
+    .unwrap();
     fed.shutdown().await;
 }

@@ -63,6 +63,14 @@ pub fn exported_services(config: &ConfigSnapshot, local: &LocalSettings) -> BTre
         .collect()
 }
 
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
 /// What changed between two exported sets.
 pub fn diff(
     before: &BTreeMap<ServiceKey, ClusterService>,
@@ -78,7 +86,7 @@ pub fn diff(
     }
 }
 
-/// Keeps the registry in line with the local configuration until the
+/// Registers this cluster, keeps its lease, and keeps the registry in line with the local configuration until the
 /// config channel closes. The first round publishes against what the
 /// registry already holds for this cluster (after a restart, usually
 /// nothing changed), so nothing is lost or written twice.
@@ -87,6 +95,7 @@ pub async fn run_exporter(
     info: ClusterInfo,
     mut config: watch::Receiver<Arc<ConfigSnapshot>>,
     local: LocalSettings,
+    lease_renew: Duration,
 ) {
     let retry = Duration::from_millis(500);
     // Registering is idempotent; retry until a quorum accepts it.
@@ -95,6 +104,10 @@ pub async fn run_exporter(
         tokio::time::sleep(retry).await;
     }
     info!(cluster = %info.id, "registered in the federation registry");
+    // Renewing only once registered: the registry refuses leases of
+    // clusters it does not know. Aborted when this task ends.
+    let lease = handle.spawn_lease_renewer(info.id.clone(), lease_renew);
+    let _lease = AbortOnDrop(lease);
     let mut published: Option<BTreeMap<ServiceKey, ClusterService>> = None;
     loop {
         let snapshot = config.borrow_and_update().clone();

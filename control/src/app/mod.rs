@@ -151,8 +151,13 @@ pub async fn run(
     let handle = node.handle();
     let local = LocalSettings::from_config(&first, vec![root_pem.clone()]);
     let info = federation::cluster_info(&mesh, &intermediate_pem, &root_pem);
-    tokio::spawn(export::run_exporter(handle.clone(), info, config_rx.clone(), local.clone()));
-    let _lease = handle.spawn_lease_renewer(mesh.cluster_id.clone(), opts.lease_renew);
+    tokio::spawn(export::run_exporter(
+        handle.clone(),
+        info,
+        config_rx.clone(),
+        local.clone(),
+        opts.lease_renew,
+    ));
     tokio::spawn(federation::follow_trust_bundle(handle.watch_snapshot(), root_pem.clone(), bundle_tx));
 
     // Translation and xDS.

@@ -22,14 +22,13 @@ impl TranslateGenerator {
     }
 }
 
-/// How we recognise proxyless gRPC: Istio's node metadata
-/// `GENERATOR: grpc`.
-///
-/// The xDS crate's [`Proxy`] does not carry that key yet, so every proxy is
-/// treated as Envoy until it does; `HOST:PORT` listeners are served to any
-/// proxy asking for them by name, which is what gRPC does.
-pub fn flavor_of(_proxy: &Proxy) -> ProxyFlavor {
-    ProxyFlavor::Envoy
+/// Proxyless gRPC clients say so with Istio's node metadata `GENERATOR: grpc`.
+pub fn flavor_of(proxy: &Proxy) -> ProxyFlavor {
+    if proxy.generator.as_deref() == Some("grpc") {
+        ProxyFlavor::Grpc
+    } else {
+        ProxyFlavor::Envoy
+    }
 }
 
 impl Generator for TranslateGenerator {
@@ -41,6 +40,18 @@ impl Generator for TranslateGenerator {
     ) -> Result<Vec<Resource>, GenerateError> {
         let inputs = self.inputs.borrow().clone();
         Ok(generate(&inputs, proxy, flavor_of(proxy), type_url, names))
+    }
+
+    fn shape_for(&self, proxy: &Proxy, type_url: TypeUrl) -> u64 {
+        match (flavor_of(proxy), type_url) {
+            // Envoy listeners, clusters and routes depend on the proxy's IP
+            // (inbound listeners bind it); endpoints and secrets do not, so
+            // sidecars that differ only in address share one generation.
+            (ProxyFlavor::Envoy, TypeUrl::Cluster | TypeUrl::Listener | TypeUrl::RouteConfiguration) => {
+                proxy.shape_key()
+            }
+            _ => proxy.shape_key_except_address(),
+        }
     }
 }
 
