@@ -308,12 +308,12 @@ impl Federation {
         Ok(self.cluster_mut(cluster)?.restart().await?)
     }
 
-    /// Isolates a cluster's control plane from the federation by freezing
-    /// it (SIGSTOP): its peers see a silent node, exactly what a partition
-    /// looks like to Raft, while its proxies keep their last configuration
-    /// and keep serving. (A network-namespace partition, which would also
-    /// keep the isolated control plane answering its own proxies, needs
-    /// root; this works everywhere.)
+    /// Isolates a cluster's control plane by freezing it (SIGSTOP): its
+    /// peers see a silent node, as in a partition, and its proxies keep
+    /// their last configuration. The cheap variant: the frozen control plane
+    /// also stops answering its own proxies. For a real partition (the
+    /// control plane keeps running) start with `federation_links` and use
+    /// [`Federation::cut_links`]; network namespaces would need root.
     pub fn partition(&mut self, cluster: &str) -> Result<(), HarnessError> {
         self.cluster_mut(cluster)?.pause_part(&Part::Control)
     }

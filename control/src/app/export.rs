@@ -17,7 +17,10 @@ use crate::store::ConfigSnapshot;
 use crate::translate::{LocalSettings, ServiceIndex};
 
 /// This cluster's exported services as the registry stores them.
-pub fn exported_services(config: &ConfigSnapshot, local: &LocalSettings) -> BTreeMap<ServiceKey, ClusterService> {
+pub fn exported_services(
+    config: &ConfigSnapshot,
+    local: &LocalSettings,
+) -> BTreeMap<ServiceKey, ClusterService> {
     let index = ServiceIndex::build(config, &RegistrySnapshot::default(), local);
     index
         .iter()
@@ -43,7 +46,11 @@ pub fn exported_services(config: &ConfigSnapshot, local: &LocalSettings) -> BTre
                 .iter()
                 .map(|i| Endpoint {
                     address: i.address.clone(),
-                    ports: s.ports.iter().map(|p| (p.name.clone(), i.port_for(p))).collect(),
+                    ports: s
+                        .ports
+                        .iter()
+                        .map(|p| (p.name.clone(), i.port_for(p)))
+                        .collect(),
                     labels: i.labels.clone(),
                     service_account: i.service_account.clone(),
                     locality: i.locality.clone(),
@@ -82,7 +89,11 @@ pub fn diff(
             .filter(|(k, v)| before.get(*k) != Some(*v))
             .map(|(_, v)| v.clone())
             .collect(),
-        removals: before.keys().filter(|k| !after.contains_key(*k)).cloned().collect(),
+        removals: before
+            .keys()
+            .filter(|k| !after.contains_key(*k))
+            .cloned()
+            .collect(),
     }
 }
 
@@ -127,7 +138,12 @@ pub async fn run_exporter(
         } else {
             match handle.publish(&info.id, d.clone()).await {
                 Ok(rev) => {
-                    info!(revision = rev, upserts = d.upserts.len(), removals = d.removals.len(), "published exported services");
+                    info!(
+                        revision = rev,
+                        upserts = d.upserts.len(),
+                        removals = d.removals.len(),
+                        "published exported services"
+                    );
                     published = Some(wanted);
                 }
                 Err(e) => {
@@ -192,7 +208,13 @@ spec: {address: 10.0.0.1, serviceAccount: reviews, labels: {app: reviews, versio
             .into_iter()
             .filter_map(|d| {
                 let r = d.resource?;
-                Some((r.key(), StoredResource { resource: r, location: d.location }))
+                Some((
+                    r.key(),
+                    StoredResource {
+                        resource: r,
+                        location: d.location,
+                    },
+                ))
             })
             .collect();
         store.publish(resources, Vec::new())
@@ -211,7 +233,10 @@ spec: {address: 10.0.0.1, serviceAccount: reviews, labels: {app: reviews, versio
         assert_eq!(cs.endpoints.len(), 1);
         assert_eq!(cs.endpoints[0].address, "10.0.0.1");
         assert_eq!(cs.endpoints[0].ports.get("http"), Some(&9080));
-        assert_eq!(cs.endpoints[0].labels.get("version").map(String::as_str), Some("v1"));
+        assert_eq!(
+            cs.endpoints[0].labels.get("version").map(String::as_str),
+            Some("v1")
+        );
     }
 
     #[test]

@@ -5,7 +5,9 @@ use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
 
 use isthmus_federation::model::{ClusterInfo, Locality};
-use isthmus_federation::transport::quic::{node_issuer_authorizer, PeerAddr, QuicConfig, QuicTransport};
+use isthmus_federation::transport::quic::{
+    node_issuer_authorizer, PeerAddr, QuicConfig, QuicTransport,
+};
 use isthmus_federation::{Metrics, Node, NodeConfig, RegistrySnapshot};
 use isthmus_identity::{BundleWatch, CertWatch, PeerPolicy, SpiffeId, TrustBundle};
 use tokio::sync::watch;
@@ -52,10 +54,12 @@ pub fn quic_config(
     certs: CertWatch,
     bundle: BundleWatch,
 ) -> Result<(QuicConfig, Vec<u64>), AppError> {
-    let bind = members
-        .listen
-        .parse()
-        .map_err(|e| AppError::Config(format!("federation listen address `{}`: {e}", members.listen)))?;
+    let bind = members.listen.parse().map_err(|e| {
+        AppError::Config(format!(
+            "federation listen address `{}`: {e}",
+            members.listen
+        ))
+    })?;
     let me = node_id(members.me);
     let mut voters = BTreeSet::from([me]);
     let mut issuers = HashMap::from([(me, intermediate_common_name(members.me))]);
@@ -78,14 +82,22 @@ pub fn quic_config(
         &[RAFT_ALPN],
     )
     .map_err(|e| AppError::Identity(e.to_string()))?;
-    let client_tls =
-        isthmus_identity::tls::client_config(Some(certs), bundle, PeerPolicy::trust_domain(trust_domain), &[RAFT_ALPN])
-            .map_err(|e| AppError::Identity(e.to_string()))?;
+    let client_tls = isthmus_identity::tls::client_config(
+        Some(certs),
+        bundle,
+        PeerPolicy::trust_domain(trust_domain),
+        &[RAFT_ALPN],
+    )
+    .map_err(|e| AppError::Identity(e.to_string()))?;
     // Every member presents the control plane's identity; what ties a
     // certificate to one Raft node id is the intermediate that issued it,
     // so one cluster's CA cannot speak for another cluster's node.
-    let control = SpiffeId::new(trust_domain, super::CONTROL_NAMESPACE, super::CONTROL_SERVICE_ACCOUNT)
-        .map_err(|e| AppError::Identity(e.to_string()))?;
+    let control = SpiffeId::new(
+        trust_domain,
+        super::CONTROL_NAMESPACE,
+        super::CONTROL_SERVICE_ACCOUNT,
+    )
+    .map_err(|e| AppError::Identity(e.to_string()))?;
     let authorize = node_issuer_authorizer(&control.to_uri(), move |id| issuers.get(&id).cloned());
     let mut qcfg = QuicConfig::new(me, bind, server_tls, client_tls, authorize);
     qcfg.peers.extend(peers);
@@ -106,13 +118,17 @@ pub async fn start(
     let members = Members {
         me: &mesh.cluster_id,
         listen,
-        peers: fed.peers.iter().map(|p| (p.id.as_str(), p.address.as_str())).collect(),
+        peers: fed
+            .peers
+            .iter()
+            .map(|p| (p.id.as_str(), p.address.as_str()))
+            .collect(),
     };
     let (qcfg, voters) = quic_config(mesh.trust_domain(), &members, certs, bundle)?;
     let me = qcfg.id;
     let fed_metrics = Metrics::new(metrics)?;
-    let (transport, inbound) =
-        QuicTransport::start(qcfg, fed_metrics.clone()).map_err(|e| AppError::Federation(e.to_string()))?;
+    let (transport, inbound) = QuicTransport::start(qcfg, fed_metrics.clone())
+        .map_err(|e| AppError::Federation(e.to_string()))?;
     let mut cfg = NodeConfig::new(me, ControlOptions::federation_dir(&opts.data_dir), voters);
     cfg.tick_interval = opts.raft_tick;
     cfg.lease.renew_interval = opts.lease_renew;
@@ -167,7 +183,9 @@ pub async fn follow_trust_bundle(
                     bundle.send_replace(Arc::new(next));
                 }
             }
-            Err(e) => warn!(error = %e, "a root published in the registry is invalid; keeping the current trust bundle"),
+            Err(e) => {
+                warn!(error = %e, "a root published in the registry is invalid; keeping the current trust bundle")
+            }
         }
         if registry.changed().await.is_err() {
             return;

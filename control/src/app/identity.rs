@@ -27,10 +27,13 @@ pub struct ControlIdentity {
 }
 
 pub async fn load(ca_dir: &Path, trust_domain: &str) -> Result<ControlIdentity, AppError> {
-    let authority = load_authority(ca_dir, trust_domain, LeafPolicy::default()).map_err(|source| AppError::Ca {
-        dir: ca_dir.to_path_buf(),
-        source,
-    })?;
+    let authority =
+        load_authority(ca_dir, trust_domain, LeafPolicy::default()).map_err(|source| {
+            AppError::Ca {
+                dir: ca_dir.to_path_buf(),
+                source,
+            }
+        })?;
     let root_pem = authority.root_pem().to_string();
     let intermediate_pem = authority.intermediate_pem().to_string();
     let (authority_tx, authority_rx) = watch::channel(Arc::new(authority));
@@ -45,7 +48,8 @@ pub async fn load(ca_dir: &Path, trust_domain: &str) -> Result<ControlIdentity, 
         .wait_ready(Duration::from_secs(10))
         .await
         .map_err(|e| AppError::Identity(e.to_string()))?;
-    let bundle = TrustBundle::from_pem(&root_pem, "root-cert.pem").map_err(|e| AppError::Identity(e.to_string()))?;
+    let bundle = TrustBundle::from_pem(&root_pem, "root-cert.pem")
+        .map_err(|e| AppError::Identity(e.to_string()))?;
     let (bundle_tx, bundle_rx) = watch::channel(Arc::new(bundle));
     Ok(ControlIdentity {
         authority: authority_rx,

@@ -17,7 +17,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use isthmus_identity::{CaMetrics, CaService, CaServiceConfig, FileAuthenticator, PeerPolicy, TokenTable};
+use isthmus_identity::{
+    CaMetrics, CaService, CaServiceConfig, FileAuthenticator, PeerPolicy, TokenTable,
+};
 use isthmus_xds::{XdsConfig, XdsServer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -131,7 +133,9 @@ pub async fn run(
     })?;
     let mesh = mesh.spec.clone();
     if mesh.cluster_id.is_empty() {
-        return Err(AppError::Config("MeshConfig.spec.clusterId is empty".into()));
+        return Err(AppError::Config(
+            "MeshConfig.spec.clusterId is empty".into(),
+        ));
     }
     let trust_domain = mesh.trust_domain().to_string();
 
@@ -142,12 +146,15 @@ pub async fn run(
 
     // Checked before anything starts, so a bad file fails start-up cleanly.
     let tokens = match &opts.bootstrap_tokens {
-        Some(path) => TokenTable::load(path, &trust_domain).map_err(|e| AppError::Identity(e.to_string()))?,
+        Some(path) => {
+            TokenTable::load(path, &trust_domain).map_err(|e| AppError::Identity(e.to_string()))?
+        }
         None => TokenTable::default(),
     };
 
     // Federation node, then this cluster's publisher and lease.
-    let node = federation::start(&opts, &mesh, certs.subscribe(), bundle_rx.clone(), &metrics).await?;
+    let node =
+        federation::start(&opts, &mesh, certs.subscribe(), bundle_rx.clone(), &metrics).await?;
     let handle = node.handle();
     let local = LocalSettings::from_config(&first, vec![root_pem.clone()]);
     let info = federation::cluster_info(&mesh, &intermediate_pem, &root_pem);
@@ -158,14 +165,28 @@ pub async fn run(
         local.clone(),
         opts.lease_renew,
     ));
-    tokio::spawn(federation::follow_trust_bundle(handle.watch_snapshot(), root_pem.clone(), bundle_tx));
+    tokio::spawn(federation::follow_trust_bundle(
+        handle.watch_snapshot(),
+        root_pem.clone(),
+        bundle_tx,
+    ));
 
     // Translation and xDS.
-    let (inputs_tx, inputs_rx) = watch::channel(Arc::new(inputs::build(&first, &handle.snapshot_stale(), &root_pem)));
+    let (inputs_tx, inputs_rx) = watch::channel(Arc::new(inputs::build(
+        &first,
+        &handle.snapshot_stale(),
+        &root_pem,
+    )));
     let generator = Arc::new(TranslateGenerator::new(inputs_rx));
     let (xds, pusher) = XdsServer::new(generator, XdsConfig::default(), &metrics)
         .map_err(|e| AppError::Config(e.to_string()))?;
-    tokio::spawn(inputs::run(config_rx.clone(), handle.watch_snapshot(), root_pem.clone(), inputs_tx, pusher));
+    tokio::spawn(inputs::run(
+        config_rx.clone(),
+        handle.watch_snapshot(),
+        root_pem.clone(),
+        inputs_tx,
+        pusher,
+    ));
 
     // CA service next to xDS on the TLS port.
     let ca = CaService::new(

@@ -68,7 +68,8 @@ pub async fn run(cmd: FederationCommand) -> anyhow::Result<()> {
             data_dir,
             cluster_id,
         } => {
-            let image = recovery::load(&file).with_context(|| format!("reading {}", file.display()))?;
+            let image =
+                recovery::load(&file).with_context(|| format!("reading {}", file.display()))?;
             let dir = ControlOptions::federation_dir(&data_dir);
             recovery::restore(&image, &dir, fed::node_id(&cluster_id))?;
             println!(
@@ -86,7 +87,8 @@ pub async fn run(cmd: FederationCommand) -> anyhow::Result<()> {
             yes_i_lost_quorum,
         } => {
             let dir = ControlOptions::federation_dir(&data_dir);
-            let image = recovery::force_new_federation(&dir, fed::node_id(&cluster_id), yes_i_lost_quorum)?;
+            let image =
+                recovery::force_new_federation(&dir, fed::node_id(&cluster_id), yes_i_lost_quorum)?;
             println!(
                 "{} is now the only member of a new federation at revision {}; let the other clusters re-join it",
                 cluster_id, image.revision
@@ -110,13 +112,29 @@ async fn witness(args: WitnessArgs) -> anyhow::Result<()> {
     let members = fed::Members {
         me: &args.name,
         listen: &args.listen,
-        peers: peers.iter().map(|(n, a)| (n.as_str(), a.as_str())).collect(),
+        peers: peers
+            .iter()
+            .map(|(n, a)| (n.as_str(), a.as_str()))
+            .collect(),
     };
-    let (quic, voters) = fed::quic_config(&args.trust_domain, &members, id.certs.subscribe(), id.bundle.clone())?;
-    let node = NodeConfig::witness(quic.id, ControlOptions::federation_dir(&args.data_dir), voters);
+    let (quic, voters) = fed::quic_config(
+        &args.trust_domain,
+        &members,
+        id.certs.subscribe(),
+        id.bundle.clone(),
+    )?;
+    let node = NodeConfig::witness(
+        quic.id,
+        ControlOptions::federation_dir(&args.data_dir),
+        voters,
+    );
     let metrics = Metrics::new(&prometheus::Registry::new())?;
     isthmus_federation::witness::run_witness(
-        isthmus_federation::witness::WitnessConfig { node, quic, metrics },
+        isthmus_federation::witness::WitnessConfig {
+            node,
+            quic,
+            metrics,
+        },
         super::shutdown_signal(),
     )
     .await?;

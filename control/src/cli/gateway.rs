@@ -97,7 +97,11 @@ fn parse_duration(s: &str) -> Result<Duration, String> {
 }
 
 fn node(args: &GatewayArgs) -> anyhow::Result<NodeIdentity> {
-    let kind = if args.role == Role::Sidecar { "sidecar" } else { "router" };
+    let kind = if args.role == Role::Sidecar {
+        "sidecar"
+    } else {
+        "router"
+    };
     let pod = args
         .pod
         .clone()
@@ -143,7 +147,10 @@ fn node(args: &GatewayArgs) -> anyhow::Result<NodeIdentity> {
 }
 
 /// Starts the certificate manager and returns the data plane's view of it.
-async fn certificates(args: &GatewayArgs, ca: &str) -> anyhow::Result<(CertManager, watch::Receiver<Arc<WorkloadCertificate>>)> {
+async fn certificates(
+    args: &GatewayArgs,
+    ca: &str,
+) -> anyhow::Result<(CertManager, watch::Receiver<Arc<WorkloadCertificate>>)> {
     let root_path = args
         .root_cert
         .as_ref()
@@ -195,12 +202,16 @@ async fn certificates(args: &GatewayArgs, ca: &str) -> anyhow::Result<(CertManag
     let mut certs = manager.subscribe();
     tokio::spawn(async move {
         while certs.changed().await.is_ok() {
-            let Some(c) = certs.borrow_and_update().clone() else { continue };
+            let Some(c) = certs.borrow_and_update().clone() else {
+                continue;
+            };
             match to_gateway(&c) {
                 Ok(wc) => {
                     tx.send_replace(Arc::new(wc));
                 }
-                Err(e) => tracing::warn!(error = %e, "rotated certificate unusable; keeping the previous one"),
+                Err(e) => {
+                    tracing::warn!(error = %e, "rotated certificate unusable; keeping the previous one")
+                }
             }
         }
     });
@@ -226,7 +237,9 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             Some(manager)
         }
         None if args.role == Role::Sidecar => {
-            bail!("a sidecar needs --ca: it terminates and originates mTLS with its own certificate")
+            bail!(
+                "a sidecar needs --ca: it terminates and originates mTLS with its own certificate"
+            )
         }
         None => None,
     };

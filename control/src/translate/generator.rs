@@ -47,9 +47,10 @@ impl Generator for TranslateGenerator {
             // Envoy listeners, clusters and routes depend on the proxy's IP
             // (inbound listeners bind it); endpoints and secrets do not, so
             // sidecars that differ only in address share one generation.
-            (ProxyFlavor::Envoy, TypeUrl::Cluster | TypeUrl::Listener | TypeUrl::RouteConfiguration) => {
-                proxy.shape_key()
-            }
+            (
+                ProxyFlavor::Envoy,
+                TypeUrl::Cluster | TypeUrl::Listener | TypeUrl::RouteConfiguration,
+            ) => proxy.shape_key(),
             _ => proxy.shape_key_except_address(),
         }
     }
