@@ -212,7 +212,11 @@ impl Delta {
                     .cloned(),
             );
         }
-        if updates.is_empty() && removed.is_empty() {
+        // A new wildcard subscription is always answered, empty or not: a
+        // client with nothing of this type (an east-west gateway of a
+        // cluster that exports nothing) must learn that to become ready.
+        let answer_empty_wildcard = answer_missing && domain == Names::All;
+        if updates.is_empty() && removed.is_empty() && !answer_empty_wildcard {
             return Ok(());
         }
         // Status holds only a weak reference, so this updates in place.

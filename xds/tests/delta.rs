@@ -167,6 +167,25 @@ async fn unchanged_resume_sends_nothing() {
 }
 
 #[tokio::test]
+async fn an_empty_wildcard_subscription_is_answered() {
+    let generator = TestGenerator::new(Model::basic());
+    generator.update(|m| m.listeners.clear());
+    let server = start(generator.clone(), fast_config()).await;
+    let mut c = DeltaClient::connect(server.addr, sidecar("a"), delta_sub(LDS, &[], &[])).await;
+    let r = c.recv().await;
+    assert_eq!(r.type_url, LDS);
+    assert!(r.resources.is_empty() && r.removed_resources.is_empty());
+    c.ack(&r).await;
+    // Later additions still arrive as usual.
+    generator.update(|m| {
+        m.listeners.insert("l9".into(), 1);
+    });
+    server.push_full(2);
+    let r = c.recv().await;
+    assert_eq!(delta_names(&r), ["l9"]);
+}
+
+#[tokio::test]
 async fn subscribing_to_a_missing_resource_is_answered_as_removed() {
     let generator = TestGenerator::new(Model::basic());
     let server = start(generator.clone(), fast_config()).await;
