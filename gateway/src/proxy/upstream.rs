@@ -101,43 +101,7 @@ pub async fn connect_excluding(
     exclude: &[SocketAddr],
 ) -> Result<Upstream, UpstreamError> {
     let name = cluster.config.name.as_str();
-    let limits = cluster.config.circuit_breakers;
-    let counters = &cluster.counters;
-    // Reserve before connecting so concurrent connects cannot overshoot.
-    let slot = Slot(counters.clone());
-    if counters.active.fetch_add(1, Ordering::AcqRel) >= u64::from(limits.max_connections) {
-        drop(slot);
-        metrics
-            .upstream_cx_overflow
-            .with_label_values(&[name])
-            .inc();
-        return Err(UpstreamError::Overflow {
-            cluster: name.to_string(),
-            limit: limits.max_connections,
-        });
-    }
-    if counters.pending.fetch_add(1, Ordering::AcqRel) >= u64::from(limits.max_pending_requests) {
-        counters.pending.fetch_sub(1, Ordering::AcqRel);
-        metrics
-            .upstream_cx_pending_overflow
-            .with_label_values(&[name])
-            .inc();
-        return Err(UpstreamError::PendingOverflow {
-            cluster: name.to_string(),
-            limit: limits.max_pending_requests,
-        });
-    }
-    let _pending = PendingGuard(counters);
-    let tls_config = match &cluster.tls {
-        None => None,
-        Some(Ok(c)) => Some(c.clone()),
-        Some(Err(reason)) => {
-            return Err(UpstreamError::TlsNotReady {
-                cluster: name.to_string(),
-                reason: reason.clone(),
-            })
-        }
-    };
+    let (slot, _pending, tls_config) = admit(cluster, metrics)?;
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut last: Option<(SocketAddr, String)> = None;
     for _ in 0..attempts.max(1) {
@@ -196,16 +160,17 @@ pub async fn connect_excluding(
     }
 }
 
-/// Connects to one chosen host (HTTP: the host is chosen per request, before
-/// the pool is consulted), with the same circuit breaking as [`connect`].
-pub async fn connect_host(
-    cluster: &ClusterRuntime,
-    host: &Host,
-    metrics: &Arc<Metrics>,
-) -> Result<Upstream, UpstreamError> {
+/// Circuit breaking and TLS readiness, checked before any connect. Returns
+/// the reserved connection slot, the pending-connect guard and the TLS
+/// configuration to use.
+fn admit<'a>(
+    cluster: &'a ClusterRuntime,
+    metrics: &Metrics,
+) -> Result<(Slot, PendingGuard<'a>, Option<Arc<rustls::ClientConfig>>), UpstreamError> {
     let name = cluster.config.name.as_str();
     let limits = cluster.config.circuit_breakers;
     let counters = &cluster.counters;
+    // Reserve before connecting so concurrent connects cannot overshoot.
     let slot = Slot(counters.clone());
     if counters.active.fetch_add(1, Ordering::AcqRel) >= u64::from(limits.max_connections) {
         drop(slot);
@@ -229,7 +194,7 @@ pub async fn connect_host(
             limit: limits.max_pending_requests,
         });
     }
-    let _pending = PendingGuard(counters);
+    let pending = PendingGuard(counters);
     let tls_config = match &cluster.tls {
         None => None,
         Some(Ok(c)) => Some(c.clone()),
@@ -240,6 +205,18 @@ pub async fn connect_host(
             })
         }
     };
+    Ok((slot, pending, tls_config))
+}
+
+/// Connects to one chosen host (HTTP: the host is chosen per request, before
+/// the pool is consulted), with the same circuit breaking as [`connect`].
+pub async fn connect_host(
+    cluster: &ClusterRuntime,
+    host: &Host,
+    metrics: &Arc<Metrics>,
+) -> Result<Upstream, UpstreamError> {
+    let name = cluster.config.name.as_str();
+    let (slot, _pending, tls_config) = admit(cluster, metrics)?;
     match attempt(cluster, host, tls_config.as_ref()).await {
         Ok((io, peer_identity)) => {
             host.stats.active.fetch_add(1, Ordering::Relaxed);
