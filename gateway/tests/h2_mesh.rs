@@ -23,10 +23,6 @@ const CLUSTER: &str = "outbound|9080||reviews.default.svc.cluster.local";
 const SNI: &str = "outbound_.9080_._.reviews.default.svc.cluster.local";
 const INBOUND: &str = "inbound|9080||";
 
-fn any_port() -> std::net::SocketAddr {
-    "127.0.0.1:0".parse().expect("addr")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn grpc_streaming_over_h2_through_sidecar_eastwest_sidecar() {
     init();

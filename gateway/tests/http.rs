@@ -26,10 +26,6 @@ use support::resources::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn any_port() -> std::net::SocketAddr {
-    "127.0.0.1:0".parse().expect("addr")
-}
-
 fn u32v(value: u32) -> Option<UInt32Value> {
     Some(UInt32Value { value })
 }

@@ -12,10 +12,6 @@ use support::resources::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn any_port() -> std::net::SocketAddr {
-    "127.0.0.1:0".parse().expect("addr")
-}
-
 type TlsClient = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 async fn mtls_connect(addr: std::net::SocketAddr, root: &Ca, client: &Ca, id: &str) -> TlsClient {

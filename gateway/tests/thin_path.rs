@@ -19,10 +19,6 @@ const TD: &str = "spiffe://cluster.local/ns/default/sa";
 const CLUSTER: &str = "outbound|9080||reviews.default.svc.cluster.local";
 const SNI: &str = "outbound_.9080_._.reviews.default.svc.cluster.local";
 
-fn any_port() -> std::net::SocketAddr {
-    "127.0.0.1:0".parse().expect("addr")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cross_cluster_call_is_mtls_end_to_end_through_passthrough() {
     init();
@@ -35,31 +31,7 @@ async fn cross_cluster_call_is_mtls_end_to_end_through_passthrough() {
     // Cluster B: the app and its sidecar (inbound, STRICT).
     let app = Backend::start("reviews-v1").await;
     let ads_b = ScriptedAds::start().await;
-    ads_b.set(SDS, vec![named("ROOTCA", rootca(&root.pem))]);
-    ads_b.set(
-        CDS,
-        vec![named("inbound|9080||", eds_cluster("inbound|9080||"))],
-    );
-    ads_b.set(
-        EDS,
-        vec![named(
-            "inbound|9080||",
-            cla("inbound|9080||", &[(0, &[app.addr])]),
-        )],
-    );
-    ads_b.set(
-        LDS,
-        vec![named(
-            "virtualInbound",
-            inbound_listener(
-                "virtualInbound",
-                any_port(),
-                "inbound|9080||",
-                &[&productpage],
-                false,
-            ),
-        )],
-    );
+    script_inbound_sidecar(&ads_b, &root.pem, app.addr, &[&productpage]);
     let (_cert_b_tx, cert_b) = inter_b.workload(&root, &reviews);
     let sidecar_b = gateway(&ads_b, "sidecar", Some(cert_b)).await;
     assert!(

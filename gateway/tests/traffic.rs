@@ -14,10 +14,6 @@ use support::resources::*;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-fn any_port() -> std::net::SocketAddr {
-    "127.0.0.1:0".parse().expect("addr")
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn priority_failover_when_backend_dies() {
     let mut primary = Backend::start("p0").await;

@@ -22,10 +22,6 @@ const GW: &str = "spiffe://cluster.local/ns/istio-system/sa";
 const CLUSTER: &str = "outbound|9080||reviews.default.svc.cluster.local";
 const SNI: &str = "outbound_.9080_._.reviews.default.svc.cluster.local";
 
-fn any_port() -> SocketAddr {
-    "127.0.0.1:0".parse().expect("addr")
-}
-
 /// A loopback port free for both TCP and UDP (the tunnel shares the
 /// gateway's passthrough port number, like 15443/tcp and 15443/udp).
 fn tcp_and_udp_port() -> SocketAddr {
@@ -93,31 +89,7 @@ async fn quic_tunnel_carries_the_same_traffic_as_tcp_passthrough() {
     // Cluster B: app, sidecar, east-west gateway with the tunnel.
     let app = Backend::start("reviews-v1").await;
     let ads_b = ScriptedAds::start().await;
-    ads_b.set(SDS, vec![named("ROOTCA", rootca(&root.pem))]);
-    ads_b.set(
-        CDS,
-        vec![named("inbound|9080||", eds_cluster("inbound|9080||"))],
-    );
-    ads_b.set(
-        EDS,
-        vec![named(
-            "inbound|9080||",
-            cla("inbound|9080||", &[(0, &[app.addr])]),
-        )],
-    );
-    ads_b.set(
-        LDS,
-        vec![named(
-            "virtualInbound",
-            inbound_listener(
-                "virtualInbound",
-                any_port(),
-                "inbound|9080||",
-                &[&productpage],
-                false,
-            ),
-        )],
-    );
+    script_inbound_sidecar(&ads_b, &root.pem, app.addr, &[&productpage]);
     let (_cb, cert_b) = inter_b.workload(&root, &reviews);
     let sidecar_b = gateway(&ads_b, "sidecar", Some(cert_b)).await;
     assert!(sidecar_b.wait_ready(WAIT).await);

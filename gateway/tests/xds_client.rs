@@ -12,10 +12,6 @@ use support::ads::ScriptedAds;
 use support::resources::*;
 use support::*;
 
-fn any_port() -> std::net::SocketAddr {
-    "127.0.0.1:0".parse().expect("addr")
-}
-
 /// One plaintext outbound listener to one backend.
 fn simple(ads: &ScriptedAds, backend: std::net::SocketAddr) {
     ads.set(CDS, vec![named("svc", eds_cluster("svc"))]);

@@ -53,58 +53,54 @@ impl Cluster {
     }
 
     pub(crate) fn control_spec(spec: &ClusterSpec, block: Block, dir: &Path, l: &Launch) -> Spec {
-        Spec::new(
-            format!("{}-control", spec.name),
-            &l.binary,
-            &Self::log_dir(dir),
-        )
-        .arg("--log")
-        .arg(&l.log_filter)
-        .arg("control")
-        .arg("--config-dir")
-        .arg(dir.join("config"))
-        .arg("--ca-dir")
-        .arg(dir.join("ca"))
-        .arg("--data-dir")
-        .arg(dir.join("data"))
-        .arg("--grpc-addr")
-        .arg(block.grpc().to_string())
-        .arg("--plaintext-xds-addr")
-        .arg(block.plaintext_xds().to_string())
-        .arg("--admin-addr")
-        .arg(block.control_admin().to_string())
-        .arg("--bootstrap-tokens")
-        .arg(dir.join("tokens"))
-        .arg("--raft-tick")
-        .arg(durations(l.timing.raft_tick))
-        .arg("--lease-renew")
-        .arg(durations(l.timing.lease_renew))
-        .arg("--lease-ttl")
-        .arg(durations(l.timing.lease_ttl))
+        Self::isthmus(format!("{}-control", spec.name), dir, l)
+            .arg("control")
+            .arg("--config-dir")
+            .arg(dir.join("config"))
+            .arg("--ca-dir")
+            .arg(dir.join("ca"))
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .arg("--grpc-addr")
+            .arg(block.grpc().to_string())
+            .arg("--plaintext-xds-addr")
+            .arg(block.plaintext_xds().to_string())
+            .arg("--admin-addr")
+            .arg(block.control_admin().to_string())
+            .arg("--bootstrap-tokens")
+            .arg(dir.join("tokens"))
+            .arg("--raft-tick")
+            .arg(durations(l.timing.raft_tick))
+            .arg("--lease-renew")
+            .arg(durations(l.timing.lease_renew))
+            .arg("--lease-ttl")
+            .arg(durations(l.timing.lease_ttl))
+    }
+
+    /// `isthmus --log FILTER` with its log file in the cluster's log dir;
+    /// every process of a cluster starts from this.
+    fn isthmus(name: String, dir: &Path, l: &Launch) -> Spec {
+        Spec::new(name, &l.binary, &Self::log_dir(dir))
+            .arg("--log")
+            .arg(&l.log_filter)
     }
 
     pub(crate) fn eastwest_spec(spec: &ClusterSpec, block: Block, dir: &Path, l: &Launch) -> Spec {
-        Spec::new(
-            format!("{}-east-west", spec.name),
-            &l.binary,
-            &Self::log_dir(dir),
-        )
-        .arg("--log")
-        .arg(&l.log_filter)
-        .args(["gateway", "--role", "east-west", "--xds"])
-        .arg(format!("http://{}", block.plaintext_xds()))
-        .arg("--ip")
-        .arg(block.eastwest_ip().to_string())
-        .arg("--cluster-id")
-        .arg(&spec.name)
-        .arg("--network")
-        .arg(&spec.network)
-        .arg("--locality")
-        .arg(format!("{}/{}", spec.region, spec.zone))
-        .arg("--admin")
-        .arg(block.eastwest_admin().to_string())
-        .arg("--trust-domain")
-        .arg(&l.trust_domain)
+        Self::isthmus(format!("{}-east-west", spec.name), dir, l)
+            .args(["gateway", "--role", "east-west", "--xds"])
+            .arg(format!("http://{}", block.plaintext_xds()))
+            .arg("--ip")
+            .arg(block.eastwest_ip().to_string())
+            .arg("--cluster-id")
+            .arg(&spec.name)
+            .arg("--network")
+            .arg(&spec.network)
+            .arg("--locality")
+            .arg(format!("{}/{}", spec.region, spec.zone))
+            .arg("--admin")
+            .arg(block.eastwest_admin().to_string())
+            .arg("--trust-domain")
+            .arg(&l.trust_domain)
     }
 
     pub(crate) fn app_spec(
@@ -118,23 +114,17 @@ impl Cluster {
         let port = spec.service_spec(&w.service)?.port;
         let zone = w.zone.clone().unwrap_or_else(|| spec.zone.clone());
         Some(
-            Spec::new(
-                format!("{}-{}-app", spec.name, w.name),
-                &l.binary,
-                &Self::log_dir(dir),
-            )
-            .arg("--log")
-            .arg(&l.log_filter)
-            .args(["workload", "echo", "--listen"])
-            .arg(SocketAddr::new(block.app_ip(k), port).to_string())
-            .arg("--service")
-            .arg(&w.service)
-            .arg("--cluster")
-            .arg(&spec.name)
-            .arg("--zone")
-            .arg(zone)
-            .arg("--version")
-            .arg(&w.version),
+            Self::isthmus(format!("{}-{}-app", spec.name, w.name), dir, l)
+                .args(["workload", "echo", "--listen"])
+                .arg(SocketAddr::new(block.app_ip(k), port).to_string())
+                .arg("--service")
+                .arg(&w.service)
+                .arg("--cluster")
+                .arg(&spec.name)
+                .arg("--zone")
+                .arg(zone)
+                .arg("--version")
+                .arg(&w.version),
         )
     }
 
@@ -152,49 +142,43 @@ impl Cluster {
             .unwrap_or_else(|| "default".to_string());
         let zone = w.zone.clone().unwrap_or_else(|| spec.zone.clone());
         Some(
-            Spec::new(
-                format!("{}-{}-sidecar", spec.name, w.name),
-                &l.binary,
-                &Self::log_dir(dir),
-            )
-            .arg("--log")
-            .arg(&l.log_filter)
-            .args(["gateway", "--role", "sidecar", "--xds"])
-            .arg(format!("http://{}", block.plaintext_xds()))
-            .arg("--ca")
-            .arg(block.grpc().to_string())
-            .arg("--root-cert")
-            .arg(&l.root_cert)
-            .arg("--token-file")
-            .arg(dir.join(format!("token-{}", w.name)))
-            .arg("--trust-domain")
-            .arg(&l.trust_domain)
-            .arg("--ip")
-            .arg(block.workload_ip(k).to_string())
-            .arg("--pod")
-            .arg(&w.name)
-            .arg("--namespace")
-            .arg(ns)
-            .arg("--service-account")
-            .arg(&w.service_account)
-            .arg("--cluster-id")
-            .arg(&spec.name)
-            .arg("--network")
-            .arg(&spec.network)
-            .arg("--locality")
-            .arg(format!("{}/{}", spec.region, zone))
-            .arg("--label")
-            .arg(format!("app={}", w.service))
-            .arg("--label")
-            .arg(format!("version={}", w.version))
-            .arg("--admin")
-            .arg(block.workload_admin(k).to_string())
-            .arg("--app-address")
-            .arg(block.app_ip(k).to_string())
-            .arg("--outbound-bind")
-            .arg(block.outbound_ip(k).to_string())
-            .arg("--drain-time")
-            .arg("1s"),
+            Self::isthmus(format!("{}-{}-sidecar", spec.name, w.name), dir, l)
+                .args(["gateway", "--role", "sidecar", "--xds"])
+                .arg(format!("http://{}", block.plaintext_xds()))
+                .arg("--ca")
+                .arg(block.grpc().to_string())
+                .arg("--root-cert")
+                .arg(&l.root_cert)
+                .arg("--token-file")
+                .arg(dir.join(format!("token-{}", w.name)))
+                .arg("--trust-domain")
+                .arg(&l.trust_domain)
+                .arg("--ip")
+                .arg(block.workload_ip(k).to_string())
+                .arg("--pod")
+                .arg(&w.name)
+                .arg("--namespace")
+                .arg(ns)
+                .arg("--service-account")
+                .arg(&w.service_account)
+                .arg("--cluster-id")
+                .arg(&spec.name)
+                .arg("--network")
+                .arg(&spec.network)
+                .arg("--locality")
+                .arg(format!("{}/{}", spec.region, zone))
+                .arg("--label")
+                .arg(format!("app={}", w.service))
+                .arg("--label")
+                .arg(format!("version={}", w.version))
+                .arg("--admin")
+                .arg(block.workload_admin(k).to_string())
+                .arg("--app-address")
+                .arg(block.app_ip(k).to_string())
+                .arg("--outbound-bind")
+                .arg(block.outbound_ip(k).to_string())
+                .arg("--drain-time")
+                .arg("1s"),
         )
     }
 

@@ -117,28 +117,11 @@ pub async fn connect_excluding(
         match attempt(cluster, &host, tls_config.as_ref()).await {
             Ok((io, peer_identity)) => {
                 record(cluster, &host, Outcome::Success, metrics);
-                host.stats.active.fetch_add(1, Ordering::Relaxed);
-                metrics.upstream_cx_total.with_label_values(&[name]).inc();
-                metrics.upstream_cx_active.with_label_values(&[name]).inc();
-                return Ok(Upstream {
-                    io,
-                    addr: host.addr,
-                    peer_identity,
-                    guard: UpstreamGuard {
-                        _slot: slot,
-                        host: host.clone(),
-                        cluster: name.to_string(),
-                        metrics: metrics.clone(),
-                    },
-                });
+                return Ok(established(name, &host, io, peer_identity, slot, metrics));
             }
             Err(reason) => {
-                metrics
-                    .upstream_cx_connect_fail
-                    .with_label_values(&[name])
-                    .inc();
                 tracing::debug!(cluster = name, host = %host.addr, %reason, "upstream connect attempt failed");
-                record(cluster, &host, Outcome::LocalOriginFailure, metrics);
+                connect_failed(cluster, &host, metrics);
                 last = Some((host.addr, reason));
             }
         }
@@ -158,6 +141,41 @@ pub async fn connect_excluding(
             Err(UpstreamError::NoHost(name.to_string()))
         }
     }
+}
+
+/// A connection is up: count it and tie the host's and cluster's counters
+/// to its lifetime.
+fn established(
+    name: &str,
+    host: &Host,
+    io: BoxIo,
+    peer_identity: Option<String>,
+    slot: Slot,
+    metrics: &Arc<Metrics>,
+) -> Upstream {
+    host.stats.active.fetch_add(1, Ordering::Relaxed);
+    metrics.upstream_cx_total.with_label_values(&[name]).inc();
+    metrics.upstream_cx_active.with_label_values(&[name]).inc();
+    Upstream {
+        io,
+        addr: host.addr,
+        peer_identity,
+        guard: UpstreamGuard {
+            _slot: slot,
+            host: host.clone(),
+            cluster: name.to_string(),
+            metrics: metrics.clone(),
+        },
+    }
+}
+
+/// A connect attempt failed: count it and feed outlier detection.
+fn connect_failed(cluster: &ClusterRuntime, host: &Host, metrics: &Metrics) {
+    metrics
+        .upstream_cx_connect_fail
+        .with_label_values(&[cluster.config.name.as_str()])
+        .inc();
+    record(cluster, host, Outcome::LocalOriginFailure, metrics);
 }
 
 /// Circuit breaking and TLS readiness, checked before any connect. Returns
@@ -218,28 +236,9 @@ pub async fn connect_host(
     let name = cluster.config.name.as_str();
     let (slot, _pending, tls_config) = admit(cluster, metrics)?;
     match attempt(cluster, host, tls_config.as_ref()).await {
-        Ok((io, peer_identity)) => {
-            host.stats.active.fetch_add(1, Ordering::Relaxed);
-            metrics.upstream_cx_total.with_label_values(&[name]).inc();
-            metrics.upstream_cx_active.with_label_values(&[name]).inc();
-            Ok(Upstream {
-                io,
-                addr: host.addr,
-                peer_identity,
-                guard: UpstreamGuard {
-                    _slot: slot,
-                    host: host.clone(),
-                    cluster: name.to_string(),
-                    metrics: metrics.clone(),
-                },
-            })
-        }
+        Ok((io, peer_identity)) => Ok(established(name, host, io, peer_identity, slot, metrics)),
         Err(reason) => {
-            metrics
-                .upstream_cx_connect_fail
-                .with_label_values(&[name])
-                .inc();
-            record(cluster, host, Outcome::LocalOriginFailure, metrics);
+            connect_failed(cluster, host, metrics);
             Err(UpstreamError::ConnectFailed {
                 cluster: name.to_string(),
                 attempts: 1,

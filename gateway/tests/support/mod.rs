@@ -18,6 +18,33 @@ use tokio::task::JoinSet;
 
 pub const WAIT: Duration = Duration::from_secs(10);
 
+/// Port 0 on loopback: every listener of a test gets its own port.
+pub fn any_port() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 0))
+}
+
+/// Scripts a workload sidecar's inbound side on `ads`: STRICT mTLS on a
+/// `virtualInbound` listener accepting `clients`, forwarding to `app`.
+pub fn script_inbound_sidecar(
+    ads: &ads::ScriptedAds,
+    root_pem: &str,
+    app: SocketAddr,
+    clients: &[&str],
+) {
+    use resources::*;
+    const INBOUND: &str = "inbound|9080||";
+    ads.set(SDS, vec![named("ROOTCA", rootca(root_pem))]);
+    ads.set(CDS, vec![named(INBOUND, eds_cluster(INBOUND))]);
+    ads.set(EDS, vec![named(INBOUND, cla(INBOUND, &[(0, &[app])]))]);
+    ads.set(
+        LDS,
+        vec![named(
+            "virtualInbound",
+            inbound_listener("virtualInbound", any_port(), INBOUND, clients, false),
+        )],
+    );
+}
+
 pub fn init() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
