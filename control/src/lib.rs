@@ -4,6 +4,8 @@
 pub mod analyze;
 pub mod app;
 pub mod config;
+pub mod inject;
+pub mod install;
 pub mod source;
 pub mod store;
 pub mod translate;

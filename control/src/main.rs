@@ -51,8 +51,12 @@ enum Command {
     Status(cli::status::StatusArgs),
     /// What a connected proxy was last sent: clusters, endpoints, listeners, routes, secrets.
     ProxyConfig(cli::status::ProxyConfigArgs),
+    /// Serve the federation dashboard locally from one or more control planes' admin ports.
+    Dashboard(cli::dashboard::DashboardArgs),
     /// Three clusters on loopback with live traffic and a failover you can watch.
     Demo(cli::demo::DemoArgs),
+    /// Manifests for one cluster: CRDs, RBAC, control plane, gateways, sidecar injector.
+    Install(cli::install::InstallArgs),
     /// Sample workloads for the demo and the scenario tests.
     #[command(hide = true)]
     Workload {
@@ -122,11 +126,19 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             runtime()?.block_on(cli::status::status(args))?;
             Ok(ExitCode::SUCCESS)
         }
+        Command::Dashboard(args) => {
+            runtime()?.block_on(cli::dashboard::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::ProxyConfig(args) => {
             runtime()?.block_on(cli::status::proxy_config(args))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Demo(args) => runtime()?.block_on(cli::demo::run(args)),
+        Command::Install(args) => {
+            runtime()?.block_on(cli::install::run(args))?;
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Workload { command } => {
             runtime()?.block_on(cli::workload::run(command))?;
             Ok(ExitCode::SUCCESS)

@@ -97,6 +97,19 @@ const CASES: &[(&str, Code, &str, usize)] = &[
         0,
     ),
     ("invalid-jwks", Code::InvalidJwks, "jwks:", 0),
+    (
+        "jwt-without-audiences",
+        Code::JwtRuleWithoutAudiences,
+        "- issuer",
+        0,
+    ),
+    ("jwks-missing", Code::JwksMissing, "- issuer", 0),
+    (
+        "jwt-issuer-malformed",
+        Code::JwtIssuerMalformed,
+        "issuer:",
+        0,
+    ),
     ("yaml-syntax", Code::YamlSyntax, "---", 0),
     (
         "unsupported-version",

@@ -27,6 +27,8 @@ fn reports_exactly_the_mistakes() {
     let want: Vec<(String, usize, usize, Code)> = [
         // The mis-indented header name, at the key itself.
         ("01-vs-ratings-by-user.yaml", 13, 7, Code::UnknownField),
+        // The seed's JWT rule names no audiences (a warning, as in the issue).
+        ("04-ra-jwt.yaml", 11, 5, Code::JwtRuleWithoutAudiences),
         ("06-servicemonitor.yaml", 1, 1, Code::SkippedForeignGroup),
         // No service defines `frontend` (reported once per VirtualService).
         (

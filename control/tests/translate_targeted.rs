@@ -267,11 +267,25 @@ fn peer_authentication_shapes_inbound_chains() {
         vec!["tls", "raw_buffer"],
         "PERMISSIVE accepts both"
     );
+    // DISABLE accepts plaintext, and still terminates mesh mTLS: traffic
+    // from other clusters always arrives as mTLS (docs/security.md).
     let disabled = listener(&case("sidecar-scope"), "inbound_10.0.0.5_9080");
-    assert_eq!(disabled.filter_chains.len(), 1);
-    assert!(
-        disabled.filter_chains[0].transport_socket.is_none(),
-        "port-level DISABLE is plaintext"
+    let shape: Vec<(String, bool)> = disabled
+        .filter_chains
+        .iter()
+        .map(|c| {
+            let proto = c
+                .filter_chain_match
+                .as_ref()
+                .map(|m| m.transport_protocol.clone())
+                .unwrap_or_default();
+            (proto, c.transport_socket.is_some())
+        })
+        .collect();
+    assert_eq!(
+        shape,
+        vec![("tls".to_string(), true), ("raw_buffer".to_string(), false)],
+        "port-level DISABLE: plaintext chain plus the mesh mTLS chain"
     );
 }
 

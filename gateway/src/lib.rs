@@ -8,8 +8,10 @@
 //! verification and ClientHello inspection; `lb` and `outlier` choose
 //! hosts; `admin` and `metrics` are for operators.
 
+pub mod accesslog;
 pub mod admin;
 pub mod apply;
+pub mod authn;
 pub mod config;
 pub mod http;
 pub mod lb;
@@ -17,8 +19,10 @@ pub mod listener;
 pub mod metrics;
 pub mod outlier;
 pub mod proxy;
+pub mod rbac;
 pub mod state;
 pub mod tls;
+pub mod trace;
 pub mod tunnel;
 pub mod xds;
 
@@ -67,6 +71,9 @@ pub struct GatewayConfig {
     pub xds_mode: xds::XdsMode,
     /// East-west gateways: serve and use the QUIC tunnel (needs `cert`).
     pub tunnel: Option<tunnel::TunnelConfig>,
+    /// Span batching towards OTLP collectors (which collectors, and the
+    /// sampling, come from xDS: the connection manager's `tracing`).
+    pub trace_export: trace::ExportOptions,
 }
 
 impl GatewayConfig {
@@ -84,6 +91,7 @@ impl GatewayConfig {
             connect_attempts: 3,
             xds_mode: xds::XdsMode::Auto,
             tunnel: None,
+            trace_export: trace::ExportOptions::default(),
         }
     }
 }
@@ -123,7 +131,13 @@ impl Gateway {
     pub async fn start(config: GatewayConfig) -> Result<Self, GatewayError> {
         tonic::transport::Endpoint::from_shared(config.xds_address.clone())
             .map_err(|e| GatewayError::XdsAddress(config.xds_address.clone(), e.to_string()))?;
-        let metrics = Arc::new(metrics::Metrics::new()?);
+        let metrics = Arc::new(metrics::Metrics::for_node(
+            &config.node,
+            config.cert.clone(),
+        )?);
+        if let Some(cert) = &config.cert {
+            metrics.health.watch_certificate(cert.clone());
+        }
         let (clusters_tx, clusters_rx) = watch::channel(Arc::new(state::ClusterTable::default()));
         let (dump_tx, dump_rx) = watch::channel(Arc::new(state::ResourceSet::default()));
         let (ready_tx, ready_rx) = watch::channel(false);
@@ -141,6 +155,10 @@ impl Gateway {
             routes: routes_rx,
             metrics: metrics.clone(),
             connect_attempts: config.connect_attempts.max(1),
+            telemetry: Arc::new(trace::Telemetry::new(
+                trace::LocalPeer::from_node(&config.node),
+                config.trace_export.clone(),
+            )),
         };
         let listeners =
             listener::ListenerManager::spawn(ctx.clone(), config.drain_time, tracker.clone());

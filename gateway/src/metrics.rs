@@ -1,21 +1,31 @@
 //! Prometheus metrics of the data plane. Names follow Envoy's stats where
 //! one exists (`downstream_cx_total`, `upstream_cx_overflow`, ...), with an
-//! `isthmus_gateway_` prefix.
+//! `isthmus_gateway_` prefix; Istio's standard metrics (`istio_*`) are in
+//! [`istio`], labelled with this proxy's own workload ([`LocalProxy`], from
+//! its node metadata) and the peer's ([`workload`], [`peer`]).
 
-use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
-};
+mod health;
+pub mod istio;
+pub mod peer;
+mod record;
+pub mod workload;
 
-/// Labels of Istio's HTTP metrics. Values are bounded: principals and
-/// clusters come from configuration and certificates, not from requests.
-pub const ISTIO_HTTP_LABELS: [&str; 6] = [
-    "reporter",
-    "source_principal",
-    "destination_service",
-    "destination_cluster",
-    "response_code",
-    "response_flags",
-];
+use prometheus::{Encoder, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder};
+
+pub use health::Health;
+pub use istio::{CallLabels, IstioMetrics, ServiceName};
+pub use record::{HttpCall, LocalProxy};
+pub use workload::Workload;
+
+/// Istio's reporter of a listener: a sidecar's inbound listeners report as
+/// `destination`, everything else (outbound, gateways) as `source`.
+pub fn reporter_of(listener: &str) -> &'static str {
+    if listener.starts_with("inbound") || listener.starts_with("virtualInbound") {
+        "destination"
+    } else {
+        "source"
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum MetricsError {
@@ -33,6 +43,10 @@ pub enum MetricsError {
 #[derive(Debug)]
 pub struct Metrics {
     registry: Registry,
+    /// This proxy's side of every call (Istio labels).
+    local: LocalProxy,
+    /// Peer workloads seen, bounded (Istio labels).
+    peers: workload::PeerInterner,
     pub downstream_cx_total: IntCounterVec,
     pub downstream_cx_active: IntGaugeVec,
     pub downstream_cx_no_chain: IntCounterVec,
@@ -47,12 +61,14 @@ pub struct Metrics {
     pub bytes_total: IntCounterVec,
     pub tcp_connections_opened: IntCounterVec,
     pub xds_updates_total: IntCounterVec,
-    /// `istio_requests_total`.
-    pub istio_requests_total: IntCounterVec,
-    /// `istio_request_duration_milliseconds`.
-    pub istio_request_duration: HistogramVec,
+    /// Istio's standard metrics.
+    pub istio: IstioMetrics,
+    /// xDS connection state, config freshness, certificate expiry.
+    pub health: Health,
     pub upstream_rq_retry: IntCounterVec,
     pub upstream_rq_overflow: IntCounterVec,
+    /// RBAC decisions (crate::rbac): allowed, denied, logged.
+    pub rbac_decisions: IntCounterVec,
 }
 
 fn counter(
@@ -106,36 +122,13 @@ impl Metrics {
                 &["listener", "source_principal", "destination_principal"],
             )?,
             xds_updates_total: counter(&r, "xds_updates_total", "xDS responses by type and result (ack/nack)", &["type", "result"])?,
-            istio_requests_total: {
-                let c = IntCounterVec::new(
-                    Opts::new("istio_requests_total", "HTTP requests (Istio standard metric)"),
-                    &ISTIO_HTTP_LABELS,
-                )
-                .map_err(|source| MetricsError::Register { name: "istio_requests_total", source })?;
-                r.register(Box::new(c.clone()))
-                    .map_err(|source| MetricsError::Register { name: "istio_requests_total", source })?;
-                c
-            },
-            istio_request_duration: {
-                let h = HistogramVec::new(
-                    HistogramOpts::new(
-                        "istio_request_duration_milliseconds",
-                        "HTTP request duration in milliseconds (Istio standard metric)",
-                    )
-                    .buckets(vec![
-                        0.5, 1.0, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 500.0, 1000.0, 2500.0,
-                        5000.0, 10000.0, 30000.0, 60000.0, 300000.0, 600000.0, 1800000.0,
-                        3600000.0,
-                    ]),
-                    &ISTIO_HTTP_LABELS,
-                )
-                .map_err(|source| MetricsError::Register { name: "istio_request_duration_milliseconds", source })?;
-                r.register(Box::new(h.clone()))
-                    .map_err(|source| MetricsError::Register { name: "istio_request_duration_milliseconds", source })?;
-                h
-            },
+            istio: IstioMetrics::new(&r)?,
+            health: Health::new(&r)?,
             upstream_rq_retry: counter(&r, "upstream_rq_retry_total", "HTTP request retries", &["cluster"])?,
             upstream_rq_overflow: counter(&r, "upstream_rq_pending_overflow_http_total", "HTTP requests refused by max_requests / max_pending_requests (response flag UO)", &["cluster"])?,
+            rbac_decisions: counter(&r, "rbac_decisions_total", "RBAC filter decisions by listener, protocol (http/tcp), result (allowed/denied/logged) and the denying filter's stat prefix", &["listener", "protocol", "result", "stat_prefix"])?,
+            local: LocalProxy::default(),
+            peers: workload::PeerInterner::default(),
             registry: r,
         })
     }

@@ -131,11 +131,11 @@ async fn canary_split_and_header_match() {
         ups < 100.0,
         "HTTP/1.1 keep-alive pooling: {ups} connections for {n1} requests"
     );
-    let total = metric(&m, "istio_requests_total{destination_cluster=\"v1\"").or_else(|| {
+    let total = metric(&m, "istio_requests_total{destination_service=\"v1\"").or_else(|| {
         m.lines()
             .find(|l| {
                 l.starts_with("istio_requests_total")
-                    && l.contains("destination_cluster=\"v1\"")
+                    && l.contains("destination_service=\"v1\"")
                     && l.contains("response_code=\"200\"")
             })
             .and_then(|l| l.rsplit(' ').next())

@@ -22,6 +22,12 @@ pub enum AuthError {
     BadHeader,
     #[error("unknown bootstrap token")]
     UnknownToken,
+    /// The Kubernetes API server reviewed the token and did not vouch for it.
+    #[error("the service-account token was rejected: {0}")]
+    TokenRejected(String),
+    /// The token could not be reviewed (API server unreachable, RBAC).
+    #[error("cannot review the service-account token: {0} (check the control plane's access to the Kubernetes API: create tokenreviews.authentication.k8s.io)")]
+    TokenReviewUnavailable(String),
     #[error("the client certificate is expired or not yet valid (valid {not_before} .. {not_after}); renew with a bootstrap token")]
     CertificateNotCurrent {
         not_before: OffsetDateTime,

@@ -102,7 +102,9 @@ impl CaMetrics {
         Ok(Self { requests })
     }
 
-    fn count(&self, outcome: &str) {
+    /// Counts one request with `outcome` (public for the control plane's
+    /// metric tests).
+    pub fn count(&self, outcome: &str) {
         self.requests.with_label_values(&[outcome]).inc();
     }
 }
@@ -148,6 +150,7 @@ impl CaService {
 fn status_for_auth(e: &AuthError) -> Status {
     match e {
         AuthError::ForeignTrustDomain { .. } => Status::permission_denied(e.to_string()),
+        AuthError::TokenReviewUnavailable(_) => Status::unavailable(e.to_string()),
         _ => Status::unauthenticated(e.to_string()),
     }
 }

@@ -39,7 +39,7 @@ metadata:
   name: mesh
   namespace: istio-system
 spec:
-  clusterId: {id}
+{extra}  clusterId: {id}
   network: {net}
   trustDomain: {td}
   locality:
@@ -53,6 +53,7 @@ spec:
     listen: {listen}
     peers:
 ",
+        extra = c.mesh_extra,
         id = c.name,
         net = c.network,
         td = m.trust_domain,

@@ -159,6 +159,9 @@ pub struct ClusterSpec {
     /// Put a WAN fault proxy in front of this cluster's east-west gateway:
     /// the federation advertises the proxy's address instead.
     pub wan_proxy: bool,
+    /// Extra MeshConfig `spec` keys, as YAML lines indented by two spaces
+    /// (e.g. tracing and access-log settings).
+    pub mesh_extra: String,
 }
 
 impl ClusterSpec {
@@ -173,6 +176,7 @@ impl ClusterSpec {
             extra_config: Vec::new(),
             config: ConfigSource::Generate,
             wan_proxy: false,
+            mesh_extra: String::new(),
         }
     }
 

@@ -1,7 +1,12 @@
-//! Prometheus metrics of the xDS server.
+//! Prometheus metrics of the xDS server: our own (`isthmus_xds_*`) and the
+//! same facts under istiod's names (`pilot_xds`, `pilot_xds_pushes`,
+//! `pilot_xds_push_time`, `pilot_proxy_convergence_time`,
+//! `pilot_total_xds_rejects`, `pilot_push_triggers`) so Istio's control
+//! plane dashboard and alerts work unchanged.
 
 use prometheus::{
-    exponential_buckets, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry,
 };
 
 use crate::types::TypeUrl;
@@ -15,6 +20,82 @@ pub(crate) struct Metrics {
     rejected: IntCounterVec,
     published: IntCounterVec,
     generations: IntCounterVec,
+    istio: IstiodNames,
+}
+
+/// istiod's metric names for the same events.
+#[derive(Clone)]
+struct IstiodNames {
+    xds: IntGauge,
+    pushes: IntCounterVec,
+    push_time: HistogramVec,
+    convergence: Histogram,
+    rejects: IntCounterVec,
+    triggers: IntCounterVec,
+}
+
+impl IstiodNames {
+    fn new(registry: &Registry) -> Result<IstiodNames, prometheus::Error> {
+        // istiod's buckets for push and convergence times, in seconds.
+        let buckets = vec![0.01, 0.1, 0.5, 1.0, 3.0, 5.0, 10.0, 20.0, 30.0];
+        let xds = IntGaugeVec::new(
+            Opts::new(
+                "pilot_xds",
+                "Number of endpoints connected to this pilot using XDS.",
+            ),
+            &["version"],
+        )?;
+        registry.register(Box::new(xds.clone()))?;
+        let pushes = IntCounterVec::new(
+            Opts::new(
+                "pilot_xds_pushes",
+                "Pilot build and send errors for lds, rds, cds and eds.",
+            ),
+            &["type"],
+        )?;
+        let push_time = HistogramVec::new(
+            HistogramOpts::new(
+                "pilot_xds_push_time",
+                "Total time in seconds Pilot takes to push lds, rds, cds and eds.",
+            )
+            .buckets(buckets.clone()),
+            &["type"],
+        )?;
+        let convergence = Histogram::with_opts(
+            HistogramOpts::new(
+                "pilot_proxy_convergence_time",
+                "Delay in seconds between config change and a proxy receiving all required configuration.",
+            )
+            .buckets(buckets),
+        )?;
+        let rejects = IntCounterVec::new(
+            Opts::new(
+                "pilot_total_xds_rejects",
+                "Total number of XDS responses from pilot rejected by proxy.",
+            ),
+            &["type"],
+        )?;
+        let triggers = IntCounterVec::new(
+            Opts::new(
+                "pilot_push_triggers",
+                "Total number of times a push was triggered, labeled by reason for the push.",
+            ),
+            &["type"],
+        )?;
+        registry.register(Box::new(pushes.clone()))?;
+        registry.register(Box::new(push_time.clone()))?;
+        registry.register(Box::new(convergence.clone()))?;
+        registry.register(Box::new(rejects.clone()))?;
+        registry.register(Box::new(triggers.clone()))?;
+        Ok(IstiodNames {
+            xds: xds.with_label_values(&[env!("CARGO_PKG_VERSION")]),
+            pushes,
+            push_time,
+            convergence,
+            rejects,
+            triggers,
+        })
+    }
 }
 
 impl Metrics {
@@ -78,21 +159,37 @@ impl Metrics {
             rejected,
             published,
             generations,
+            istio: IstiodNames::new(registry)?,
         })
     }
 
     pub(crate) fn pushed(&self, t: TypeUrl, latency: Option<std::time::Duration>) {
         self.pushes.with_label_values(&[t.short()]).inc();
+        self.istio.pushes.with_label_values(&[t.short()]).inc();
         if let Some(l) = latency {
+            let secs = l.as_secs_f64();
             self.push_latency
                 .with_label_values(&[t.short()])
-                .observe(l.as_secs_f64());
+                .observe(secs);
+            self.istio
+                .push_time
+                .with_label_values(&[t.short()])
+                .observe(secs);
+            self.istio.convergence.observe(secs);
         }
     }
 
     /// A push was published; `scope` is `full`, `types` or `endpoints`.
     pub(crate) fn published(&self, scope: &str) {
         self.published.with_label_values(&[scope]).inc();
+        // istiod's reasons: a full push is a config change, an EDS-only one
+        // an endpoint change, a types-only one (SDS) a secret change.
+        let reason = match scope {
+            "endpoints" => "endpoint",
+            "types" => "secret",
+            _ => "config",
+        };
+        self.istio.triggers.with_label_values(&[reason]).inc();
     }
 
     pub(crate) fn generated(&self, t: TypeUrl) {
@@ -101,6 +198,7 @@ impl Metrics {
 
     pub(crate) fn nacked(&self, t: TypeUrl) {
         self.nacks.with_label_values(&[t.short()]).inc();
+        self.istio.rejects.with_label_values(&[t.short()]).inc();
     }
 
     pub(crate) fn rejected(&self, reason: &str) {
@@ -110,14 +208,16 @@ impl Metrics {
     /// Counts an open stream until the guard is dropped.
     pub(crate) fn connection(&self) -> ConnectedGuard {
         self.connected.inc();
-        ConnectedGuard(self.connected.clone())
+        self.istio.xds.inc();
+        ConnectedGuard(self.connected.clone(), self.istio.xds.clone())
     }
 }
 
-pub(crate) struct ConnectedGuard(IntGauge);
+pub(crate) struct ConnectedGuard(IntGauge, IntGauge);
 
 impl Drop for ConnectedGuard {
     fn drop(&mut self) {
         self.0.dec();
+        self.1.dec();
     }
 }

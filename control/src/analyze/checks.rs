@@ -2,6 +2,8 @@
 //! conflicts. Each check reads the parsed documents and reports at the
 //! field it is about.
 
+mod authz;
+
 use std::collections::{BTreeMap, BTreeSet};
 
 use super::{Code, Diagnostic};
@@ -53,6 +55,7 @@ pub fn run(docs: &[ParsedDocument]) -> Vec<Diagnostic> {
     virtual_service_host_conflicts(&entries, &mut out);
     gateway_references(docs, &entries, &mut out);
     gateway_selectors(&entries, &mut out);
+    authz::run(&entries, &root_namespace, &mut out);
     out
 }
 

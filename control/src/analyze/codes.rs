@@ -85,6 +85,14 @@ codes! {
     JwtRuleWithoutIssuer = "ISM0403", Error, "a RequestAuthentication JWT rule without an issuer";
     InvalidJwks = "ISM0404", Error, "an inline jwks that is not a valid JWK Set";
     JwksConflict = "ISM0405", Error, "a JWT rule that sets both jwks and jwksUri";
+    JwtRuleWithoutAudiences = "ISM0406", Warning, "a JWT rule without audiences accepts tokens minted for any service of the issuer";
+    JwksMissing = "ISM0407", Warning, "a JWT rule with neither jwks nor jwksUri (no OpenID discovery: every token is rejected)";
+    JwtIssuerMalformed = "ISM0408", Error, "a JWT issuer with whitespace or control characters, which no token's iss can equal";
+    AuthzCustomUnsupported = "ISM0420", Warning, "an AuthorizationPolicy with action CUSTOM, which Isthmus does not enforce";
+    AuthzSelectsNothing = "ISM0421", Warning, "an AuthorizationPolicy whose namespace and selector match no workload";
+    AuthzUnknownTrustDomain = "ISM0422", Warning, "a principal in a trust domain that is not the mesh's";
+    AuthzAllowShadowedByDeny = "ISM0423", Warning, "an ALLOW rule that a DENY policy on the same workloads always overrides";
+    AuthzUnsupportedCondition = "ISM0424", Warning, "an AuthorizationPolicy condition key Isthmus does not translate";
 }
 
 impl fmt::Display for Code {

@@ -3,7 +3,9 @@
 //! and ACK status per proxy, `/debug/registry`, `/debug/federation`,
 //! `/debug/config`), plus what `isthmus status` and `isthmus proxy-config`
 //! read: `/debug/status` and `/debug/config_dump?proxy=ID&type=clusters`.
+//! The federation dashboard lives under `/dashboard/` ([`dashboard`]).
 
+pub mod dashboard;
 pub mod debug_json;
 pub mod views;
 
@@ -39,6 +41,7 @@ pub struct AdminState {
 /// Serves on an already bound listener (bound by the caller, so a port
 /// conflict fails start-up instead of a background task).
 pub async fn serve(listener: TcpListener, state: AdminState) {
+    let dashboard = dashboard::Dashboard::start(state.xds.clone(), Default::default());
     let state = Arc::new(state);
     loop {
         let (stream, _) = match listener.accept().await {
@@ -48,11 +51,20 @@ pub async fn serve(listener: TcpListener, state: AdminState) {
                 continue;
             }
         };
-        let state = state.clone();
+        let (state, dashboard) = (state.clone(), dashboard.clone());
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(route(&state, req).await) }
+            let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let (state, dashboard) = (state.clone(), dashboard.clone());
+                async move {
+                    let page = match *req.method() {
+                        Method::GET => dashboard::route(&state, &dashboard, req.uri().path()).await,
+                        _ => None,
+                    };
+                    Ok::<_, Infallible>(match page {
+                        Some(resp) => resp,
+                        None => route(&state, req).await,
+                    })
+                }
             });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
@@ -121,6 +133,14 @@ async fn route(state: &AdminState, req: Request<Incoming>) -> Response<Full<Byte
             ),
         },
         "/debug/registry" => json_reply(registry_view(&state.federation)),
+        "/debug/dns" => json_reply(
+            serde_json::to_value(super::dns::status::view(
+                &state.config.borrow().clone(),
+                &state.federation.snapshot_stale(),
+                &state.metrics,
+            ))
+            .unwrap_or_default(),
+        ),
         "/debug/status" => {
             json_reply(serde_json::to_value(status_view(state).await).unwrap_or_default())
         }

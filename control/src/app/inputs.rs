@@ -18,6 +18,7 @@ use tracing::debug;
 use crate::config::host::{host_matches, resolve_fqdn};
 use crate::config::{Kind, Resolution};
 use crate::store::ConfigSnapshot;
+use crate::translate::authn::ResolvedJwks;
 use crate::translate::naming::{outbound_cluster, outbound_sni};
 use crate::translate::services::{Instance, RemoteInstances};
 use crate::translate::{secret, Inputs, LocalSettings, Service};
@@ -37,6 +38,7 @@ pub fn build(
 pub async fn run(
     mut config: watch::Receiver<Arc<ConfigSnapshot>>,
     mut registry: watch::Receiver<Arc<RegistrySnapshot>>,
+    mut jwks: watch::Receiver<Arc<ResolvedJwks>>,
     root_pem: String,
     inputs: watch::Sender<Arc<Inputs>>,
     pusher: Pusher,
@@ -48,12 +50,17 @@ pub async fn run(
         tokio::select! {
             r = config.changed() => if r.is_err() { return; },
             r = registry.changed() => if r.is_err() { return; },
+            r = jwks.changed() => if r.is_err() { return; },
         }
         let c = config.borrow_and_update().clone();
         let r = registry.borrow_and_update().clone();
+        let j = jwks.borrow_and_update().clone();
         // Lease renewals change the registry every second without touching
         // anything translation reads: skip the index rebuild for those.
-        if c.version() == current.config.version() && same_registry_content(&r, &current.registry) {
+        if c.version() == current.config.version()
+            && same_registry_content(&r, &current.registry)
+            && j == current.jwks
+        {
             continue;
         }
         // The index build reads every service: CPU work, off the runtime.
@@ -61,7 +68,7 @@ pub async fn run(
             let root_pem = root_pem.clone();
             let previous = current.clone();
             match tokio::task::spawn_blocking(move || {
-                let next = build(&c, &r, &root_pem);
+                let next = build(&c, &r, &root_pem).with_jwks(j);
                 let scopes = changes(&previous, &next);
                 (next, scopes)
             })
@@ -115,7 +122,10 @@ fn same_registry_content(a: &RegistrySnapshot, b: &RegistrySnapshot) -> bool {
 /// behind a service, local addresses that decide a sidecar's inbound ports,
 /// DNS services whose endpoints live in CDS) makes it a full push.
 pub fn changes(old: &Inputs, new: &Inputs) -> Vec<PushScope> {
-    if old.local != new.local || !same_config_except_endpoints(&old.config, &new.config) {
+    if old.local != new.local
+        || old.jwks != new.jwks
+        || !same_config_except_endpoints(&old.config, &new.config)
+    {
         return vec![PushScope::Full];
     }
     let old_services: Vec<&String> = old.services.services.keys().collect();

@@ -7,25 +7,26 @@
 //! TLS gRPC port; the admin port serves metrics, probes and debug views.
 
 pub mod admin;
+pub mod dns;
 pub mod export;
 pub mod federation;
 pub mod identity;
 mod inputs;
+pub mod jwks;
+pub mod kubernetes;
+pub mod metrics;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use isthmus_identity::{
-    CaMetrics, CaService, CaServiceConfig, FileAuthenticator, PeerPolicy, TokenTable,
-};
+use isthmus_identity::{CaService, CaServiceConfig, FileAuthenticator, PeerPolicy, TokenTable};
 use isthmus_xds::{XdsConfig, XdsServer};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tracing::info;
 
-use crate::source::file::FileSource;
 use crate::store::ConfigStore;
 use crate::translate::{LocalSettings, TranslateGenerator};
 
@@ -57,6 +58,15 @@ pub struct ControlOptions {
     /// Bootstrap tokens for the CA, one `TOKEN NAMESPACE/SERVICEACCOUNT` per line.
     #[arg(long)]
     pub bootstrap_tokens: Option<PathBuf>,
+    /// Where this cluster's services and Istio resources come from:
+    /// `files` (--config-dir only) or `kubernetes` (the API server, merged
+    /// with --config-dir, which still holds the MeshConfig).
+    #[arg(long, value_enum, default_value = "files")]
+    pub source: kubernetes::SourceKind,
+    /// kubeconfig for `--source kubernetes` (default: KUBECONFIG,
+    /// ~/.kube/config, or the in-cluster service account).
+    #[arg(long)]
+    pub kubeconfig: Option<PathBuf>,
     /// Raft tick; elections take 10 ticks, heartbeats 2.
     #[arg(long, default_value = "100ms", value_parser = parse_duration)]
     pub raft_tick: Duration,
@@ -66,6 +76,17 @@ pub struct ControlOptions {
     /// A cluster whose lease is not renewed for this long is marked unavailable.
     #[arg(long, default_value = "3s", value_parser = parse_duration)]
     pub lease_ttl: Duration,
+    /// How often RequestAuthentication jwksUri key sets are fetched again
+    /// (failed fetches are retried after 5 s).
+    #[arg(long, default_value = "20m", value_parser = parse_duration)]
+    pub jwks_refresh: Duration,
+    /// Serve the sidecar injection webhook here (HTTPS; certificate from the
+    /// cluster CA for isthmus-control.istio-system.svc).
+    #[arg(long)]
+    pub webhook_addr: Option<SocketAddr>,
+    /// The proxy image the injector adds to pods.
+    #[arg(long, default_value_t = crate::install::options::default_image())]
+    pub sidecar_image: String,
 }
 
 impl ControlOptions {
@@ -120,10 +141,7 @@ pub async fn run(
     // Sources: the first snapshot is complete before anything else starts.
     let store = ConfigStore::new();
     let config_rx = store.subscribe();
-    let source = FileSource::new(vec![opts.config_dir.clone()])
-        .start(store)
-        .await
-        .map_err(|e| AppError::Config(e.to_string()))?;
+    let source = kubernetes::Sources::start(&opts, store).await?;
     let first = config_rx.borrow().clone();
     let mesh = first.mesh_config().ok_or_else(|| {
         AppError::Config(format!(
@@ -156,6 +174,7 @@ pub async fn run(
     let node =
         federation::start(&opts, &mesh, certs.subscribe(), bundle_rx.clone(), &metrics).await?;
     let handle = node.handle();
+    self::metrics::spawn_federation(handle.clone(), &metrics)?;
     let local = LocalSettings::from_config(&first, vec![root_pem.clone()]);
     let info = federation::cluster_info(&mesh, &intermediate_pem, &root_pem);
     tokio::spawn(export::run_exporter(
@@ -165,6 +184,15 @@ pub async fn run(
         local.clone(),
         opts.lease_renew,
     ));
+    source.spawn_writeback(&mesh.cluster_id, config_rx.clone(), handle.watch_snapshot());
+    dns::start(
+        &first,
+        config_rx.clone(),
+        handle.clone(),
+        mesh.cluster_id.clone(),
+        &metrics,
+    )
+    .await?;
     tokio::spawn(federation::follow_trust_bundle(
         handle.watch_snapshot(),
         root_pem.clone(),
@@ -180,9 +208,19 @@ pub async fn run(
     let generator = Arc::new(TranslateGenerator::new(inputs_rx));
     let (xds, pusher) = XdsServer::new(generator, XdsConfig::default(), &metrics)
         .map_err(|e| AppError::Config(e.to_string()))?;
+    let (jwks_tx, jwks_rx) = watch::channel(Arc::default());
+    tokio::spawn(jwks::run(
+        config_rx.clone(),
+        jwks_tx,
+        jwks::JwksOptions {
+            refresh: opts.jwks_refresh,
+            ..Default::default()
+        },
+    ));
     tokio::spawn(inputs::run(
         config_rx.clone(),
         handle.watch_snapshot(),
+        jwks_rx,
         root_pem.clone(),
         inputs_tx,
         pusher,
@@ -191,9 +229,12 @@ pub async fn run(
     // CA service next to xDS on the TLS port.
     let ca = CaService::new(
         authority_rx,
-        Arc::new(FileAuthenticator::new(&trust_domain, tokens)),
+        source.authenticator(
+            &trust_domain,
+            Arc::new(FileAuthenticator::new(&trust_domain, tokens)),
+        ),
         CaServiceConfig::default(),
-        CaMetrics::new(&metrics)?,
+        self::metrics::ca_metrics(&metrics)?,
     );
     let grpc_tls = isthmus_identity::tls::server_config(
         certs.subscribe(),
@@ -239,6 +280,17 @@ pub async fn run(
                 stopped(stop_rx.clone()),
             );
         tokio::spawn(server);
+    }
+    if let Some(addr) = opts.webhook_addr {
+        crate::inject::server::start(
+            addr,
+            &opts,
+            &mesh,
+            &root_pem,
+            &metrics,
+            stopped(stop_rx.clone()),
+        )
+        .await?;
     }
     let (ready_tx, ready_rx) = watch::channel(false);
     tokio::spawn(admin::serve(

@@ -1,8 +1,10 @@
 //! Subcommands whose wiring lives at the binary's edge.
 
+pub mod dashboard;
 pub mod demo;
 pub mod federation;
 pub mod gateway;
+pub mod install;
 pub mod status;
 pub mod workload;
 

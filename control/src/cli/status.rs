@@ -159,6 +159,13 @@ pub async fn status(args: StatusArgs) -> anyhow::Result<()> {
         Format::Json => println!("{}", serde_json::to_string_pretty(&view)?),
         Format::Text => print!("{}", render_status(&view)),
     }
+    // Global hostnames (docs/dns.md); an older control plane has no /debug/dns.
+    if let (Format::Text, Ok(dns)) = (
+        args.output,
+        get::<isthmus_control::app::dns::status::DnsStatusView>(&args.admin, "/debug/dns").await,
+    ) {
+        print!("{}", isthmus_control::app::dns::status::render(&dns));
+    }
     Ok(())
 }
 

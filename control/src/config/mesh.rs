@@ -8,7 +8,7 @@ pub const DEFAULT_ROOT_NAMESPACE: &str = "istio-system";
 /// Istio's default trust domain.
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MeshConfigSpec {
     /// Unique among the federated clusters; names this cluster's registry
@@ -33,10 +33,31 @@ pub struct MeshConfigSpec {
     /// This cluster's gateways as other clusters and clients reach them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub gateways: Option<MeshGateways>,
+    /// Global DNS for ingress (docs/dns.md).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<crate::app::dns::DnsSettings>,
+    // Observability, with Istio's meshConfig names (config/telemetry.rs).
+    /// `/dev/stdout` or a file path; unset = no access logs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log_file: Option<String>,
+    /// `JSON` (default) or `TEXT`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log_encoding: Option<super::telemetry::AccessLogEncoding>,
+    /// Envoy format string (TEXT), or a JSON object of them (JSON).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub access_log_format: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enable_tracing: Option<bool>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_config: Option<super::telemetry::ProxyDefaults>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extension_providers: Vec<super::telemetry::MeshExtensionProvider>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub default_providers: Option<super::telemetry::DefaultProviders>,
 }
 
 /// Published in the registry so other clusters route to this one.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct MeshGateways {
     /// `host:port` of the east-west gateway's mTLS passthrough port (15443/TCP).
@@ -66,7 +87,7 @@ impl MeshConfigSpec {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Locality {
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -89,7 +110,7 @@ impl Locality {
     }
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Federation {
     /// UDP address the federation node listens on (QUIC), e.g. `0.0.0.0:15031`.
@@ -100,7 +121,7 @@ pub struct Federation {
     pub peers: Vec<FederationPeer>,
 }
 
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FederationPeer {
     /// The peer's cluster id.

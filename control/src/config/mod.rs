@@ -11,6 +11,7 @@ mod meta;
 mod multicluster;
 mod security;
 mod service_entry;
+mod telemetry;
 pub mod validate;
 mod values;
 mod virtual_service;
@@ -25,6 +26,7 @@ pub use meta::*;
 pub use multicluster::*;
 pub use security::*;
 pub use service_entry::*;
+pub use telemetry::*;
 pub use values::*;
 pub use virtual_service::*;
 

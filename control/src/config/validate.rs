@@ -9,11 +9,13 @@ use crate::analyze::Code;
 
 use super::*;
 
-mod jwks;
+pub(crate) mod jwks;
 mod networking;
 mod security;
+mod telemetry;
 
 pub use jwks::validate_jwks;
+pub use telemetry::json_format as access_log_json_format;
 
 /// One problem found in one resource.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -1,8 +1,10 @@
 //! Where configuration comes from. In non-Kubernetes mode that is a
 //! directory of YAML files (`file`), read document by document (`parse`)
-//! with field positions (`position`).
+//! with field positions (`position`); in Kubernetes the API server
+//! (`kube`), merged with that directory.
 
 pub mod file;
+pub mod kube;
 pub mod parse;
 pub mod position;
 

@@ -195,7 +195,7 @@ fn parse_document(file: &Arc<PathBuf>, doc: YamlDocument) -> Option<ParsedDocume
 
 /// serde_yaml_ng appends " at line L column C"; the location is reported
 /// separately, relative to the whole file.
-fn clean_serde_message(msg: &str) -> String {
+pub(crate) fn clean_serde_message(msg: &str) -> String {
     match msg.rfind(" at line ") {
         Some(i) if msg[i..].contains(" column ") => msg[..i].to_string(),
         _ => msg.to_string(),
@@ -203,7 +203,7 @@ fn clean_serde_message(msg: &str) -> String {
 }
 
 /// Schema errors raised by our value types start with a fixed phrase.
-fn classify(message: &str) -> Code {
+pub(crate) fn classify(message: &str) -> Code {
     if message.contains("unknown field") {
         Code::UnknownField
     } else if message.contains("invalid duration") {

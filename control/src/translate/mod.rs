@@ -11,6 +11,7 @@
 //! EDS clusters with round-robin or ring-hash, and TLS only when a
 //! DestinationRule asks for it, through certificate-provider instances.
 
+pub mod authn;
 pub mod cluster;
 pub mod endpoint;
 pub mod generator;
@@ -19,11 +20,13 @@ pub mod locality;
 pub mod naming;
 pub mod policy;
 pub mod proto;
+pub mod rbac;
 pub mod render;
 pub mod route;
 pub mod scope;
 pub mod secret;
 pub mod services;
+pub mod telemetry;
 pub mod tls;
 
 use std::sync::Arc;
@@ -104,6 +107,8 @@ pub struct Inputs {
     pub registry: Arc<RegistrySnapshot>,
     pub local: LocalSettings,
     pub services: ServiceIndex,
+    /// JWK Sets fetched for RequestAuthentication `jwksUri`s (by URI).
+    pub jwks: Arc<authn::ResolvedJwks>,
 }
 
 impl Inputs {
@@ -118,7 +123,14 @@ impl Inputs {
             registry,
             local,
             services,
+            jwks: Arc::default(),
         }
+    }
+
+    /// The same inputs with these fetched JWK Sets.
+    pub fn with_jwks(mut self, jwks: Arc<authn::ResolvedJwks>) -> Inputs {
+        self.jwks = jwks;
+        self
     }
 }
 

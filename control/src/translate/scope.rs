@@ -189,9 +189,25 @@ pub fn select_sidecar<'a>(
         })
 }
 
+/// Istio's tie-break when several policies apply at one level: the oldest
+/// (`creationTimestamp`, RFC 3339 so text order is time order), then by
+/// name. Policies without a timestamp (file mode) go by name.
+fn oldest<'a, S: Default + PartialEq>(
+    it: impl Iterator<Item = &'a Object<S>>,
+) -> Option<&'a Object<S>> {
+    it.min_by(|a, b| {
+        let key = |o: &'a Object<S>| {
+            let ts = o.metadata.creation_timestamp.as_deref();
+            (ts.is_none(), ts.unwrap_or_default(), o.name())
+        };
+        key(a).cmp(&key(b))
+    })
+}
+
 /// The effective mTLS mode on a workload port (Istio's precedence: workload
 /// policy with port-level override, namespace policy, mesh policy; UNSET
-/// inherits; the mesh default is PERMISSIVE).
+/// inherits; the mesh default is PERMISSIVE). `port` is the workload's
+/// (target) port, which is what `portLevelMtls` is keyed by.
 pub fn mtls_mode(
     config: &ConfigSnapshot,
     root_namespace: &str,
@@ -201,12 +217,12 @@ pub fn mtls_mode(
 ) -> MtlsMode {
     let mut chain = Vec::new();
     let policies: Vec<_> = config.peer_authentications().collect();
-    if let Some(pa) = policies.iter().find(|pa| {
+    if let Some(pa) = oldest(policies.iter().copied().filter(|pa| {
         pa.namespace() == namespace
             && pa.spec.selector.as_ref().is_some_and(|s| {
                 !s.match_labels.is_empty() && labels_match(&s.match_labels, labels)
             })
-    }) {
+    })) {
         if let Some(m) = pa
             .spec
             .port_level_mtls
@@ -217,18 +233,18 @@ pub fn mtls_mode(
         }
         chain.extend(pa.spec.mtls.as_ref().and_then(|m| m.mode));
     }
+    // `portLevelMtls` needs a selector (validation rejects it otherwise),
+    // so namespace-wide policies contribute only their `mtls`.
     let namespace_wide = |ns: &str| {
-        policies
-            .iter()
-            .find(|pa| {
-                pa.namespace() == ns
-                    && pa
-                        .spec
-                        .selector
-                        .as_ref()
-                        .is_none_or(|s| s.match_labels.is_empty())
-            })
-            .and_then(|pa| pa.spec.mtls.as_ref().and_then(|m| m.mode))
+        oldest(policies.iter().copied().filter(|pa| {
+            pa.namespace() == ns
+                && pa
+                    .spec
+                    .selector
+                    .as_ref()
+                    .is_none_or(|s| s.match_labels.is_empty())
+        }))
+        .and_then(|pa| pa.spec.mtls.as_ref().and_then(|m| m.mode))
     };
     chain.extend(namespace_wide(namespace));
     chain.extend(namespace_wide(root_namespace));
@@ -241,6 +257,113 @@ pub fn mtls_mode(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn snapshot(yaml: &str) -> ConfigSnapshot {
+        let mut resources = std::collections::BTreeMap::new();
+        for doc in crate::source::parse_text(std::path::Path::new("test.yaml"), yaml) {
+            assert!(!doc.has_errors(), "{doc:?}");
+            if let Some(r) = doc.resource {
+                resources.insert(
+                    r.key(),
+                    crate::store::StoredResource {
+                        resource: r,
+                        location: doc.location,
+                    },
+                );
+            }
+        }
+        ConfigSnapshot::new(1, resources, Vec::new())
+    }
+
+    fn pa(ns: &str, name: &str, extra: &str) -> String {
+        format!(
+            "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata:\n  name: {name}\n  namespace: {ns}\n{extra}---\n"
+        )
+    }
+
+    fn labels(app: &str) -> BTreeMap<String, String> {
+        [("app".to_string(), app.to_string())].into()
+    }
+
+    #[test]
+    fn peer_authentication_precedence() {
+        use MtlsMode::*;
+        let mode = |yaml: &str, ns: &str, app: &str, port: u16| {
+            mtls_mode(&snapshot(yaml), "istio-system", ns, &labels(app), port)
+        };
+        assert_eq!(mode("", "foo", "httpbin", 8000), Permissive, "mesh default");
+        let mesh = pa(
+            "istio-system",
+            "default",
+            "spec:\n  mtls:\n    mode: STRICT\n",
+        );
+        assert_eq!(mode(&mesh, "foo", "httpbin", 8000), Strict);
+        let ns = pa("foo", "default", "spec:\n  mtls:\n    mode: PERMISSIVE\n");
+        let both = format!("{mesh}{ns}");
+        assert_eq!(mode(&both, "foo", "httpbin", 8000), Permissive);
+        assert_eq!(
+            mode(&both, "bar", "httpbin", 8000),
+            Strict,
+            "other namespace"
+        );
+        let workload = pa(
+            "foo",
+            "httpbin",
+            "spec:\n  selector:\n    matchLabels:\n      app: httpbin\n  mtls:\n    mode: STRICT\n  portLevelMtls:\n    8080:\n      mode: DISABLE\n    9090:\n      mode: UNSET\n",
+        );
+        let all = format!("{both}{workload}");
+        assert_eq!(mode(&all, "foo", "httpbin", 8000), Strict);
+        assert_eq!(mode(&all, "foo", "httpbin", 8080), Disable, "port level");
+        assert_eq!(
+            mode(&all, "foo", "httpbin", 9090),
+            Strict,
+            "UNSET port inherits"
+        );
+        assert_eq!(
+            mode(&all, "foo", "ratings", 8080),
+            Permissive,
+            "not selected"
+        );
+        // A workload policy whose own mode is UNSET inherits the namespace's.
+        let unset = pa(
+            "foo",
+            "httpbin",
+            "spec:\n  selector:\n    matchLabels:\n      app: httpbin\n  mtls:\n    mode: UNSET\n",
+        );
+        assert_eq!(
+            mode(&format!("{both}{unset}"), "foo", "httpbin", 8000),
+            Permissive
+        );
+        // A selector in the root namespace does not reach other namespaces.
+        let root_selector = pa(
+            "istio-system",
+            "strict-httpbin",
+            "spec:\n  selector:\n    matchLabels:\n      app: httpbin\n  mtls:\n    mode: STRICT\n",
+        );
+        assert_eq!(mode(&root_selector, "foo", "httpbin", 8000), Permissive);
+    }
+
+    #[test]
+    fn oldest_workload_policy_wins() {
+        let policy = |name: &str, ts: &str, m: &str| {
+            format!(
+                "apiVersion: security.istio.io/v1beta1\nkind: PeerAuthentication\nmetadata:\n  name: {name}\n  namespace: foo\n  creationTimestamp: \"{ts}\"\nspec:\n  selector:\n    matchLabels:\n      app: httpbin\n  mtls:\n    mode: {m}\n---\n"
+            )
+        };
+        let yaml = format!(
+            "{}{}",
+            policy("a-newer", "2024-05-01T00:00:00Z", "DISABLE"),
+            policy("b-older", "2023-01-01T00:00:00Z", "STRICT")
+        );
+        let m = mtls_mode(
+            &snapshot(&yaml),
+            "istio-system",
+            "foo",
+            &labels("httpbin"),
+            8000,
+        );
+        assert_eq!(m, MtlsMode::Strict);
+    }
 
     #[test]
     fn egress_hosts() {

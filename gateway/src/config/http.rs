@@ -50,6 +50,19 @@ pub struct HttpConfig {
     pub request_timeout: Option<Duration>,
     /// `upgrade_configs` (e.g. `websocket`); lower case.
     pub upgrades: Vec<String>,
+    /// `envoy.filters.http.rbac` filters, in chain order (crate::rbac).
+    pub rbac: Vec<crate::rbac::RbacFilter>,
+    /// `envoy.filters.http.jwt_authn` (crate::authn::jwt); runs before RBAC.
+    #[serde(serialize_with = "crate::authn::ser_opt_arc")]
+    pub jwt: Option<Arc<crate::authn::JwtAuthn>>,
+    /// `envoy.filters.http.local_ratelimit` is in the chain; its own bucket
+    /// (if any) applies to routes without per-route config.
+    #[serde(serialize_with = "crate::authn::ser_opt_arc")]
+    pub ratelimit: Option<Arc<crate::authn::RateLimiter>>,
+    /// `tracing` (crate::trace): sampling and collector; `None` = no tracing.
+    pub tracing: Option<crate::trace::TracingConfig>,
+    /// `access_log` (crate::accesslog).
+    pub access_log: Vec<crate::accesslog::AccessLogConfig>,
 }
 
 fn inline_table<S: serde::Serializer>(t: &Arc<RouteTable>, s: S) -> Result<S::Ok, S::Error> {
@@ -119,6 +132,8 @@ pub(crate) fn http_from_proto(
         ));
     }
     let mut fault = None;
+    let mut rbac = Vec::new();
+    let (mut jwt, mut ratelimit) = (None, None);
     let last = h.http_filters.len() - 1;
     for (i, hf) in h.http_filters.iter().enumerate() {
         let ff = format!("{f}.http_filters[{i}]");
@@ -149,6 +164,13 @@ pub(crate) fn http_from_proto(
                 None => FaultConfig::default(),
             };
             fault = Some(cfg);
+        } else if let Some(a) = crate::authn::http_filter(ctx, &ff, &hf.name, any)? {
+            match a {
+                crate::authn::AuthnFilter::Jwt(j) => jwt = Some(j),
+                crate::authn::AuthnFilter::RateLimit(r) => ratelimit = Some(r),
+            }
+        } else if let Some(r) = crate::rbac::http_filter(ctx, &ff, &hf.name, any)? {
+            rbac.push(r);
         } else if hf.is_optional {
             tracing::debug!(filter = %hf.name, "optional HTTP filter not supported; skipped");
         } else {
@@ -208,6 +230,19 @@ pub(crate) fn http_from_proto(
         stream_idle_timeout,
         request_timeout,
         upgrades,
+        rbac,
+        jwt,
+        ratelimit,
+        tracing: h
+            .tracing
+            .as_ref()
+            .map(|t| crate::trace::config::tracing_from_proto(ctx, &format!("{f}.tracing"), t))
+            .transpose()?,
+        access_log: crate::accesslog::config::access_logs_from_proto(
+            ctx,
+            &format!("{f}.access_log"),
+            &h.access_log,
+        )?,
     })
 }
 

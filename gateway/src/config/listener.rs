@@ -83,6 +83,8 @@ pub struct TcpProxyConfig {
     pub idle_timeout: Option<Duration>,
     /// `max_connect_attempts`; `None` uses the proxy-wide default.
     pub max_connect_attempts: Option<u32>,
+    /// `access_log`: one line per connection (crate::accesslog).
+    pub access_log: Vec<crate::accesslog::AccessLogConfig>,
 }
 
 /// The terminal network filter of a chain.
@@ -99,6 +101,8 @@ pub struct FilterChainConfig {
     pub matcher: ChainMatch,
     /// `Some` terminates TLS on this chain.
     pub tls: Option<DownstreamTls>,
+    /// `envoy.filters.network.rbac` filters before the terminal one, in order.
+    pub rbac: Vec<crate::rbac::RbacFilter>,
     pub filter: NetworkFilter,
 }
 
@@ -272,17 +276,11 @@ fn filter_chain(
             "a filter chain needs a terminal network filter",
         ));
     }
-    if fc.filters.len() > 1 {
-        return Err(ctx.err(
-            format!("{field}.filters"),
-            format!(
-                "only a single terminal filter ({TCP_PROXY} or {HTTP_CONNECTION_MANAGER}) is supported; got {} filters",
-                fc.filters.len()
-            ),
-        ));
-    }
-    let nf = &fc.filters[0];
-    let ff = format!("{field}.filters[0]");
+    // Only RBAC may precede the terminal filter (crate::rbac).
+    let last = fc.filters.len() - 1;
+    let rbac = crate::rbac::network_filters(ctx, field, &fc.filters[..last])?;
+    let nf = &fc.filters[last];
+    let ff = format!("{field}.filters[{last}]");
     let any = match &nf.config_type {
         Some(filter::ConfigType::TypedConfig(any)) => any,
         _ => return Err(ctx.err(&ff, "typed_config is required")),
@@ -312,6 +310,7 @@ fn filter_chain(
         name: fc.name.clone(),
         matcher,
         tls,
+        rbac,
         filter,
     })
 }
@@ -380,6 +379,11 @@ fn tcp_proxy(ctx: &Ctx, field: &str, tp: &TcpProxy) -> Result<TcpProxyConfig, Co
         route,
         idle_timeout,
         max_connect_attempts,
+        access_log: crate::accesslog::config::access_logs_from_proto(
+            ctx,
+            &format!("{field}.access_log"),
+            &tp.access_log,
+        )?,
     })
 }
 

@@ -6,12 +6,12 @@
 //! for the operator of the control plane.
 
 mod cluster;
-mod common;
+pub(crate) mod common;
 mod endpoint;
-mod fault;
+pub(crate) mod fault;
 mod http;
 mod listener;
-mod route;
+pub(crate) mod route;
 mod route_action;
 mod secret;
 

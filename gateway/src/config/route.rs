@@ -282,6 +282,9 @@ pub struct Route {
     pub headers: HeaderOps,
     /// Per-route fault filter config (`typed_per_filter_config`).
     pub fault: Option<FaultConfig>,
+    /// Per-route `local_ratelimit` config with its own bucket (crate::authn).
+    #[serde(serialize_with = "crate::authn::ser_opt_arc")]
+    pub ratelimit: Option<std::sync::Arc<crate::authn::RateLimiter>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -293,6 +296,8 @@ pub struct VirtualHost {
     pub headers: HeaderOps,
     pub retry: Option<RetryPolicy>,
     pub fault: Option<FaultConfig>,
+    #[serde(serialize_with = "crate::authn::ser_opt_arc")]
+    pub ratelimit: Option<std::sync::Arc<crate::authn::RateLimiter>>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -390,6 +395,7 @@ fn virtual_host(ctx: &Ctx, f: &str, vh: &PbVirtualHost) -> Result<VirtualHost, C
             None => None,
         },
         fault: per_filter_fault(ctx, f, &vh.typed_per_filter_config)?,
+        ratelimit: crate::authn::ratelimit::per_route(ctx, f, &vh.typed_per_filter_config)?,
     })
 }
 
@@ -404,6 +410,9 @@ fn per_filter_fault(
         if name == FAULT_FILTER || any.type_url == <HttpFault as prost::Name>::type_url() {
             let hf: HttpFault = unpack(ctx, &field, any)?;
             out = Some(fault_from_proto(ctx, &field, &hf)?);
+        } else if crate::authn::ratelimit::is_per_route(name, any) {
+            // Parsed by crate::authn::ratelimit::per_route.
+            continue;
         } else if any.type_url.ends_with("envoy.config.route.v3.FilterConfig") {
             // An optional/disabled wrapper for a filter we do not run: nothing to apply.
             continue;
@@ -473,6 +482,7 @@ fn route_from_proto(ctx: &Ctx, f: &str, r: &PbRoute) -> Result<Route, ConfigErro
             (&r.response_headers_to_add, &r.response_headers_to_remove),
         )?,
         fault: per_filter_fault(ctx, f, &r.typed_per_filter_config)?,
+        ratelimit: crate::authn::ratelimit::per_route(ctx, f, &r.typed_per_filter_config)?,
     })
 }
 
@@ -505,7 +515,7 @@ pub(crate) fn string_match(
     })
 }
 
-fn route_match(ctx: &Ctx, f: &str, m: &PbRouteMatch) -> Result<RouteMatch, ConfigError> {
+pub(crate) fn route_match(ctx: &Ctx, f: &str, m: &PbRouteMatch) -> Result<RouteMatch, ConfigError> {
     let case_sensitive = m.case_sensitive.as_ref().is_none_or(|b| b.value);
     let path =
         match &m.path_specifier {

@@ -73,6 +73,7 @@ fn listener_with_tcp_proxy_converts() {
             route: TcpRoute::Cluster("c".into()),
             idle_timeout: Some(std::time::Duration::from_secs(3600)),
             max_connect_attempts: None,
+            access_log: Vec::new(),
         })
     );
 }

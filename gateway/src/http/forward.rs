@@ -80,6 +80,12 @@ pub async fn forward(
     let (mut parts, body) = req.into_parts();
     strip_hop_by_hop(&mut parts.headers, upgrade);
     apply_ops(&mut parts.headers, f.header_levels.iter().copied(), true);
+    if cluster.tls.is_some() && log.reporter == "source" {
+        // Istio's metadata exchange, towards mesh (mTLS) upstreams only.
+        if let Some(own) = ctx.metrics.local().exchange_headers() {
+            own.insert(&mut parts.headers);
+        }
+    }
     if !parts.headers.contains_key("x-request-id") {
         let id = format!("{:032x}", rand::rng().random::<u128>());
         if let Ok(v) = HeaderValue::from_str(&id) {

@@ -152,6 +152,15 @@ pub struct RequestLog {
     pub status: u16,
     pub flags: Flags,
     pub bytes_received: u64,
+    /// The other side of the call as far as known (Istio peer metadata
+    /// exchange, certificates), for the Istio metrics' labels.
+    pub peer: Option<Arc<crate::metrics::Workload>>,
+    /// `content-type: application/grpc` (request_protocol="grpc").
+    pub grpc: bool,
+    /// `grpc-status` of the response (headers or trailers).
+    pub grpc_status: Option<String>,
+    /// The request's span and access loggers (crate::trace::http).
+    pub telemetry: Option<crate::trace::http::RequestTelemetry>,
 }
 
 /// Wraps a response body; when it ends (or is dropped) the request is logged once.
@@ -171,6 +180,10 @@ impl Logged {
         metrics: Arc<Metrics>,
     ) -> Response<Body> {
         let (parts, body) = resp.into_parts();
+        let mut log = log;
+        if log.grpc {
+            log.grpc_status = grpc_status_of(&parts.headers);
+        }
         let body = Logged {
             inner: body,
             log: Some(log),
@@ -184,24 +197,23 @@ impl Logged {
     fn finish(&mut self) {
         let Some(log) = self.log.take() else { return };
         let ms = self.start.elapsed().as_secs_f64() * 1000.0;
-        let code = log.status.to_string();
         let flags = log.flags.to_string();
-        let labels = [
-            log.reporter,
-            log.source_principal.as_deref().unwrap_or("unknown"),
-            log.vhost.as_deref().unwrap_or("unknown"),
-            log.cluster.as_deref().unwrap_or("unknown"),
-            code.as_str(),
-            flags.as_str(),
-        ];
-        self.metrics
-            .istio_requests_total
-            .with_label_values(&labels)
-            .inc();
-        self.metrics
-            .istio_request_duration
-            .with_label_values(&labels)
-            .observe(ms);
+        self.metrics.record_http(&crate::metrics::HttpCall {
+            reporter: log.reporter,
+            downstream_principal: log.source_principal.as_deref(),
+            peer: log.peer.as_deref(),
+            cluster: log.cluster.as_deref(),
+            grpc: log.grpc,
+            status: log.status,
+            grpc_status: log.grpc_status.as_deref(),
+            flags: &flags,
+            request_bytes: log.bytes_received,
+            response_bytes: self.sent,
+            duration_ms: ms,
+        });
+        if let Some(t) = &log.telemetry {
+            t.finish(&log, self.sent, ms);
+        }
         tracing::info!(
             target: "isthmus_gateway::access",
             listener = %log.listener,
@@ -244,6 +256,11 @@ impl hyper::body::Body for Logged {
             Poll::Ready(Some(Ok(f))) => {
                 if let Some(d) = f.data_ref() {
                     self.sent += d.len() as u64;
+                } else if let Some(t) = f.trailers_ref() {
+                    let status = grpc_status_of(t);
+                    if let Some(l) = self.log.as_mut().filter(|l| l.grpc) {
+                        l.grpc_status = status.or(l.grpc_status.take());
+                    }
                 }
             }
             Poll::Ready(Some(Err(_))) => {
@@ -265,4 +282,11 @@ impl hyper::body::Body for Logged {
     fn size_hint(&self) -> SizeHint {
         self.inner.size_hint()
     }
+}
+
+fn grpc_status_of(h: &HeaderMap) -> Option<String> {
+    h.get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 2 && v.bytes().all(|b| b.is_ascii_digit()))
+        .map(str::to_string)
 }

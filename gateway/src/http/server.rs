@@ -30,6 +30,14 @@ pub struct Downstream {
     pub tls: bool,
     /// ALPN negotiated `h2` on a TLS connection.
     pub alpn_h2: bool,
+    /// The client as its verified certificate describes it (Istio labels).
+    pub peer_workload: Option<Arc<crate::metrics::Workload>>,
+    /// The local address the connection arrived on (RBAC `destination_*`).
+    pub local: Option<SocketAddr>,
+    /// SNI of the ClientHello (RBAC `requested_server_name`).
+    pub sni: Option<String>,
+    /// Tracing and access logs of this connection manager (crate::trace::http).
+    pub telemetry: Option<crate::trace::http::HttpTelemetry>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -85,9 +93,15 @@ async fn handle(
     cfg: Arc<HttpConfig>,
     ctx: ProxyContext,
     down: Arc<Downstream>,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
 ) -> Response<Body> {
     let start = Instant::now();
+    let (exchange, peer) = crate::metrics::peer::Exchange::on_request(
+        &ctx.metrics,
+        reporter(&down.listener),
+        down.peer_workload.as_deref(),
+        req.headers_mut(),
+    );
     let authority = req
         .uri()
         .authority()
@@ -112,9 +126,21 @@ async fn handle(
         protocol: format!("{:?}", req.version()),
         downstream: down.peer.to_string(),
         source_principal: down.identity.clone(),
+        peer,
+        grpc: is_grpc(req.headers()),
         ..Default::default()
     };
-    let resp = route_request(&cfg, &ctx, &down, req, authority, &path, &mut log).await;
+    log.telemetry = down
+        .telemetry
+        .as_ref()
+        .map(|t| t.on_request(req.headers_mut(), if down.tls { "https" } else { "http" }));
+    let mut resp = route_request(&cfg, &ctx, &down, req, authority, &path, &mut log).await;
+    if let Some(t) = log.telemetry.as_mut() {
+        t.on_response(resp.headers());
+    }
+    if let Some(callee) = exchange.on_response(&ctx.metrics, resp.headers_mut()) {
+        log.peer = Some(callee);
+    }
     log.status = resp.status().as_u16();
     Logged::wrap(resp, log, start, ctx.metrics.clone())
 }
@@ -123,7 +149,7 @@ async fn route_request(
     cfg: &HttpConfig,
     ctx: &ProxyContext,
     down: &Downstream,
-    req: Request<Incoming>,
+    mut req: Request<Incoming>,
     authority: Option<String>,
     path: &str,
     log: &mut RequestLog,
@@ -136,6 +162,18 @@ async fn route_request(
             &log.flags,
         );
     };
+    // jwt_authn runs first so RBAC sees the verified token (crate::authn).
+    if let Some(jwt) = &cfg.jwt {
+        let scheme = if down.tls { "https" } else { "http" };
+        if let Err(reply) = crate::authn::jwt::authenticate(jwt, &mut req, &authority, scheme) {
+            return *reply;
+        }
+    }
+    if let Some(denied) =
+        crate::rbac::check_request(&cfg.rbac, down, &req, &authority, path, &ctx.metrics, log)
+    {
+        return denied;
+    }
     let table: Option<Arc<RouteTable>> = match &cfg.routes {
         RouteSource::Inline(t) => Some(t.clone()),
         RouteSource::Rds(name) => ctx.routes.borrow().get(name).cloned(),
@@ -169,6 +207,18 @@ async fn route_request(
     };
     log.vhost = Some(vhost.name.clone());
     log.route = Some(route.name.clone());
+    let rate_headers = match crate::authn::ratelimit::admit_route(
+        cfg.ratelimit.as_deref(),
+        vhost,
+        route,
+        &mut req,
+    ) {
+        Ok(h) => h,
+        Err(reply) => {
+            log.flags.add("RL");
+            return *reply;
+        }
+    };
     // Fault filter: per-route config, else virtual host, else the filter's own.
     if let Some(defaults) = &cfg.fault {
         let fault: &FaultConfig = route
@@ -181,7 +231,7 @@ async fn route_request(
         }
     }
     let levels_resp = [&route.headers, &vhost.headers, &table.headers];
-    match decision {
+    let mut resp = match decision {
         Decision::NoRoute => unreachable_no_route(log),
         Decision::Direct { status, body, .. } => {
             let mut r = Response::new(full(body.unwrap_or("").to_string()));
@@ -226,7 +276,11 @@ async fn route_request(
             };
             forward(ctx, f, req, log).await
         }
+    };
+    if let Some(h) = rate_headers {
+        h.apply(resp.headers_mut());
     }
+    resp
 }
 
 /// `decide` returned NoRoute earlier and the function returned then; kept
@@ -270,6 +324,12 @@ async fn run_fault(
         ),
         AbortWith::Grpc(c) => grpc_status(c, "fault filter abort"),
     })
+}
+
+fn is_grpc(h: &http::HeaderMap) -> bool {
+    h.get(http::header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/grpc"))
 }
 
 /// gRPC's HTTP→status mapping for aborts on gRPC requests.

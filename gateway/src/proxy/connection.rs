@@ -33,6 +33,8 @@ pub struct ProxyContext {
     /// Upstream connect attempts per downstream connection when the
     /// tcp_proxy sets no `max_connect_attempts` (retries pick other hosts).
     pub connect_attempts: u32,
+    /// Tracing exporters, access log writers and who this proxy is.
+    pub telemetry: Arc<crate::trace::Telemetry>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -55,6 +57,9 @@ enum ConnError {
     Upstream(#[from] UpstreamError),
     #[error(transparent)]
     Http(#[from] crate::http::server::ServeError),
+    /// Closed by `envoy.filters.network.rbac`; carries the response code details.
+    #[error("RBAC: access denied ({0})")]
+    RbacDenied(String),
 }
 
 /// Accounting for the access log line.
@@ -69,6 +74,10 @@ struct Log {
     upstream_identity: Option<String>,
     bytes: Transferred,
     relay_error: Option<String>,
+    /// The downstream as its verified certificate describes it.
+    peer: Option<Arc<crate::metrics::Workload>>,
+    /// The tcp_proxy's `access_log` writers (crate::accesslog).
+    access: Option<Arc<[crate::accesslog::Logger]>>,
 }
 
 /// Runs one connection. The chosen chain's config is sent on `chosen` so
@@ -81,6 +90,7 @@ pub async fn handle(
     chosen: oneshot::Sender<FilterChainConfig>,
 ) {
     let start = Instant::now();
+    let wall_start = std::time::SystemTime::now();
     let name = listener.config.name.clone();
     let local = stream.local_addr().ok();
     let _ = stream.set_nodelay(true);
@@ -117,6 +127,57 @@ pub async fn handle(
         result = %outcome,
         "connection"
     );
+    if let Some(loggers) = log.access.take() {
+        let facts = access_facts(&log, &result, peer, local, wall_start, start, &name);
+        crate::accesslog::log_tcp(&loggers, &ctx.telemetry.local, facts);
+    }
+}
+
+/// The TCP access log line's facts, with Envoy's response flags.
+fn access_facts(
+    log: &Log,
+    result: &Result<(), ConnError>,
+    peer: SocketAddr,
+    local: Option<SocketAddr>,
+    wall_start: std::time::SystemTime,
+    start: Instant,
+    listener: &str,
+) -> crate::accesslog::TcpFacts {
+    let flags = match result {
+        Err(ConnError::NoChain { .. }) => "NR",
+        Err(ConnError::Upstream(UpstreamError::NoHost(_))) => "UH",
+        Err(ConnError::Upstream(UpstreamError::UnknownCluster(_))) => "NC",
+        Err(ConnError::Upstream(
+            UpstreamError::Overflow { .. } | UpstreamError::PendingOverflow { .. },
+        )) => "UO",
+        Err(ConnError::Upstream(_)) => "UF",
+        Err(ConnError::RbacDenied(_)) => "UAEX",
+        _ => "",
+    };
+    let error = match result {
+        Ok(()) => log.relay_error.clone(),
+        Err(e) => Some(e.to_string()),
+    };
+    crate::accesslog::TcpFacts {
+        start: Some(wall_start),
+        duration_ms: start.elapsed().as_millis() as u64,
+        downstream: Some(peer),
+        local,
+        sni: log.sni.clone(),
+        downstream_identity: log.downstream_identity.clone(),
+        cluster: log.cluster.clone(),
+        upstream: log.upstream,
+        upstream_identity: log.upstream_identity.clone(),
+        bytes_received: log.bytes.downstream_to_upstream,
+        bytes_sent: log.bytes.upstream_to_downstream,
+        error,
+        flags: flags.to_string(),
+        reporter: if listener.starts_with("inbound") || listener.starts_with("virtualInbound") {
+            "destination"
+        } else {
+            "source"
+        },
+    }
 }
 
 async fn run(
@@ -169,6 +230,11 @@ async fn run(
             },
         };
     log.chain = chain.config.name.clone();
+    if let NetworkFilter::TcpProxy(tp) = &chain.config.filter {
+        if !tp.access_log.is_empty() {
+            log.access = Some(ctx.telemetry.access_logs.loggers(&tp.access_log));
+        }
+    }
     let _ = chosen.send(chain.config.clone());
     let stream = sni::Rewind::new(buffered, stream);
     let mut alpn_h2 = false;
@@ -185,10 +251,23 @@ async fn run(
                 ConnError::Handshake(e)
             })?;
             log.downstream_identity = tls::peer_identity(tls.get_ref().1.peer_certificates());
+            log.peer = ctx
+                .metrics
+                .peer_from_certificates(tls.get_ref().1.peer_certificates());
             alpn_h2 = tls.get_ref().1.alpn_protocol() == Some(b"h2");
             Box::new(tls)
         }
     };
+    crate::rbac::check_connection(
+        &chain.config.rbac,
+        &listener.config.name,
+        peer,
+        local,
+        log.downstream_identity.as_deref(),
+        log.sni.as_deref(),
+        &ctx.metrics,
+    )
+    .map_err(ConnError::RbacDenied)?;
     match &chain.config.filter {
         NetworkFilter::TcpProxy(tp) => tcp_proxy(tp, ctx, downstream, peer, log).await,
         NetworkFilter::Http(h) => {
@@ -198,6 +277,16 @@ async fn run(
                 identity: log.downstream_identity.clone(),
                 tls: chain.tls.is_some(),
                 alpn_h2,
+                peer_workload: log.peer.clone(),
+                local,
+                sni: log.sni.clone(),
+                telemetry: crate::trace::http::HttpTelemetry::for_connection(
+                    &ctx.telemetry,
+                    h,
+                    &listener.config.name,
+                    local,
+                    log.sni.clone(),
+                ),
             };
             crate::http::server::serve(Arc::new((**h).clone()), ctx.clone(), downstream, down)
                 .await
@@ -242,6 +331,9 @@ pub(crate) async fn tunnel_stream(
             log.chain = c.config.name.clone();
             match (&c.tls, &c.config.filter) {
                 (None, NetworkFilter::TcpProxy(tp)) => {
+                    if !tp.access_log.is_empty() {
+                        log.access = Some(ctx.telemetry.access_logs.loggers(&tp.access_log));
+                    }
                     tcp_proxy(tp, &ctx, io, peer, &mut log).await
                 }
                 _ => Err(ConnError::TlsNotReady(
@@ -269,6 +361,11 @@ pub(crate) async fn tunnel_stream(
         result = %outcome,
         "connection"
     );
+    if let Some(loggers) = log.access.take() {
+        let wall_start = std::time::SystemTime::now() - start.elapsed();
+        let facts = access_facts(&log, &result, peer, None, wall_start, start, &log.listener);
+        crate::accesslog::log_tcp(&loggers, &ctx.telemetry.local, facts);
+    }
 }
 
 async fn tcp_proxy(
@@ -302,8 +399,16 @@ async fn tcp_proxy(
                     Ok(io) => {
                         log.upstream = Some(host.addr);
                         log.upstream_identity = Some("quic-tunnel".into());
+                        let labels = istio_labels(ctx, log, None);
+                        ctx.metrics.record_tcp_open(&labels, "-");
                         let (bytes, result) = relay(downstream, io, tp.idle_timeout).await;
                         log.bytes = bytes;
+                        ctx.metrics.record_tcp_close(
+                            &labels,
+                            "-",
+                            bytes.downstream_to_upstream,
+                            bytes.upstream_to_downstream,
+                        );
                         if let Err(e) = result {
                             log.relay_error = Some(e.to_string());
                         }
@@ -316,15 +421,27 @@ async fn tcp_proxy(
             }
         }
     }
-    let up = upstream::connect(
+    let up = match upstream::connect(
         &cluster,
         hash,
         tp.max_connect_attempts.unwrap_or(ctx.connect_attempts),
         &ctx.metrics,
     )
-    .await?;
+    .await
+    {
+        Ok(up) => up,
+        Err(e) => {
+            let labels = istio_labels(ctx, log, None);
+            let flag = response_flag(&e);
+            ctx.metrics.record_tcp_open(&labels, flag);
+            ctx.metrics.record_tcp_close(&labels, flag, 0, 0);
+            return Err(e.into());
+        }
+    };
     log.upstream = Some(up.addr);
     log.upstream_identity = up.peer_identity.clone();
+    let labels = istio_labels(ctx, log, up.peer_identity.as_deref());
+    ctx.metrics.record_tcp_open(&labels, "-");
     let _guard = up.guard;
     ctx.metrics
         .tcp_connections_opened
@@ -336,10 +453,43 @@ async fn tcp_proxy(
         .inc();
     let (bytes, result) = relay(downstream, up.io, tp.idle_timeout).await;
     log.bytes = bytes;
+    ctx.metrics.record_tcp_close(
+        &labels,
+        "-",
+        bytes.downstream_to_upstream,
+        bytes.upstream_to_downstream,
+    );
     if let Err(e) = result {
         log.relay_error = Some(e.to_string());
     }
     Ok(())
+}
+
+/// Istio labels of a proxied TCP connection.
+fn istio_labels(
+    ctx: &ProxyContext,
+    log: &Log,
+    upstream_principal: Option<&str>,
+) -> crate::metrics::CallLabels {
+    let reporter = crate::metrics::reporter_of(&log.listener);
+    let (peer, principal) = if reporter == "destination" {
+        (log.peer.as_deref(), log.downstream_identity.as_deref())
+    } else {
+        (None, upstream_principal)
+    };
+    let cluster = log.cluster.as_deref().unwrap_or("");
+    ctx.metrics
+        .call_labels(reporter, peer, principal, cluster, "tcp")
+}
+
+/// Envoy's response flag for a connection that never reached a host.
+fn response_flag(e: &UpstreamError) -> &'static str {
+    match e {
+        UpstreamError::Overflow { .. } | UpstreamError::PendingOverflow { .. } => "UO",
+        UpstreamError::NoHost(_) => "UH",
+        UpstreamError::UnknownCluster(_) => "NC",
+        UpstreamError::TlsNotReady { .. } | UpstreamError::ConnectFailed { .. } => "UF",
+    }
 }
 
 /// Picks a cluster from a route; `r` in `[0, 1)`.

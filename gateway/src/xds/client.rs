@@ -179,6 +179,7 @@ impl XdsClient {
             .map_err(|e| (XdsError::Stream(e.to_string()), false))?
             .into_inner();
         let mut progress = false;
+        let _connected = self.metrics.health.xds_connection();
         loop {
             let resp = match inbound.message().await {
                 Ok(Some(r)) => r,
@@ -210,6 +211,7 @@ impl XdsClient {
                     .xds_updates_total
                     .with_label_values(&[kind.short(), "ack"])
                     .inc();
+                self.metrics.health.xds_accepted(kind.short());
                 if let Some(sub) = self.subs.get_mut(&kind) {
                     sub.version = resp.version_info.clone();
                     sub.received = true;

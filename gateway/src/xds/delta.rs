@@ -77,6 +77,7 @@ impl XdsClient {
             Err(s) => return Err((XdsError::Stream(s.to_string()), false)),
         };
         let mut progress = false;
+        let _connected = self.metrics.health.xds_connection();
         loop {
             let resp = match inbound.message().await {
                 Ok(Some(r)) => r,
@@ -142,6 +143,7 @@ impl XdsClient {
                     .xds_updates_total
                     .with_label_values(&[kind.short(), "ack"])
                     .inc();
+                self.metrics.health.xds_accepted(kind.short());
                 if let Some(sub) = self.subs.get_mut(&kind) {
                     sub.resources = merged;
                     sub.version = resp.system_version_info.clone();

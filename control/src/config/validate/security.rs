@@ -107,6 +107,30 @@ pub(super) fn request_authentication(spec: &RequestAuthenticationSpec, out: &mut
                 "JWT rule has no issuer; every rule must name the `iss` it accepts",
             );
         }
+        let issuer = &rule.issuer;
+        if !issuer.trim().is_empty()
+            && (issuer.trim() != issuer || issuer.chars().any(char::is_control))
+        {
+            out.push(
+                Code::JwtIssuerMalformed,
+                format!("{p}.issuer"),
+                format!("issuer {issuer:?} has surrounding whitespace or control characters; it must equal the tokens' `iss` exactly"),
+            );
+        }
+        if rule.audiences.is_empty() {
+            out.push(
+                Code::JwtRuleWithoutAudiences,
+                format!("{p}.audiences"),
+                "no audiences: any token this issuer signed is accepted, whatever service it was minted for; list the audiences this workload accepts",
+            );
+        }
+        if rule.jwks.is_none() && rule.jwks_uri.is_none() {
+            out.push(
+                Code::JwksMissing,
+                &p,
+                "neither jwks nor jwksUri is set; Isthmus does not discover keys from the issuer (OpenID discovery), so every token will be rejected",
+            );
+        }
         if rule.jwks.is_some() && rule.jwks_uri.is_some() {
             out.push(
                 Code::JwksConflict,
@@ -133,6 +157,7 @@ pub(super) fn request_authentication(spec: &RequestAuthenticationSpec, out: &mut
 }
 
 pub(super) fn mesh_config(spec: &MeshConfigSpec, out: &mut Issues) {
+    super::telemetry::mesh(spec, out);
     if !is_dns1123_label(&spec.cluster_id) {
         out.push(
             Code::InvalidField,

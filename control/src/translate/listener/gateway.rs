@@ -13,6 +13,7 @@ use crate::config::{labels_match, GatewaySpec, Object, Server, ServerTlsMode};
 
 use super::super::naming::gateway_listener;
 use super::super::proto::{any, socket_address, tls_transport_socket};
+use super::super::rbac;
 use super::super::route::{destination_cluster, gateway_route_config, GatewayBinding};
 use super::super::services::Protocol;
 use super::super::tls::gateway_downstream;
@@ -99,6 +100,13 @@ pub fn servers<'a>(ctx: &Context<'a>) -> BTreeMap<u16, Vec<ServerRef<'a>>> {
 
 pub fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
     let ip = ctx.proxy.ip.to_string();
+    // AuthorizationPolicies selecting the gateway's own workload labels.
+    let authz = rbac::applicable(
+        &ctx.inputs.config,
+        &ctx.inputs.local.root_namespace,
+        &ctx.proxy.namespace,
+        &ctx.proxy.labels,
+    );
     let mut out = Vec::new();
     for (port, servers) in servers(ctx) {
         let name = gateway_listener("0.0.0.0", port);
@@ -111,7 +119,10 @@ pub fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
                         http_added = true;
                         chains.push(FilterChain {
                             name: format!("http.{port}"),
-                            filters: vec![hcm_filter(hcm_rds(&name, &format!("http.{port}")))],
+                            filters: vec![hcm_filter(rbac::with_http_rbac(
+                                hcm_rds(&name, &format!("http.{port}")),
+                                &authz,
+                            ))],
                             ..Default::default()
                         });
                     }
@@ -134,7 +145,10 @@ pub fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
                         name: route.clone(),
                         filter_chain_match: Some(sni_match(&s.plain_hosts())),
                         transport_socket: Some(tls_transport_socket(any(tls))),
-                        filters: vec![hcm_filter(hcm_rds(&name, &route))],
+                        filters: vec![hcm_filter(rbac::with_http_rbac(
+                            hcm_rds(&name, &route),
+                            &authz,
+                        ))],
                         ..Default::default()
                     });
                 }
@@ -156,7 +170,11 @@ pub fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
                             ),
                             filter_chain_match: tls.as_ref().map(|_| sni_match(&s.plain_hosts())),
                             transport_socket: tls.map(|t| tls_transport_socket(any(t))),
-                            filters: vec![tcp_proxy_filter(&name, &cluster)],
+                            filters: rbac::chain_filters(
+                                &authz,
+                                tcp_proxy_filter(&name, &cluster),
+                                false,
+                            ),
                             ..Default::default()
                         });
                     }

@@ -34,6 +34,10 @@ pub fn listeners(ctx: &Context<'_>, names: &Names) -> Vec<Listener> {
         (_, ProxyRole::EastWest) => eastwest::listeners(ctx),
         (_, ProxyRole::Ingress | ProxyRole::Egress) => gateway::listeners(ctx),
     };
+    if let Some(mesh) = ctx.inputs.config.mesh_config() {
+        let settings = super::telemetry::TelemetrySettings::from_mesh(&mesh.spec);
+        super::telemetry::decorate(&settings, &mut out);
+    }
     if let Names::Some(requested) = names {
         out.extend(grpc::listeners(ctx, requested));
     }

@@ -13,10 +13,12 @@ use envoy_types::pb::envoy::config::route::v3::{
 
 use crate::config::{labels_match, MtlsMode};
 
+use super::super::authn;
 use super::super::naming::{
     inbound_cluster, inbound_listener, outbound_cluster, outbound_listener, outbound_route,
 };
 use super::super::proto::{any, secs, socket_address, tls_transport_socket};
+use super::super::rbac;
 use super::super::route::{destination_cluster, outbound_route_configs};
 use super::super::scope::mtls_mode;
 use super::super::services::{Service, ServicePort};
@@ -138,6 +140,12 @@ fn tcp_destination(ctx: &Context<'_>, svc: &Service, port: u16) -> String {
 fn inbound_listeners(ctx: &Context<'_>) -> Vec<Listener> {
     let ip = ctx.proxy.ip.to_string();
     let root = &ctx.inputs.local.root_namespace;
+    let authz = rbac::applicable(
+        &ctx.inputs.config,
+        root,
+        &ctx.proxy.namespace,
+        &ctx.proxy.labels,
+    );
     inbound_ports(ctx)
         .into_iter()
         .map(|p| {
@@ -145,10 +153,15 @@ fn inbound_listeners(ctx: &Context<'_>) -> Vec<Listener> {
             let name = inbound_listener(&ip, port);
             let cluster = inbound_cluster(port);
             let app_filter = if p.protocol.is_http() {
-                hcm_filter(hcm_inline(&name, inbound_routes(&cluster, port)))
+                let mut hcm =
+                    rbac::with_http_rbac(hcm_inline(&name, inbound_routes(&cluster, port)), &authz);
+                // jwt_authn before RBAC, local_ratelimit after it.
+                authn::add_inbound_filters(ctx, port, &mut hcm);
+                hcm_filter(hcm)
             } else {
                 tcp_proxy_filter(&name, &cluster)
             };
+            let filters = rbac::chain_filters(&authz, app_filter, p.protocol.is_http());
             let mode = mtls_mode(
                 &ctx.inputs.config,
                 root,
@@ -163,7 +176,7 @@ fn inbound_listeners(ctx: &Context<'_>) -> Vec<Listener> {
                     ..Default::default()
                 }),
                 transport_socket: Some(tls_transport_socket(any(istio_mutual_downstream()))),
-                filters: vec![app_filter.clone()],
+                filters: filters.clone(),
                 ..Default::default()
             };
             let plain_chain = |protocol: &str| FilterChain {
@@ -172,13 +185,16 @@ fn inbound_listeners(ctx: &Context<'_>) -> Vec<Listener> {
                     transport_protocol: protocol.to_string(),
                     ..Default::default()
                 }),
-                filters: vec![app_filter.clone()],
+                filters: filters.clone(),
                 ..Default::default()
             };
             let (chains, listener_filters) = match mode {
                 MtlsMode::Strict => (vec![tls_chain("")], Vec::new()),
-                MtlsMode::Disable => (vec![plain_chain("")], Vec::new()),
-                MtlsMode::Permissive | MtlsMode::Unset => (
+                // DISABLE still terminates mesh mTLS: traffic from other
+                // clusters always arrives as mTLS through the east-west
+                // gateway, and mesh clients originate ISTIO_MUTUAL unless a
+                // DestinationRule says otherwise (docs/security.md).
+                MtlsMode::Permissive | MtlsMode::Unset | MtlsMode::Disable => (
                     vec![tls_chain("tls"), plain_chain("raw_buffer")],
                     vec![tls_inspector()],
                 ),
