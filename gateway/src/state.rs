@@ -257,6 +257,7 @@ mod tests {
                         address: ([127, 0, 0, 1], port).into(),
                         weight: 1,
                         health: Health::Healthy,
+                        workload: None,
                     }],
                 }],
                 overprovisioning_factor: 140,

@@ -7,10 +7,11 @@
 
 use std::collections::BTreeMap;
 
-use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Locality as EnvoyLocality};
+use envoy_types::pb::envoy::config::core::v3::{HealthStatus, Locality as EnvoyLocality, Metadata};
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint, ClusterLoadAssignment, Endpoint, LbEndpoint, LocalityLbEndpoints,
 };
+use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
 
 use isthmus_federation::model::{Health, Locality};
 use isthmus_xds::{Names, ProxyRole};
@@ -32,6 +33,71 @@ pub struct Candidate<'a> {
     pub labels: Option<&'a BTreeMap<String, String>>,
     pub weight: u32,
     pub healthy: bool,
+    /// Istio's `istio.workload` endpoint metadata
+    /// (`NAME;NAMESPACE;CANONICAL_SERVICE;CANONICAL_REVISION;CLUSTER`), so
+    /// a caller's TCP metrics can name the destination without a peer
+    /// metadata exchange.
+    pub workload: Option<String>,
+}
+
+/// Key of Istio's workload metadata in `filter_metadata["istio"]`.
+pub const ISTIO_WORKLOAD_KEY: &str = "workload";
+
+/// Istio's `workload` endpoint metadata value for an instance of a service
+/// in `namespace` owned by `cluster`. The workload name is not part of the
+/// registry record, so it is the instance's canonical service (what Istio
+/// itself falls back to for workloads without an owner name).
+pub fn workload_metadata(
+    labels: &BTreeMap<String, String>,
+    namespace: &str,
+    cluster: &str,
+) -> String {
+    let get = |keys: &[&str]| {
+        keys.iter()
+            .find_map(|k| labels.get(*k).filter(|v| !v.is_empty()))
+            .cloned()
+    };
+    let canonical_service = get(&[
+        "service.istio.io/canonical-name",
+        "app.kubernetes.io/name",
+        "app",
+    ])
+    .unwrap_or_default();
+    let canonical_revision = get(&[
+        "service.istio.io/canonical-revision",
+        "app.kubernetes.io/version",
+        "version",
+    ])
+    .unwrap_or_else(|| "latest".to_string());
+    // `;` separates the fields: a value carrying one would shift them.
+    let clean = |v: &str| v.replace(';', "_");
+    format!(
+        "{};{};{};{};{}",
+        clean(&canonical_service),
+        clean(namespace),
+        clean(&canonical_service),
+        clean(&canonical_revision),
+        clean(cluster)
+    )
+}
+
+/// `filter_metadata["istio"].workload = value`.
+fn istio_metadata(value: &str) -> Metadata {
+    let mut fields = std::collections::BTreeMap::new();
+    fields.insert(
+        ISTIO_WORKLOAD_KEY.to_string(),
+        Value {
+            kind: Some(Kind::StringValue(value.to_string())),
+        },
+    );
+    let mut meta = Metadata::default();
+    meta.filter_metadata.insert(
+        "istio".to_string(),
+        Struct {
+            fields: fields.into_iter().collect(),
+        },
+    );
+    meta
 }
 
 /// Cluster load assignments for the EDS clusters named in `names`.
@@ -80,6 +146,11 @@ pub fn candidates<'a>(
             labels: Some(&i.labels),
             weight: i.weight,
             healthy: i.health == Health::Healthy,
+            workload: Some(workload_metadata(
+                &i.labels,
+                &svc.namespace,
+                &ctx.inputs.local.cluster_id,
+            )),
         });
     }
     if local_only {
@@ -106,6 +177,11 @@ pub fn candidates<'a>(
                     labels: Some(&e.labels),
                     weight: e.weight,
                     healthy: e.health == Health::Healthy,
+                    workload: Some(workload_metadata(
+                        &e.labels,
+                        &svc.namespace,
+                        &remote.cluster,
+                    )),
                 });
             }
             continue;
@@ -140,6 +216,13 @@ pub fn candidates<'a>(
                 labels: None,
                 weight: healthy,
                 healthy: true,
+                // The gateway stands for a whole cluster: its workloads'
+                // names are not one name, but cluster and namespace are.
+                workload: Some(format!(
+                    ";{};;;{}",
+                    svc.namespace.replace(';', "_"),
+                    remote.cluster.replace(';', "_")
+                )),
             });
         }
     }
@@ -236,7 +319,7 @@ pub fn build(
                     HealthStatus::Unhealthy
                 } as i32,
                 load_balancing_weight: Some(u32v(c.weight.max(1))),
-                ..Default::default()
+                metadata: c.workload.as_deref().map(istio_metadata),
             })
             .collect();
         endpoints.push(LocalityLbEndpoints {
@@ -261,5 +344,71 @@ pub fn build(
         cluster_name: cluster_name.to_string(),
         endpoints,
         ..Default::default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn labels(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn workload_metadata_follows_istio_canonical_labels() {
+        let l = labels(&[("app", "reviews"), ("version", "v2")]);
+        assert_eq!(
+            workload_metadata(&l, "bookinfo", "east"),
+            "reviews;bookinfo;reviews;v2;east"
+        );
+        let l = labels(&[
+            ("app", "reviews"),
+            ("service.istio.io/canonical-name", "reviews-canon"),
+            ("service.istio.io/canonical-revision", "r7"),
+        ]);
+        assert_eq!(
+            workload_metadata(&l, "ns", "c"),
+            "reviews-canon;ns;reviews-canon;r7;c"
+        );
+        assert_eq!(
+            workload_metadata(&labels(&[("app", "a;b")]), "ns", "c"),
+            "a_b;ns;a_b;latest;c"
+        );
+    }
+
+    /// What the control plane emits is what the gateway reads back.
+    #[test]
+    fn gateway_parses_emitted_metadata() {
+        let l = labels(&[("app", "ratings"), ("version", "v1")]);
+        let meta = istio_metadata(&workload_metadata(&l, "shop", "west"));
+        let cla = ClusterLoadAssignment {
+            cluster_name: "outbound|9080||ratings.shop.svc.cluster.local".into(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![LbEndpoint {
+                    host_identifier: Some(lb_endpoint::HostIdentifier::Endpoint(Endpoint {
+                        address: Some(socket_address("10.0.0.7", 9080)),
+                        ..Default::default()
+                    })),
+                    metadata: Some(meta),
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        };
+        let parsed = isthmus_gateway::config::load_assignment_from_proto(&cla).expect("parses");
+        let addr = "10.0.0.7:9080".parse().expect("addr");
+        let w = parsed.workload_of(addr).expect("workload on the endpoint");
+        assert_eq!(w.name, "ratings");
+        assert_eq!(w.namespace, "shop");
+        assert_eq!(w.app, "ratings");
+        assert_eq!(w.version, "v1");
+        assert_eq!(w.canonical_service, "ratings");
+        assert_eq!(w.canonical_revision, "v1");
+        assert_eq!(w.cluster, "west");
     }
 }

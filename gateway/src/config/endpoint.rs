@@ -1,12 +1,15 @@
 //! `ClusterLoadAssignment` → localities, priorities and endpoints.
 
 use std::net::SocketAddr;
+use std::sync::{Arc, OnceLock};
 
 use envoy_types::pb::envoy::config::core::v3::HealthStatus;
 use envoy_types::pb::envoy::config::endpoint::v3::{
     lb_endpoint::HostIdentifier, ClusterLoadAssignment,
 };
-use serde::Serialize;
+use serde::{Serialize, Serializer};
+
+use crate::metrics::workload::{PeerInterner, Workload};
 
 use super::common::socket_addr;
 use super::{ConfigError, Ctx};
@@ -35,6 +38,95 @@ pub struct EndpointConfig {
     pub address: SocketAddr,
     pub weight: u32,
     pub health: Health,
+    /// Who serves at this address, from Istio's
+    /// `metadata.filter_metadata["istio"].workload`: the destination of
+    /// calls whose peer never describes itself (TCP, or HTTP without a
+    /// peer metadata header).
+    #[serde(
+        skip_serializing_if = "Option::is_none",
+        serialize_with = "serialize_workload"
+    )]
+    pub workload: Option<Arc<Workload>>,
+}
+
+impl LoadAssignment {
+    /// The workload serving at `addr`, when EDS described it.
+    pub fn workload_of(&self, addr: SocketAddr) -> Option<Arc<Workload>> {
+        self.localities
+            .iter()
+            .flat_map(|l| &l.endpoints)
+            .find(|e| e.address == addr)
+            .and_then(|e| e.workload.clone())
+    }
+}
+
+fn serialize_workload<S: Serializer>(w: &Option<Arc<Workload>>, s: S) -> Result<S::Ok, S::Error> {
+    match w {
+        Some(w) => s.serialize_str(&format!(
+            "{};{};{};{};{}",
+            w.name, w.namespace, w.canonical_service, w.canonical_revision, w.cluster
+        )),
+        None => s.serialize_none(),
+    }
+}
+
+/// Endpoint workloads of every load assignment, deduplicated and bounded
+/// like peers (a control plane could otherwise grow the label space
+/// without limit); past the bound endpoints are simply not described.
+fn endpoint_workloads() -> &'static PeerInterner {
+    static INTERNER: OnceLock<PeerInterner> = OnceLock::new();
+    INTERNER.get_or_init(PeerInterner::default)
+}
+
+/// Istio's `NAME;NAMESPACE;CANONICAL_SERVICE;CANONICAL_REVISION;CLUSTER`.
+/// App and version are the canonical service and revision, as Istio's
+/// stats read them from endpoint metadata.
+pub fn parse_istio_workload(value: &str) -> Option<Workload> {
+    let parts: Vec<&str> = value.split(';').collect();
+    let [name, namespace, canonical_service, canonical_revision, cluster] = parts[..] else {
+        return None;
+    };
+    let (canonical_service, canonical_revision) = (
+        canonical_service.to_string(),
+        canonical_revision.to_string(),
+    );
+    Some(Workload {
+        name: name.to_string(),
+        namespace: namespace.to_string(),
+        app: canonical_service.clone(),
+        version: canonical_revision.clone(),
+        cluster: cluster.to_string(),
+        canonical_service,
+        canonical_revision,
+        ..Workload::default()
+    })
+}
+
+fn endpoint_workload(
+    ctx: &Ctx,
+    field: &str,
+    ep: &envoy_types::pb::envoy::config::endpoint::v3::LbEndpoint,
+) -> Result<Option<Arc<Workload>>, ConfigError> {
+    use envoy_types::pb::google::protobuf::value::Kind;
+    let Some(v) = ep
+        .metadata
+        .as_ref()
+        .and_then(|m| m.filter_metadata.get("istio"))
+        .and_then(|s| s.fields.get("workload"))
+    else {
+        return Ok(None);
+    };
+    let field = format!("{field}.metadata.filter_metadata[\"istio\"].workload");
+    let Some(Kind::StringValue(s)) = &v.kind else {
+        return Err(ctx.err(field, "must be a string"));
+    };
+    let Some(w) = parse_istio_workload(s) else {
+        return Err(ctx.err(
+            field,
+            format!("{s:?} is not NAME;NAMESPACE;CANONICAL_SERVICE;CANONICAL_REVISION;CLUSTER"),
+        ));
+    };
+    Ok(endpoint_workloads().intern(w))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -124,10 +216,12 @@ pub(crate) fn load_assignment_with_ctx(
                     ))
                 }
             };
+            let workload = endpoint_workload(ctx, &ef, ep)?;
             endpoints.push(EndpointConfig {
                 address,
                 weight,
                 health,
+                workload,
             });
         }
         let locality = loc
@@ -181,4 +275,86 @@ pub(crate) fn load_assignment_with_ctx(
         localities,
         overprovisioning_factor,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use envoy_types::pb::envoy::config::core::v3::{
+        address, socket_address::PortSpecifier, Address, Metadata, SocketAddress,
+    };
+    use envoy_types::pb::envoy::config::endpoint::v3::{Endpoint, LbEndpoint, LocalityLbEndpoints};
+    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
+
+    fn cla(workload: Option<Kind>) -> ClusterLoadAssignment {
+        let metadata = workload.map(|kind| {
+            let mut m = Metadata::default();
+            m.filter_metadata.insert(
+                "istio".into(),
+                Struct {
+                    fields: [("workload".to_string(), Value { kind: Some(kind) })]
+                        .into_iter()
+                        .collect(),
+                },
+            );
+            m
+        });
+        ClusterLoadAssignment {
+            cluster_name: "c".into(),
+            endpoints: vec![LocalityLbEndpoints {
+                lb_endpoints: vec![LbEndpoint {
+                    host_identifier: Some(HostIdentifier::Endpoint(Endpoint {
+                        address: Some(Address {
+                            address: Some(address::Address::SocketAddress(SocketAddress {
+                                address: "10.1.2.3".into(),
+                                port_specifier: Some(PortSpecifier::PortValue(15443)),
+                                ..Default::default()
+                            })),
+                        }),
+                        ..Default::default()
+                    })),
+                    metadata,
+                    ..Default::default()
+                }],
+                ..Default::default()
+            }],
+            ..Default::default()
+        }
+    }
+
+    fn addr() -> SocketAddr {
+        "10.1.2.3:15443".parse().expect("addr")
+    }
+
+    #[test]
+    fn endpoint_without_metadata_has_no_workload() {
+        let la = load_assignment_from_proto(&cla(None)).expect("parses");
+        assert!(la.workload_of(addr()).is_none());
+    }
+
+    #[test]
+    fn east_west_form_carries_namespace_and_cluster() {
+        let la =
+            load_assignment_from_proto(&cla(Some(Kind::StringValue(";bookinfo;;;west".into()))))
+                .expect("parses");
+        let w = la.workload_of(addr()).expect("workload");
+        assert_eq!(w.name, "");
+        assert_eq!(w.namespace, "bookinfo");
+        assert_eq!(w.cluster, "west");
+        assert!(la
+            .workload_of("10.1.2.3:1".parse().expect("addr"))
+            .is_none());
+        let json = serde_json::to_string(&la).expect("serializes");
+        assert!(json.contains(";bookinfo;;;west"), "{json}");
+    }
+
+    #[test]
+    fn malformed_workload_metadata_is_rejected_with_its_field() {
+        let e = load_assignment_from_proto(&cla(Some(Kind::StringValue("a;b".into()))))
+            .expect_err("two fields");
+        assert!(e.to_string().contains("filter_metadata"), "{e}");
+        let e = load_assignment_from_proto(&cla(Some(Kind::NumberValue(1.0))))
+            .expect_err("not a string");
+        assert!(e.to_string().contains("must be a string"), "{e}");
+    }
 }

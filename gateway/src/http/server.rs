@@ -140,6 +140,8 @@ async fn handle(
     }
     if let Some(callee) = exchange.on_response(&ctx.metrics, resp.headers_mut()) {
         log.peer = Some(callee);
+    } else if log.reporter == "source" && log.peer.is_none() {
+        log.peer = crate::proxy::connection::upstream_workload_of(&ctx, &log);
     }
     log.status = resp.status().as_u16();
     Logged::wrap(resp, log, start, ctx.metrics.clone())

@@ -28,6 +28,7 @@ fn la(groups: &[(u32, Option<u32>, &[u16])]) -> LoadAssignment {
                         address: addr(*h),
                         weight: 1,
                         health: Health::Healthy,
+                        workload: None,
                     })
                     .collect(),
             })

@@ -472,14 +472,41 @@ fn istio_labels(
     upstream_principal: Option<&str>,
 ) -> crate::metrics::CallLabels {
     let reporter = crate::metrics::reporter_of(&log.listener);
+    let cluster = log.cluster.as_deref().unwrap_or("");
+    let upstream_workload;
     let (peer, principal) = if reporter == "destination" {
         (log.peer.as_deref(), log.downstream_identity.as_deref())
     } else {
-        (None, upstream_principal)
+        // A TCP callee never describes itself: what EDS said about the
+        // chosen endpoint is all the caller knows.
+        upstream_workload = log
+            .upstream
+            .and_then(|addr| endpoint_workload(ctx, cluster, addr));
+        (upstream_workload.as_deref(), upstream_principal)
     };
-    let cluster = log.cluster.as_deref().unwrap_or("");
     ctx.metrics
         .call_labels(reporter, peer, principal, cluster, "tcp")
+}
+
+/// For an HTTP call whose callee sent no peer metadata: the workload EDS
+/// describes at the upstream host the request went to.
+pub fn upstream_workload_of(
+    ctx: &ProxyContext,
+    log: &crate::http::respond::RequestLog,
+) -> Option<Arc<crate::metrics::Workload>> {
+    let addr: SocketAddr = log.upstream_host.as_deref()?.parse().ok()?;
+    endpoint_workload(ctx, log.cluster.as_deref()?, addr)
+}
+
+/// The workload EDS describes at `addr` in `cluster` (Istio's
+/// `istio.workload` endpoint metadata), if any.
+pub fn endpoint_workload(
+    ctx: &ProxyContext,
+    cluster: &str,
+    addr: SocketAddr,
+) -> Option<Arc<crate::metrics::Workload>> {
+    let table = ctx.clusters.borrow();
+    table.get(cluster)?.assignment.as_ref()?.workload_of(addr)
 }
 
 /// Envoy's response flag for a connection that never reached a host.
