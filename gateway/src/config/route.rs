@@ -581,51 +581,38 @@ pub(crate) fn route_match(ctx: &Ctx, f: &str, m: &PbRouteMatch) -> Result<RouteM
 }
 
 #[allow(deprecated)] // Envoy's legacy header matchers are still sent by some control planes.
-fn header_match(ctx: &Ctx, f: &str, h: &HeaderMatcher) -> Result<HeaderMatch, ConfigError> {
-    let sm = |p: MatchPattern| StringMatchCase {
-        pattern: match p {
-            MatchPattern::Exact(s) => StringMatch::Exact(s),
-            MatchPattern::Prefix(s) => StringMatch::Prefix(s),
-            MatchPattern::Suffix(s) => StringMatch::Suffix(s),
-            MatchPattern::Contains(s) => StringMatch::Contains(s),
-            _ => StringMatch::Exact(String::new()),
-        },
-        ignore_case: false,
-    };
-    let kind = match &h.header_match_specifier {
-        None => HeaderMatchKind::Present,
-        Some(HeaderMatchSpecifier::PresentMatch(true)) => HeaderMatchKind::Present,
-        Some(HeaderMatchSpecifier::PresentMatch(false)) => HeaderMatchKind::Absent,
-        Some(HeaderMatchSpecifier::ExactMatch(s)) => {
-            HeaderMatchKind::Value(sm(MatchPattern::Exact(s.clone())))
-        }
-        Some(HeaderMatchSpecifier::PrefixMatch(s)) => {
-            HeaderMatchKind::Value(sm(MatchPattern::Prefix(s.clone())))
-        }
-        Some(HeaderMatchSpecifier::SuffixMatch(s)) => {
-            HeaderMatchKind::Value(sm(MatchPattern::Suffix(s.clone())))
-        }
-        Some(HeaderMatchSpecifier::ContainsMatch(s)) => {
-            HeaderMatchKind::Value(sm(MatchPattern::Contains(s.clone())))
-        }
-        Some(HeaderMatchSpecifier::SafeRegexMatch(r)) => HeaderMatchKind::Value(StringMatchCase {
-            pattern: StringMatch::Regex(Pattern::full(
-                ctx,
-                &format!("{f}.safe_regex_match"),
-                &r.regex,
-            )?),
-            ignore_case: false,
-        }),
-        Some(HeaderMatchSpecifier::StringMatch(s)) => {
-            HeaderMatchKind::Value(string_match(ctx, &format!("{f}.string_match"), s)?)
-        }
-        Some(HeaderMatchSpecifier::RangeMatch(_)) => {
-            return Err(ctx.err(f, "range_match is not supported"))
-        }
-    };
+pub(crate) fn header_match(
+    ctx: &Ctx,
+    f: &str,
+    h: &HeaderMatcher,
+) -> Result<HeaderMatch, ConfigError> {
     if h.name.is_empty() {
         return Err(ctx.err(format!("{f}.name"), "header name is empty"));
     }
+    let plain = |p: StringMatch| {
+        HeaderMatchKind::Value(StringMatchCase {
+            pattern: p,
+            ignore_case: false,
+        })
+    };
+    let kind =
+        match &h.header_match_specifier {
+            None | Some(HeaderMatchSpecifier::PresentMatch(true)) => HeaderMatchKind::Present,
+            Some(HeaderMatchSpecifier::PresentMatch(false)) => HeaderMatchKind::Absent,
+            Some(HeaderMatchSpecifier::ExactMatch(s)) => plain(StringMatch::Exact(s.clone())),
+            Some(HeaderMatchSpecifier::PrefixMatch(s)) => plain(StringMatch::Prefix(s.clone())),
+            Some(HeaderMatchSpecifier::SuffixMatch(s)) => plain(StringMatch::Suffix(s.clone())),
+            Some(HeaderMatchSpecifier::ContainsMatch(s)) => plain(StringMatch::Contains(s.clone())),
+            Some(HeaderMatchSpecifier::SafeRegexMatch(r)) => plain(StringMatch::Regex(
+                Pattern::full(ctx, &format!("{f}.safe_regex_match"), &r.regex)?,
+            )),
+            Some(HeaderMatchSpecifier::StringMatch(s)) => {
+                HeaderMatchKind::Value(string_match(ctx, &format!("{f}.string_match"), s)?)
+            }
+            Some(HeaderMatchSpecifier::RangeMatch(_)) => {
+                return Err(ctx.err(f, "range_match is not supported"))
+            }
+        };
     Ok(HeaderMatch {
         name: h.name.to_ascii_lowercase(),
         kind,

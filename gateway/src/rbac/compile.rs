@@ -9,14 +9,12 @@ use envoy_types::pb::envoy::config::rbac::v3::{
     permission, principal, rbac::Action as PbAction, Permission as PbPermission,
     Principal as PbPrincipal, Rbac as PbRbac,
 };
-use envoy_types::pb::envoy::config::route::v3::{
-    header_matcher::HeaderMatchSpecifier, HeaderMatcher,
-};
+use envoy_types::pb::envoy::config::route::v3::HeaderMatcher;
 use envoy_types::pb::envoy::extensions::filters::http::rbac::v3::Rbac as HttpRbac;
 use envoy_types::pb::envoy::extensions::filters::network::rbac::v3::Rbac as NetworkRbac;
 use envoy_types::pb::envoy::r#type::matcher::v3::{
-    list_matcher, metadata_matcher::path_segment::Segment, path_matcher, string_matcher,
-    value_matcher, MetadataMatcher, PathMatcher, StringMatcher, ValueMatcher,
+    list_matcher, metadata_matcher::path_segment::Segment, path_matcher, value_matcher,
+    MetadataMatcher, PathMatcher, ValueMatcher,
 };
 use envoy_types::pb::google::protobuf::Any;
 use prost::Message;
@@ -24,9 +22,8 @@ use prost::Message;
 use super::{
     Cidr, MetadataMatch, Permission, Policy, Principal, RbacAction, RbacFilter, Rules, ValueMatch,
 };
-use crate::config::{
-    ConfigError, Ctx, HeaderMatch, HeaderMatchKind, Pattern, StringMatch, StringMatchCase,
-};
+use crate::config::route::{header_match, string_match as string};
+use crate::config::{ConfigError, Ctx, HeaderMatch, StringMatchCase};
 
 /// Deep trees are refused rather than risking stack exhaustion while
 /// evaluating; Istio's output is a handful of levels deep.
@@ -299,36 +296,6 @@ fn principal_of(
     })
 }
 
-pub(super) fn string(
-    ctx: &Ctx,
-    f: &str,
-    m: &StringMatcher,
-) -> Result<StringMatchCase, ConfigError> {
-    use string_matcher::MatchPattern;
-    let pattern = match &m.match_pattern {
-        Some(MatchPattern::Exact(s)) => StringMatch::Exact(s.clone()),
-        Some(MatchPattern::Prefix(s)) => StringMatch::Prefix(s.clone()),
-        Some(MatchPattern::Suffix(s)) => StringMatch::Suffix(s.clone()),
-        Some(MatchPattern::Contains(s)) => StringMatch::Contains(s.clone()),
-        Some(MatchPattern::SafeRegex(r)) => {
-            let re = if m.ignore_case {
-                format!("(?i:{})", r.regex)
-            } else {
-                r.regex.clone()
-            };
-            StringMatch::Regex(Pattern::full(ctx, &format!("{f}.safe_regex"), &re)?)
-        }
-        Some(MatchPattern::Custom(_)) => {
-            return Err(ctx.err(f, "custom string matchers are not supported"))
-        }
-        None => return Err(ctx.err(f, "string matcher has no pattern")),
-    };
-    Ok(StringMatchCase {
-        pattern,
-        ignore_case: m.ignore_case,
-    })
-}
-
 fn path(ctx: &Ctx, f: &str, m: &PathMatcher) -> Result<StringMatchCase, ConfigError> {
     match &m.rule {
         Some(path_matcher::Rule::Path(s)) => string(ctx, &format!("{f}.path"), s),
@@ -336,46 +303,14 @@ fn path(ctx: &Ctx, f: &str, m: &PathMatcher) -> Result<StringMatchCase, ConfigEr
     }
 }
 
-#[allow(deprecated)] // Envoy's legacy header matchers are still sent by some control planes.
 fn header(ctx: &Ctx, f: &str, h: &HeaderMatcher) -> Result<HeaderMatch, ConfigError> {
-    if h.name.is_empty() {
-        return Err(ctx.err(format!("{f}.name"), "header name is empty"));
-    }
-    let plain = |p: StringMatch| {
-        HeaderMatchKind::Value(StringMatchCase {
-            pattern: p,
-            ignore_case: false,
-        })
-    };
-    let kind =
-        match &h.header_match_specifier {
-            None | Some(HeaderMatchSpecifier::PresentMatch(true)) => HeaderMatchKind::Present,
-            Some(HeaderMatchSpecifier::PresentMatch(false)) => HeaderMatchKind::Absent,
-            Some(HeaderMatchSpecifier::ExactMatch(s)) => plain(StringMatch::Exact(s.clone())),
-            Some(HeaderMatchSpecifier::PrefixMatch(s)) => plain(StringMatch::Prefix(s.clone())),
-            Some(HeaderMatchSpecifier::SuffixMatch(s)) => plain(StringMatch::Suffix(s.clone())),
-            Some(HeaderMatchSpecifier::ContainsMatch(s)) => plain(StringMatch::Contains(s.clone())),
-            Some(HeaderMatchSpecifier::SafeRegexMatch(r)) => plain(StringMatch::Regex(
-                Pattern::full(ctx, &format!("{f}.safe_regex_match"), &r.regex)?,
-            )),
-            Some(HeaderMatchSpecifier::StringMatch(s)) => {
-                HeaderMatchKind::Value(string(ctx, &format!("{f}.string_match"), s)?)
-            }
-            Some(HeaderMatchSpecifier::RangeMatch(_)) => {
-                return Err(ctx.err(f, "range_match is not supported"))
-            }
-        };
     if h.treat_missing_header_as_empty {
         return Err(ctx.err(
             format!("{f}.treat_missing_header_as_empty"),
             "not supported",
         ));
     }
-    Ok(HeaderMatch {
-        name: h.name.to_ascii_lowercase(),
-        kind,
-        invert: h.invert_match,
-    })
+    header_match(ctx, f, h)
 }
 
 fn cidr(ctx: &Ctx, f: &str, c: &CidrRange) -> Result<Cidr, ConfigError> {
