@@ -17,10 +17,8 @@ use ::http::{Method, Request, StatusCode};
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use bytes::Bytes;
-use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::envoy::config::core::v3::{address, socket_address::PortSpecifier};
 use envoy_types::pb::envoy::config::listener::v3::Listener;
-use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value as PbValue};
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use isthmus_control::source::parse_text;
@@ -110,31 +108,7 @@ fn config(yaml: &str) -> ConfigSnapshot {
 }
 
 fn httpbin_proxy() -> Proxy {
-    let s = |v: &str| PbValue {
-        kind: Some(Kind::StringValue(v.into())),
-    };
-    let labels = Struct {
-        fields: [("app".to_string(), s("httpbin"))].into(),
-    };
-    let node = Node {
-        id: "sidecar~127.0.0.1~httpbin-1.foo~foo.svc.cluster.local".into(),
-        metadata: Some(Struct {
-            fields: [
-                ("NAMESPACE".to_string(), s("foo")),
-                ("INTERCEPTION_MODE".to_string(), s("NONE")),
-                ("ISTHMUS_ROLE".to_string(), s("sidecar")),
-                (
-                    "LABELS".to_string(),
-                    PbValue {
-                        kind: Some(Kind::StructValue(labels)),
-                    },
-                ),
-            ]
-            .into(),
-        }),
-        ..Default::default()
-    };
-    Proxy::from_node(Some(&node)).expect("proxy node")
+    Proxy::from_node(Some(&httpbin_sidecar_node())).expect("proxy node")
 }
 
 /// The translated inbound listeners by workload port, rebound to port 0.

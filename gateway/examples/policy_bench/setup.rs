@@ -12,9 +12,8 @@ use std::sync::Arc;
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
-use envoy_types::pb::envoy::config::core::v3::{address, socket_address::PortSpecifier, Node};
+use envoy_types::pb::envoy::config::core::v3::{address, socket_address::PortSpecifier};
 use envoy_types::pb::envoy::config::listener::v3::Listener;
-use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value as PbValue};
 use isthmus_control::source::parse_text;
 use isthmus_control::store::{ConfigSnapshot, StoredResource};
 use isthmus_control::translate::generator::generate;
@@ -37,7 +36,7 @@ use serde_json::json;
 
 use crate::support::ads::ScriptedAds;
 use crate::support::resources::*;
-use crate::support::{gateway, WAIT};
+use crate::support::{gateway, httpbin_sidecar_node, WAIT};
 
 pub const PORT: u16 = 8000;
 pub const HOST: &str = "httpbin.foo.svc.cluster.local";
@@ -333,31 +332,7 @@ impl Scenario {
 }
 
 fn httpbin_proxy() -> Res<Proxy> {
-    let s = |v: &str| PbValue {
-        kind: Some(Kind::StringValue(v.into())),
-    };
-    let labels = Struct {
-        fields: [("app".to_string(), s("httpbin"))].into(),
-    };
-    let node = Node {
-        id: "sidecar~127.0.0.1~httpbin-1.foo~foo.svc.cluster.local".into(),
-        metadata: Some(Struct {
-            fields: [
-                ("NAMESPACE".to_string(), s("foo")),
-                ("INTERCEPTION_MODE".to_string(), s("NONE")),
-                ("ISTHMUS_ROLE".to_string(), s("sidecar")),
-                (
-                    "LABELS".to_string(),
-                    PbValue {
-                        kind: Some(Kind::StructValue(labels)),
-                    },
-                ),
-            ]
-            .into(),
-        }),
-        ..Default::default()
-    };
-    Proxy::from_node(Some(&node)).map_err(|e| format!("proxy node: {e}"))
+    Proxy::from_node(Some(&httpbin_sidecar_node())).map_err(|e| format!("proxy node: {e}"))
 }
 
 /// A running httpbin sidecar for one scenario.
