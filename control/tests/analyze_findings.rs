@@ -216,7 +216,7 @@ fn json_output_carries_code_severity_and_location() {
 fn directories_are_read_recursively_and_missing_paths_are_errors() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/roundtrip");
     let report = analyze_paths(&[root]);
-    assert_eq!(report.files, 12);
+    assert_eq!(report.files, 13);
     assert!(!report.has_errors(), "{}", report.render_text());
     let missing = analyze_paths(&[PathBuf::from("/nonexistent/isthmus-config")]);
     assert!(missing.has_errors());

@@ -12,7 +12,7 @@ use inject_support::{again, golden, load, patched, respond, ROOT_PEM};
 use isthmus_control::inject::review::AdmissionReview;
 use isthmus_control::inject::selector::matching_webhooks;
 use isthmus_control::inject::{self, PROXY_CONTAINER};
-use isthmus_control::install::{self, webhook};
+use isthmus_control::install::webhook;
 use k8s_openapi::api::core::v1::Pod;
 use serde_json::Value;
 
@@ -188,11 +188,8 @@ fn redirect_mode_adds_the_capture_init_container() {
     let review = load("redirect");
     let r = respond(&review);
     golden("redirect", &r);
-    assert!(
-        r.warnings.iter().any(|w| w.contains("REDIRECT")),
-        "{:?}",
-        r.warnings
-    );
+    // The proxy serves 15001/15006 now: REDIRECT is no longer warned about.
+    assert!(r.warnings.is_empty(), "{:?}", r.warnings);
     let pod_value = patched(&review, &r);
     let pod = check_injected(&pod_value, 1);
     let init = pod.spec.unwrap().init_containers.unwrap();
@@ -274,18 +271,14 @@ type Case<'a> = (
 
 #[test]
 fn webhook_selectors_pick_the_right_pods() {
-    let mut opts = install::InstallOptions::new("us-east", "n", "r/z", "example.org").unwrap();
-    opts.root_cert_pem = Some(ROOT_PEM.into());
-    let cfg = webhook::configuration(&opts);
+    let cfg = webhook::configuration();
     let hooks = cfg.webhooks.unwrap();
     for h in &hooks {
         assert_eq!(h.failure_policy.as_deref(), Some("Ignore"));
         assert_eq!(h.timeout_seconds, Some(5));
         assert_eq!(h.side_effects, "None");
-        assert_eq!(
-            h.client_config.ca_bundle.as_ref().unwrap().0,
-            ROOT_PEM.as_bytes()
-        );
+        // The control plane applies the bundle at run time (kube_process.rs).
+        assert!(h.client_config.ca_bundle.is_none());
         let svc = h.client_config.service.as_ref().unwrap();
         assert_eq!(
             (

@@ -12,7 +12,7 @@ use isthmus_control::install::{self, kustomize, Doc, InstallOptions, Part};
 use k8s_openapi::api::admissionregistration::v1::MutatingWebhookConfiguration;
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{
-    ConfigMap, Container, Namespace, PersistentVolumeClaim, Service, ServiceAccount,
+    ConfigMap, Container, Namespace, PersistentVolumeClaim, Secret, Service, ServiceAccount,
 };
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding};
@@ -21,12 +21,8 @@ use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
 
-const ROOT_PEM: &str = include_str!("fixtures/install/root-cert.pem");
-
 fn example() -> InstallOptions {
-    let mut opts = kustomize::example_options().unwrap();
-    opts.root_cert_pem = Some(ROOT_PEM.to_string());
-    opts
+    kustomize::example_options().unwrap()
 }
 
 /// Deserializes as `T` and back: a field k8s-openapi does not know would be
@@ -56,6 +52,7 @@ fn every_document_parses_as_its_kind() {
                 drop(round_trip::<ClusterRoleBinding>(doc))
             }
             ("v1", "ConfigMap") => drop(round_trip::<ConfigMap>(doc)),
+            ("v1", "Secret") => drop(round_trip::<Secret>(doc)),
             ("v1", "PersistentVolumeClaim") => drop(round_trip::<PersistentVolumeClaim>(doc)),
             ("apps/v1", "Deployment") => drop(round_trip::<Deployment>(doc)),
             ("v1", "Service") => drop(round_trip::<Service>(doc)),
@@ -292,7 +289,8 @@ fn rbac_is_least_privilege() {
     )
     .unwrap();
     let mut grants = BTreeSet::new();
-    for rule in role.rules.unwrap() {
+    let role_rules = role.rules.unwrap();
+    for rule in role_rules.clone() {
         for group in rule.api_groups.unwrap() {
             for res in rule.resources.clone().unwrap() {
                 for verb in &rule.verbs {
@@ -322,8 +320,30 @@ fn rbac_is_least_privilege() {
     assert!(has("multicluster.x-k8s.io/serviceexports/status:patch"));
     assert!(has("multicluster.x-k8s.io/serviceimports:patch"));
     assert!(has("events.k8s.io/events:create"));
-    // Nothing that reads secrets or writes workloads.
-    assert!(!grants.iter().any(|g| g.contains("secrets")));
+    // Secrets (Gateway credentials) are read, never written; nothing
+    // writes workloads.
+    for v in ["get", "list", "watch"] {
+        assert!(has(&format!("/secrets:{v}")), "missing /secrets:{v}");
+    }
+    assert!(!grants.iter().any(|g| g.starts_with("/secrets:")
+        && !g.ends_with(":get")
+        && !g.ends_with(":list")
+        && !g.ends_with(":watch")));
+    // The webhook's caBundle: only the injector's own configuration.
+    let webhook_rules: Vec<_> = role_rules
+        .iter()
+        .filter(|r| {
+            r.resources
+                .iter()
+                .flatten()
+                .any(|res| res == "mutatingwebhookconfigurations")
+        })
+        .collect();
+    assert_eq!(webhook_rules.len(), 1);
+    assert_eq!(
+        webhook_rules[0].resource_names.as_deref(),
+        Some(&["isthmus-sidecar-injector".to_string()][..])
+    );
     assert!(!grants.iter().any(|g| g.starts_with("/pods:")
         && !g.ends_with(":get")
         && !g.ends_with(":list")
@@ -443,7 +463,7 @@ fn deploy_kubernetes_matches_what_install_renders() {
         let base = dir.join("base").join(part.file()).exists();
         assert_eq!(base, part.in_base(), "{part:?}");
     }
-    assert!(!Part::Cluster.in_base() && !Part::Webhook.in_base());
+    assert!(!Part::Cluster.in_base() && Part::Webhook.in_base());
 }
 
 /// Docker is not available here; this checks the Dockerfile agrees with

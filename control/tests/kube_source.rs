@@ -769,3 +769,134 @@ async fn write_back_sets_export_conditions_and_imports_with_server_side_apply() 
     assert_eq!(after, writes + 1, "only the details import was written");
     task.abort();
 }
+
+fn tls_secret(namespace: &str, name: &str, secret_type: &str, data: Value) -> Value {
+    json!({"apiVersion": "v1", "kind": "Secret", "type": secret_type,
+        "metadata": {"name": name, "namespace": namespace,
+            "annotations": {"cert-manager.io/issuer-name": "letsencrypt"}},
+        "data": data})
+}
+
+fn gateway(namespace: &str) -> Value {
+    json!({"apiVersion": "networking.istio.io/v1", "kind": "Gateway",
+        "metadata": {"name": "public", "namespace": namespace},
+        "spec": {"selector": {"istio": "ingressgateway"}, "servers": [{
+            "port": {"number": 443, "name": "https", "protocol": "HTTPS"},
+            "hosts": ["shop.example.com"],
+            "tls": {"mode": "SIMPLE", "credentialName": "shop-cert"}}]}})
+}
+
+/// Gateway credentials: TLS Secrets (typed, or generic with tls.crt /
+/// ca.crt) of namespaces that have a Gateway reach the store; other Secrets
+/// and other namespaces' do not, and a Secret follows its changes.
+#[tokio::test]
+async fn tls_secrets_of_gateway_namespaces_feed_the_store() {
+    use base64::Engine;
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["shop.example.com".into()])
+        .unwrap()
+        .self_signed(&key)
+        .unwrap();
+    let tls = json!({"tls.crt": b64(&cert.pem()), "tls.key": b64(&key.serialize_pem())});
+    let server = FakeApiServer::start().await;
+    server.load_fixtures(&fixtures());
+    server.put(gateway("ingress"));
+    server.put(tls_secret(
+        "ingress",
+        "shop-cert",
+        "kubernetes.io/tls",
+        tls.clone(),
+    ));
+    server.put(tls_secret(
+        "ingress",
+        "shop-cert-cacert",
+        "Opaque",
+        json!({"ca.crt": b64(&cert.pem())}),
+    ));
+    server.put(tls_secret(
+        "ingress",
+        "db-password",
+        "Opaque",
+        json!({"password": b64("hunter2")}),
+    ));
+    server.put(tls_secret(
+        "shop",
+        "other-cert",
+        "kubernetes.io/tls",
+        tls.clone(),
+    ));
+    let store = start(&server).await;
+    let snap = store.current();
+    assert!(
+        snap.get_by(Kind::Secret, "ingress", "shop-cert").is_some(),
+        "{:?}",
+        keys(&snap)
+    );
+    assert!(snap
+        .get_by(Kind::Secret, "ingress", "shop-cert-cacert")
+        .is_some());
+    assert!(
+        snap.get_by(Kind::Secret, "ingress", "db-password")
+            .is_none(),
+        "not a credential"
+    );
+    assert!(
+        snap.get_by(Kind::Secret, "shop", "other-cert").is_none(),
+        "no Gateway in shop"
+    );
+    let Some(Resource::Secret(s)) = snap
+        .get_by(Kind::Secret, "ingress", "shop-cert")
+        .map(|r| &*r.resource)
+    else {
+        panic!("shop-cert is a Secret");
+    };
+    assert_eq!(s.tls_credential().unwrap().cert_chain, cert.pem());
+
+    // A Gateway appears in shop: its Secret is published.
+    server.put(gateway("shop"));
+    eventually("shop's TLS Secret once shop has a Gateway", WAIT, || {
+        store
+            .current()
+            .get_by(Kind::Secret, "shop", "other-cert")
+            .is_some()
+    })
+    .await;
+    // A credential that stops being one (keys replaced) leaves the store.
+    server.put(tls_secret(
+        "ingress",
+        "shop-cert-cacert",
+        "Opaque",
+        json!({"note": b64("gone")}),
+    ));
+    eventually(
+        "a Secret that is no credential any more to leave",
+        WAIT,
+        || {
+            store
+                .current()
+                .get_by(Kind::Secret, "ingress", "shop-cert-cacert")
+                .is_none()
+        },
+    )
+    .await;
+    // Only reads: the source never writes a Secret.
+    assert!(server
+        .requests()
+        .iter()
+        .filter(|r| r.path.contains("/secrets"))
+        .all(|r| r.method == "GET"));
+}
+
+/// An operator may deny the control plane all Secrets (no credentialName
+/// in use): the source still starts, with no Secrets.
+#[tokio::test]
+async fn forbidden_secrets_do_not_block_start() {
+    let server = FakeApiServer::start().await;
+    server.load_fixtures(&fixtures());
+    server.forbid("v1", "secrets");
+    let store = start(&server).await;
+    let snap = store.current();
+    assert!(snap.get_by(Kind::ServiceEntry, "shop", "reviews").is_some());
+    assert!(!snap.iter().any(|(k, _)| k.kind == Kind::Secret));
+}

@@ -16,6 +16,7 @@ pub mod command;
 pub mod config;
 pub mod handle;
 mod lease;
+pub mod membership;
 pub mod metrics;
 pub mod model;
 pub mod node;

@@ -63,12 +63,27 @@ pub struct SavedSnapshot {
 /// Writes a consistent registry image from a live node to `path`.
 pub async fn save(handle: &Handle, path: &Path) -> Result<SavedSnapshot, RecoveryError> {
     let image = handle.consistent_image().await?;
+    save_image(&image, path)
+}
+
+/// CRC-32 of bytes in transit (the admin port's snapshot body), the same
+/// checksum the snapshot files carry.
+pub fn checksum(data: &[u8]) -> u32 {
+    crc32fast::hash(data)
+}
+
+/// Writes `image` to `path` in the checksummed snapshot file format,
+/// atomically (temporary file, fsync, rename, directory fsync).
+pub fn save_image(image: &StateImage, path: &Path) -> Result<SavedSnapshot, RecoveryError> {
+    if image.witness {
+        return Err(RecoveryError::Witness(path.to_path_buf()));
+    }
     let saved = SavedSnapshot {
         revision: image.revision,
         applied_index: image.applied_index,
         clusters: image.clusters.len(),
     };
-    let data = serde_json::to_vec(&image).map_err(RecoveryError::Encode)?;
+    let data = serde_json::to_vec(image).map_err(RecoveryError::Encode)?;
     let mut snap = Snapshot::default();
     snap.data = data.into();
     snap.mut_metadata().index = image.applied_index;

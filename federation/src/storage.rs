@@ -110,6 +110,8 @@ pub struct DiskStorage {
     /// False on a witness: its snapshots hold no registry data, so it must
     /// never send one.
     serves_snapshots: bool,
+    /// Nothing was on disk when opened.
+    fresh: bool,
 }
 
 fn store_err(e: impl std::error::Error + Send + Sync + 'static) -> raft::Error {
@@ -184,6 +186,7 @@ impl DiskStorage {
             conf_index,
             snapshot_wanted: AtomicBool::new(false),
             serves_snapshots: true,
+            fresh,
         };
         // The snapshot only holds committed state, so the commit index is at
         // least its index even if the commit was not persisted before a crash.
@@ -211,6 +214,29 @@ impl DiskStorage {
             storage.engine.write(&mut batch, true).map_err(engine_err)?;
         }
         Ok(storage)
+    }
+
+    /// Whether the directory held no federation state when opened.
+    pub fn is_fresh(&self) -> bool {
+        self.fresh
+    }
+
+    /// Starts a brand-new federation from a snapshot at index 1 (term 1)
+    /// holding `voters` and the empty registry `image`, instead of a bare
+    /// configuration: the log then starts at index 2, so the leader brings
+    /// any member added later up to date with a snapshot, which carries the
+    /// whole configuration (a configuration only on disk would never reach
+    /// a joining node through the log).
+    pub fn bootstrap(&mut self, voters: &[u64], image: Vec<u8>) -> Result<(), StorageWriteError> {
+        let mut snap = Snapshot::default();
+        snap.data = image.into();
+        let meta = snap.mut_metadata();
+        meta.index = 1;
+        meta.term = 1;
+        meta.set_conf_state(ConfState::from((voters.to_vec(), Vec::<u64>::new())));
+        self.apply_snapshot(snap)?;
+        self.fresh = false;
+        Ok(())
     }
 
     /// Makes this a witness's storage: Raft gets no snapshot from it.

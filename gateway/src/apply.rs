@@ -10,6 +10,7 @@ use tokio::sync::watch;
 
 use crate::config::{ClusterConfig, ListenerConfig, LoadAssignment, RouteTable, SecretConfig};
 use crate::listener::{ListenerError, ListenerManager};
+use crate::resolve::{DnsClusters, ResolvedMap, Resolver, ResolverOptions};
 use crate::state::{build_clusters, build_listener, ClusterTable, ResourceSet, RouteTables};
 use crate::tls::CertReceiver;
 
@@ -31,6 +32,8 @@ pub enum Update {
         routes: BTreeMap<String, RouteTable>,
         keep: Vec<String>,
     },
+    /// The DNS proxy's name table (wildcard, state of the world).
+    NameTable(crate::dnsproxy::NameIndex),
     /// Secrets by name; `keep` as for endpoints.
     Secrets {
         secrets: BTreeMap<String, SecretConfig>,
@@ -54,6 +57,11 @@ pub struct Applier {
     routes_tx: watch::Sender<Arc<RouteTables>>,
     listeners: ListenerManager,
     cert: Option<CertReceiver>,
+    /// Resolution tasks of STRICT_DNS/LOGICAL_DNS clusters and their output.
+    dns: DnsClusters,
+    resolved_rx: watch::Receiver<Arc<ResolvedMap>>,
+    /// The name table for the DNS proxy.
+    names_tx: watch::Sender<Arc<crate::dnsproxy::NameIndex>>,
 }
 
 impl Applier {
@@ -64,6 +72,7 @@ impl Applier {
         listeners: ListenerManager,
         cert: Option<CertReceiver>,
     ) -> Self {
+        let (dns, resolved_rx) = DnsClusters::new(Resolver::new(&ResolverOptions::default()));
         Self {
             set: ResourceSet::default(),
             clusters_tx,
@@ -71,7 +80,50 @@ impl Applier {
             routes_tx,
             listeners,
             cert,
+            dns,
+            resolved_rx,
+            names_tx: watch::Sender::new(Arc::default()),
         }
+    }
+
+    /// The name table as received (the DNS proxy reads it per query).
+    pub fn name_table(&self) -> watch::Receiver<Arc<crate::dnsproxy::NameIndex>> {
+        self.names_tx.subscribe()
+    }
+
+    /// Resolves DNS clusters with `opts` (e.g. a configured upstream
+    /// server) instead of the system configuration.
+    pub fn with_resolver(mut self, opts: &ResolverOptions) -> Self {
+        let (dns, resolved_rx) = DnsClusters::new(Resolver::new(opts));
+        self.dns = dns;
+        self.resolved_rx = resolved_rx;
+        self
+    }
+
+    /// Completes when a DNS cluster's addresses changed; the owner then
+    /// calls [`Applier::apply_resolved`]. Never completes without DNS
+    /// clusters. Cancel safe.
+    pub async fn resolution_changed(&mut self) {
+        if self.resolved_rx.changed().await.is_err() {
+            std::future::pending::<()>().await;
+        }
+    }
+
+    /// Rebuilds the clusters whose resolved addresses changed.
+    pub async fn apply_resolved(&mut self) -> Result<(), ApplyError> {
+        let mut next = self.set.clone();
+        next.resolved = self.resolved_rx.borrow_and_update().as_ref().clone();
+        let previous = self.clusters_tx.borrow().clone();
+        let (set, cert) = (next.clone(), self.cert.clone());
+        let table = tokio::task::spawn_blocking(move || {
+            build_clusters(&set, cert.as_ref(), &previous, false)
+        })
+        .await
+        .map_err(|e| ApplyError::Build(e.to_string()))?;
+        self.clusters_tx.send_replace(Arc::new(table));
+        self.set = next;
+        self.dump_tx.send_replace(Arc::new(self.set.clone()));
+        Ok(())
     }
 
     pub fn resources(&self) -> &ResourceSet {
@@ -83,7 +135,10 @@ impl Applier {
         let mut rebuild_listeners = false;
         let mut secrets_changed = false;
         match update {
-            Update::Clusters(c) => next.clusters = c,
+            Update::Clusters(c) => {
+                self.dns.sync(&c);
+                next.clusters = c;
+            }
             Update::Listeners(l) => {
                 next.listeners = l;
                 rebuild_listeners = true;
@@ -94,6 +149,11 @@ impl Applier {
                 next.endpoints.retain(|k, _| keep.contains(k));
                 next.endpoints
                     .extend(assignments.into_iter().filter(|(k, _)| keep.contains(k)));
+            }
+            Update::NameTable(index) => {
+                // Read per query by the DNS proxy: nothing to rebuild.
+                self.names_tx.send_replace(Arc::new(index));
+                return Ok(());
             }
             Update::Routes { routes, keep } => {
                 next.routes.retain(|k, _| keep.contains(k));
@@ -118,6 +178,7 @@ impl Applier {
                 secrets_changed = true;
             }
         }
+        next.resolved = self.resolved_rx.borrow_and_update().as_ref().clone();
         // Clusters first, so listeners that reference new clusters find them.
         let previous = self.clusters_tx.borrow().clone();
         // Balancer tables (Maglev: 65537 entries per priority) and rustls
@@ -129,11 +190,17 @@ impl Applier {
         .await
         .map_err(|e| ApplyError::Build(e.to_string()))?;
         if rebuild_listeners {
-            let runtimes = next
-                .listeners
-                .values()
-                .map(|l| Arc::new(build_listener(l, &next, self.cert.as_ref())))
-                .collect();
+            // rustls configs, and certificate files Gateway servers name,
+            // are built off the async workers too.
+            let (set, cert) = (next.clone(), self.cert.clone());
+            let runtimes = tokio::task::spawn_blocking(move || {
+                set.listeners
+                    .values()
+                    .map(|l| Arc::new(build_listener(l, &set, cert.as_ref())))
+                    .collect()
+            })
+            .await
+            .map_err(|e| ApplyError::Build(e.to_string()))?;
             // Publish clusters before listeners go live; if binding fails the
             // new clusters are a superset-compatible change and stay.
             self.clusters_tx.send_replace(Arc::new(table));

@@ -13,6 +13,7 @@ pub mod admin;
 pub mod apply;
 pub mod authn;
 pub mod config;
+pub mod dnsproxy;
 pub mod http;
 pub mod lb;
 pub mod listener;
@@ -20,6 +21,7 @@ pub mod metrics;
 pub mod outlier;
 pub mod proxy;
 pub mod rbac;
+pub mod resolve;
 pub mod state;
 pub mod tls;
 pub mod trace;
@@ -71,9 +73,20 @@ pub struct GatewayConfig {
     pub xds_mode: xds::XdsMode,
     /// East-west gateways: serve and use the QUIC tunnel (needs `cert`).
     pub tunnel: Option<tunnel::TunnelConfig>,
+    /// The control plane's SPIFFE ID, checked when `xds_address` is
+    /// `https://` (mutual TLS with `cert`); e.g.
+    /// `spiffe://cluster.local/ns/istio-system/sa/isthmus-control`.
+    pub xds_server_identity: Option<String>,
     /// Span batching towards OTLP collectors (which collectors, and the
     /// sampling, come from xDS: the connection manager's `tracing`).
     pub trace_export: trace::ExportOptions,
+    /// Where STRICT_DNS/LOGICAL_DNS clusters (and the DNS proxy's
+    /// forwarding) resolve names; empty upstream: /etc/resolv.conf.
+    pub resolver: resolve::ResolverOptions,
+    /// Serve the DNS proxy here (UDP and TCP; Istio's 127.0.0.1:15053),
+    /// answering from the control plane's name table and forwarding the
+    /// rest to `resolver.upstream`.
+    pub dns_proxy: Option<SocketAddr>,
 }
 
 impl GatewayConfig {
@@ -91,7 +104,10 @@ impl GatewayConfig {
             connect_attempts: 3,
             xds_mode: xds::XdsMode::Auto,
             tunnel: None,
+            xds_server_identity: None,
             trace_export: trace::ExportOptions::default(),
+            resolver: resolve::ResolverOptions::default(),
+            dns_proxy: None,
         }
     }
 }
@@ -105,9 +121,13 @@ pub enum GatewayError {
     #[error("xDS address {0:?} is not a valid URI (expected e.g. http://istiod:15010): {1}")]
     XdsAddress(String, String),
     #[error(transparent)]
+    Xds(#[from] xds::XdsError),
+    #[error(transparent)]
     Tunnel(#[from] tunnel::TunnelError),
     #[error("the QUIC tunnel needs this gateway's own certificate (GatewayConfig.cert)")]
     TunnelWithoutCertificate,
+    #[error(transparent)]
+    DnsProxy(#[from] dnsproxy::DnsProxyError),
     #[error("installing the SIGTERM handler: {0}")]
     Signal(std::io::Error),
 }
@@ -123,6 +143,7 @@ pub struct Gateway {
     stop: CancellationToken,
     tracker: TaskTracker,
     drain_time: Duration,
+    dns_proxy: Option<dnsproxy::DnsProxy>,
 }
 
 impl Gateway {
@@ -131,6 +152,14 @@ impl Gateway {
     pub async fn start(config: GatewayConfig) -> Result<Self, GatewayError> {
         tonic::transport::Endpoint::from_shared(config.xds_address.clone())
             .map_err(|e| GatewayError::XdsAddress(config.xds_address.clone(), e.to_string()))?;
+        let xds_target = xds::XdsTarget::parse(
+            &config.xds_address,
+            config.cert.as_ref(),
+            config.xds_server_identity.as_deref(),
+        )?;
+        if xds_target.is_tls() {
+            tracing::info!(server = %config.xds_address, identity = ?config.xds_server_identity, "xDS over mutual TLS");
+        }
         let metrics = Arc::new(metrics::Metrics::for_node(
             &config.node,
             config.cert.clone(),
@@ -188,7 +217,18 @@ impl Gateway {
             routes_tx,
             listeners.clone(),
             config.cert.clone(),
-        );
+        )
+        .with_resolver(&config.resolver);
+        let dns_proxy = match config.dns_proxy {
+            Some(listen) => {
+                let cfg = dnsproxy::DnsProxyConfig {
+                    listen,
+                    upstream: config.resolver.upstream.clone(),
+                };
+                Some(dnsproxy::DnsProxy::start(&cfg, applier.name_table()).await?)
+            }
+            None => None,
+        };
         let client = xds::XdsClient::new(
             config.xds_address.clone(),
             node_proto(&config.node),
@@ -196,7 +236,13 @@ impl Gateway {
             ready_tx,
             metrics,
             config.xds_mode,
-        );
+        )
+        .with_target(xds_target);
+        let client = if dns_proxy.is_some() {
+            client.with_name_table()
+        } else {
+            client
+        };
         tokio::spawn(client.run(stop.clone()));
         Ok(Self {
             admin_address,
@@ -207,7 +253,13 @@ impl Gateway {
             stop,
             tracker,
             drain_time: config.drain_time,
+            dns_proxy,
         })
+    }
+
+    /// Where the DNS proxy listens (UDP and TCP), when it runs.
+    pub fn dns_proxy_address(&self) -> Option<SocketAddr> {
+        self.dns_proxy.as_ref().map(dnsproxy::DnsProxy::local_addr)
     }
 
     pub fn admin_address(&self) -> SocketAddr {

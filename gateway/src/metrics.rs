@@ -58,6 +58,8 @@ pub struct Metrics {
     pub upstream_cx_pending_overflow: IntCounterVec,
     pub upstream_cx_none_healthy: IntCounterVec,
     pub outlier_ejections_total: IntCounterVec,
+    /// Connections to tunnel clusters by the transport that carried them.
+    pub tunnel_connections_total: IntCounterVec,
     pub bytes_total: IntCounterVec,
     pub tcp_connections_opened: IntCounterVec,
     pub xds_updates_total: IntCounterVec,
@@ -114,6 +116,7 @@ impl Metrics {
             upstream_cx_pending_overflow: counter(&r, "upstream_rq_pending_overflow_total", "Connections refused by the max_pending_requests circuit breaker", &["cluster"])?,
             upstream_cx_none_healthy: counter(&r, "upstream_cx_none_healthy_total", "Connections refused because the cluster had no host", &["cluster"])?,
             outlier_ejections_total: counter(&r, "outlier_detection_ejections_total", "Hosts ejected by outlier detection", &["cluster"])?,
+            tunnel_connections_total: counter(&r, "tunnel_connections_total", "Connections to clusters marked for the QUIC tunnel, by the transport that carried them (quic, or tcp as the fallback)", &["cluster", "transport"])?,
             bytes_total: counter(&r, "bytes_total", "Bytes proxied", &["listener", "direction"])?,
             tcp_connections_opened: counter(
                 &r,

@@ -1,4 +1,5 @@
-//! Passive outlier detection (Envoy semantics, consecutive-error detectors).
+//! Passive outlier detection (Envoy semantics): the consecutive-error
+//! detectors here, the success-rate detector in [`success_rate`].
 //!
 //! Each host keeps lock-free counters. A host is ejected when a detector's
 //! consecutive count reaches its threshold and fewer than
@@ -8,6 +9,8 @@
 //! `max_ejection_time`; the multiplier decays by one per `interval` the host
 //! spends un-ejected.
 
+pub mod success_rate;
+
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::OnceLock;
 use std::time::Duration;
@@ -16,8 +19,18 @@ use tokio::time::Instant;
 
 use crate::config::OutlierConfig;
 
+/// Bumped on every ejection anywhere in the process, so load balancers can
+/// cache host health and recompute it only when something changed (an
+/// ejection) or an ejection they know of runs out.
+static HEALTH_EPOCH: AtomicU64 = AtomicU64::new(0);
+
+/// The current health epoch (see [`HEALTH_EPOCH`]).
+pub fn health_epoch() -> u64 {
+    HEALTH_EPOCH.load(Ordering::Acquire)
+}
+
 /// Milliseconds since a process-wide origin, so deadlines fit in atomics.
-fn now_ms() -> u64 {
+pub(crate) fn now_ms() -> u64 {
     static ORIGIN: OnceLock<Instant> = OnceLock::new();
     let origin = *ORIGIN.get_or_init(Instant::now);
     // +1 so that 0 keeps meaning "never".
@@ -45,12 +58,53 @@ pub struct HostOutlier {
     ejected_until_ms: AtomicU64,
     last_unejected_ms: AtomicU64,
     ejections: AtomicU32,
+    /// Success-rate detector: requests and successes since the cluster's
+    /// last evaluation.
+    sr_total: AtomicU64,
+    sr_success: AtomicU64,
 }
 
 impl HostOutlier {
     pub fn is_ejected(&self) -> bool {
         let until = self.ejected_until_ms.load(Ordering::Acquire);
         until != 0 && now_ms() < until
+    }
+
+    /// When the current ejection ends (process clock, see `now_ms`); 0 if never ejected.
+    pub(crate) fn ejected_until_ms(&self) -> u64 {
+        self.ejected_until_ms.load(Ordering::Acquire)
+    }
+
+    /// Takes (successes, requests) counted since the last call.
+    pub(crate) fn take_success_rate_counts(&self) -> (u64, u64) {
+        let total = self.sr_total.swap(0, Ordering::AcqRel);
+        let success = self.sr_success.swap(0, Ordering::AcqRel);
+        (success.min(total), total)
+    }
+
+    /// Ejects the host (success-rate detector); false when it already is
+    /// ejected or `max_ejection_percent` forbids it.
+    pub fn eject(
+        &self,
+        cfg: &OutlierConfig,
+        ejected_fraction: impl FnOnce() -> (usize, usize),
+    ) -> bool {
+        self.try_eject(cfg, ejected_fraction)
+    }
+
+    fn count_for_success_rate(&self, cfg: &OutlierConfig, outcome: Outcome) {
+        if cfg.success_rate.is_none() {
+            return;
+        }
+        match outcome {
+            Outcome::Success => {
+                self.sr_success.fetch_add(1, Ordering::Relaxed);
+            }
+            // Split local-origin errors belong to the local-origin detectors.
+            Outcome::LocalOriginFailure if cfg.split_external_local_origin_errors => return,
+            _ => {}
+        }
+        self.sr_total.fetch_add(1, Ordering::Relaxed);
     }
 
     /// How many times the host has been ejected (the backoff multiplier).
@@ -66,6 +120,7 @@ impl HostOutlier {
         outcome: Outcome,
         ejected_fraction: impl FnOnce() -> (usize, usize),
     ) -> bool {
+        self.count_for_success_rate(cfg, outcome);
         match outcome {
             Outcome::Success => {
                 self.consecutive_local.store(0, Ordering::Relaxed);
@@ -125,6 +180,7 @@ impl HostOutlier {
         self.consecutive_local.store(0, Ordering::Relaxed);
         self.consecutive_gateway.store(0, Ordering::Relaxed);
         self.consecutive_5xx.store(0, Ordering::Relaxed);
+        HEALTH_EPOCH.fetch_add(1, Ordering::AcqRel);
         true
     }
 
@@ -159,6 +215,7 @@ mod tests {
             consecutive_gateway_failure: 3,
             consecutive_local_origin_failure: 2,
             split_external_local_origin_errors: true,
+            success_rate: None,
         }
     }
 

@@ -24,6 +24,9 @@ pub struct ResourceSet {
     pub endpoints: BTreeMap<String, LoadAssignment>,
     pub secrets: BTreeMap<String, SecretConfig>,
     pub routes: BTreeMap<String, RouteTable>,
+    /// Current addresses of STRICT_DNS/LOGICAL_DNS clusters (`crate::resolve`).
+    #[serde(serialize_with = "crate::resolve::serialize_resolved")]
+    pub resolved: crate::resolve::ResolvedMap,
 }
 
 /// Route configurations received over RDS, read per request.
@@ -33,6 +36,10 @@ impl SecretLookup for BTreeMap<String, SecretConfig> {
     fn roots(&self, name: &str) -> Option<(Vec<Vec<u8>>, Vec<SanMatcher>)> {
         self.get(name)
             .map(|s| (s.roots.clone(), s.san_matchers.clone()))
+    }
+
+    fn certificate(&self, name: &str) -> Option<crate::tls::ServerCredential> {
+        self.get(name).and_then(|s| s.certificate.clone())
     }
 }
 
@@ -75,13 +82,8 @@ impl ResourceSet {
         }
         for l in self.listeners.values() {
             for ch in l.filter_chains.iter().chain(l.default_chain.iter()) {
-                if let Some(s) = ch
-                    .tls
-                    .as_ref()
-                    .and_then(|t| t.validation.as_ref())
-                    .and_then(|v| v.secret.clone())
-                {
-                    v.push(s);
+                if let Some(t) = &ch.tls {
+                    v.extend(t.sds_names());
                 }
             }
         }
@@ -114,6 +116,17 @@ pub struct ClusterRuntime {
     pub assignment: Option<LoadAssignment>,
     /// Pooled HTTP connections to this cluster's hosts.
     pub http_pool: crate::http::pool::ClusterPool,
+    /// DNS clusters: what the balancer was built from, with the addresses
+    /// to race per host (happy eyeballs).
+    pub dns: Option<Arc<crate::resolve::ResolvedCluster>>,
+}
+
+impl ClusterRuntime {
+    /// The addresses to race when connecting to `host`, when it has more
+    /// than one (a dual-stack DNS host).
+    pub fn connect_order(&self, host: std::net::SocketAddr) -> Option<&[std::net::SocketAddr]> {
+        self.dns.as_ref().and_then(|d| d.connect_order(host))
+    }
 }
 
 #[derive(Debug, Default)]
@@ -141,6 +154,11 @@ pub fn build_clusters(
         let prev = previous.clusters.get(name);
         let (la, warm) = match &cfg.discovery {
             Discovery::Static(la) => (Some(la), true),
+            Discovery::OriginalDst => (None, true),
+            Discovery::Dns(_) => {
+                let la = set.resolved.get(name).map(|r| &r.assignment);
+                (la, la.is_some())
+            }
             Discovery::Eds { service_name } => {
                 let la = set.endpoints.get(service_name);
                 (la, la.is_some())
@@ -148,7 +166,8 @@ pub fn build_clusters(
         };
         if let Some(p) = prev {
             let same_tls = !secrets_changed || cfg.tls.is_none();
-            if same_tls && p.config == *cfg && p.assignment.as_ref() == la {
+            let same_dns = p.dns.as_ref() == set.resolved.get(name);
+            if same_tls && same_dns && p.config == *cfg && p.assignment.as_ref() == la {
                 clusters.insert(name.clone(), p.clone());
                 continue;
             }
@@ -176,6 +195,10 @@ pub fn build_clusters(
                 warm,
                 assignment: la.cloned(),
                 http_pool: crate::http::pool::ClusterPool::new(cfg.http),
+                dns: match &cfg.discovery {
+                    Discovery::Dns(_) => set.resolved.get(name).cloned(),
+                    _ => None,
+                },
             }),
         );
     }

@@ -108,18 +108,52 @@ pub fn write_plugin(
     root_cert_pem: &str,
     force: bool,
 ) -> Result<PluginPaths, CaError> {
+    write_plugin_with_bundle(dir, intermediate, root_cert_pem, root_cert_pem, force)
+}
+
+/// Like [`write_plugin`], but root-cert.pem holds `bundle_pem` (the signing
+/// root plus the roots still trusted during a rotation) while cert-chain.pem
+/// ends in the signing root only.
+pub fn write_plugin_with_bundle(
+    dir: &Path,
+    intermediate: &CaMaterial,
+    signing_root_pem: &str,
+    bundle_pem: &str,
+    force: bool,
+) -> Result<PluginPaths, CaError> {
     let paths = PluginPaths::in_dir(dir);
     refuse_overwrite(&paths.ca_key, force)?;
     let chain = format!(
         "{}{}",
         ensure_newline(&intermediate.cert_pem),
-        ensure_newline(root_cert_pem)
+        ensure_newline(signing_root_pem)
     );
+    // A running control plane watching `dir` sees the four renames within
+    // milliseconds; it reloads once they have settled and refuses any
+    // in-between mix (key of one run, certificate of another).
+    write_atomic(&paths.root_cert, bundle_pem.as_bytes(), CERT_MODE)?;
+    write_atomic(&paths.cert_chain, chain.as_bytes(), CERT_MODE)?;
     write_atomic(&paths.ca_key, intermediate.key_pem.as_bytes(), KEY_MODE)?;
     write_atomic(&paths.ca_cert, intermediate.cert_pem.as_bytes(), CERT_MODE)?;
-    write_atomic(&paths.root_cert, root_cert_pem.as_bytes(), CERT_MODE)?;
-    write_atomic(&paths.cert_chain, chain.as_bytes(), CERT_MODE)?;
     Ok(paths)
+}
+
+/// The union of the certificates of several PEM texts, each kept once, in
+/// order of first appearance (for root-cert.pem bundles).
+pub fn bundle_pem<'a>(
+    sources: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<String, CaError> {
+    let mut seen: Vec<Vec<u8>> = Vec::new();
+    let mut out = String::new();
+    for (what, pem) in sources {
+        for der in crate::pem::certs_from_pem(pem, what)? {
+            if !seen.iter().any(|s| s.as_slice() == der.as_ref()) {
+                out.push_str(&crate::pem::cert_to_pem(&der));
+                seen.push(der.to_vec());
+            }
+        }
+    }
+    Ok(out)
 }
 
 /// Loads the issuing CA from a plug-in directory.

@@ -26,6 +26,7 @@ pub mod files;
 pub mod inspect;
 pub mod manager;
 pub mod pem;
+pub mod reload;
 pub mod service;
 pub mod spiffe;
 pub mod tls;
@@ -40,11 +41,12 @@ pub use cli::{run, CaCommand};
 pub use client::{CaClient, CaClientConfig, CaClientTls, ClientError};
 pub use manager::{
     AuthoritySigner, CertManager, CertManagerConfig, CertWatch, CertificateSigner, ManagerError,
+    RenewHandle,
 };
 pub use service::{CaMetrics, CaService, CaServiceConfig, RateLimit};
 pub use spiffe::{SpiffeError, SpiffeId, DEFAULT_TRUST_DOMAIN};
 pub use verify::{
-    peer_identity, static_bundle, BundleWatch, PeerPolicy, SpiffeClientVerifier,
-    SpiffeServerVerifier, VerifyError,
+    follow_issued_roots, peer_identity, static_bundle, BundleWatch, PeerPolicy,
+    SpiffeClientVerifier, SpiffeServerVerifier, VerifyError,
 };
 pub use workload::WorkloadCert;

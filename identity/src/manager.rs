@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{CertificateParams, SanType};
-use tokio::sync::watch;
+use tokio::sync::{watch, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 use tracing::{error, info, warn};
@@ -114,8 +114,19 @@ pub enum ManagerError {
     Issued(#[from] WorkloadCertError),
 }
 
+/// Asks a [`CertManager`] for a new certificate now.
+#[derive(Clone)]
+pub struct RenewHandle(Arc<Notify>);
+
+impl RenewHandle {
+    pub fn renew_now(&self) {
+        self.0.notify_one();
+    }
+}
+
 pub struct CertManager {
     certs: CertWatch,
+    renew: Arc<Notify>,
     task: JoinHandle<()>,
 }
 
@@ -146,8 +157,25 @@ impl CertManager {
         }
         let (tx, rx) = watch::channel(None);
         let signer = make_signer(rx.clone());
-        let task = tokio::spawn(run(config, signer, tx));
-        Ok(Self { certs: rx, task })
+        let renew = Arc::new(Notify::new());
+        let task = tokio::spawn(run(config, signer, tx, Arc::clone(&renew)));
+        Ok(Self {
+            certs: rx,
+            renew,
+            task,
+        })
+    }
+
+    /// Asks for a new certificate now instead of at the next rotation (the
+    /// issuing CA changed, e.g. an intermediate was re-issued under a new
+    /// root). The current certificate keeps serving until the new one arrives.
+    pub fn renew_now(&self) {
+        self.renew.notify_one();
+    }
+
+    /// A cloneable handle to [`CertManager::renew_now`] for other tasks.
+    pub fn renew_handle(&self) -> RenewHandle {
+        RenewHandle(Arc::clone(&self.renew))
     }
 
     pub fn subscribe(&self) -> CertWatch {
@@ -180,11 +208,18 @@ async fn run(
     config: CertManagerConfig,
     signer: Arc<dyn CertificateSigner>,
     tx: watch::Sender<Option<Arc<WorkloadCert>>>,
+    renew: Arc<Notify>,
 ) {
     let mut backoff = config.initial_backoff;
     let mut next_attempt = Instant::now();
     loop {
-        tokio::time::sleep_until(next_attempt).await;
+        tokio::select! {
+            _ = tokio::time::sleep_until(next_attempt) => {}
+            _ = renew.notified() => {
+                info!(identity = %config.identity, "certificate renewal requested");
+                backoff = config.initial_backoff;
+            }
+        }
         match issue_once(&config, signer.as_ref()).await {
             Ok(cert) => {
                 let delay = refresh_delay(&cert, &config);

@@ -26,6 +26,46 @@ pub fn static_bundle(bundle: TrustBundle) -> BundleWatch {
     watch::channel(Arc::new(bundle)).1
 }
 
+/// A bundle that starts as `initial` (the operator's bootstrap root file) and
+/// then follows the roots the CA returned with our latest certificate, as
+/// Istio's agent does: after a root rotation the old root is no longer
+/// trusted for talking to the CA, and the new one is trusted before the
+/// control plane's own certificate moves to it. Needs a tokio runtime.
+pub fn follow_issued_roots(
+    initial: TrustBundle,
+    mut own: crate::manager::CertWatch,
+) -> BundleWatch {
+    let (tx, rx) = watch::channel(Arc::new(initial));
+    tokio::spawn(async move {
+        loop {
+            let roots = own
+                .borrow_and_update()
+                .as_ref()
+                .map(|c| c.roots().to_vec())
+                .unwrap_or_default();
+            if !roots.is_empty() {
+                let mut next = TrustBundle::new();
+                let added: Result<Vec<_>, _> = roots.into_iter().map(|r| next.add_der(r)).collect();
+                match added {
+                    Ok(_) if **tx.borrow() != next => {
+                        tracing::info!(roots = ?next.subjects(), "CA trust follows the roots of the latest certificate");
+                        tx.send_replace(Arc::new(next));
+                    }
+                    Ok(_) => {}
+                    Err(e) => {
+                        tracing::warn!(error = %e, "the CA returned an unusable root; keeping the current CA trust")
+                    }
+                }
+            }
+            tokio::select! {
+                r = own.changed() => if r.is_err() { return },
+                _ = tx.closed() => return,
+            }
+        }
+    });
+    rx
+}
+
 #[derive(thiserror::Error)]
 pub enum VerifyError {
     #[error("the peer presented no certificate")]

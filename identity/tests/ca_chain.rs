@@ -418,6 +418,7 @@ fn cli_writes_istio_plugin_files_with_private_keys_0600() {
             algorithm: KeyAlgorithm::EcdsaP256,
             key: None,
             validity_days: 10,
+            also_trust: Vec::new(),
             force: false,
         },
         &mut out,

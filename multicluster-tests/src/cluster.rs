@@ -18,6 +18,8 @@ pub enum Part {
     App(String),
     /// A workload's sidecar (by workload name).
     Sidecar(String),
+    /// The ingress gateway (`ClusterSpec::ingress`).
+    Ingress,
 }
 
 /// Everything needed to (re)start a cluster's processes.
@@ -41,6 +43,9 @@ pub struct Cluster {
     pub(crate) apps: Vec<Managed>,
     pub(crate) sidecars: Vec<Managed>,
     pub(crate) wan: Option<FaultProxy>,
+    /// The UDP link in front of the east-west gateway's QUIC tunnel.
+    pub(crate) tunnel: Option<crate::udpproxy::UdpFaultProxy>,
+    pub(crate) ingress: Option<Managed>,
 }
 
 fn durations(d: std::time::Duration) -> String {
@@ -86,9 +91,10 @@ impl Cluster {
     }
 
     pub(crate) fn eastwest_spec(spec: &ClusterSpec, block: Block, dir: &Path, l: &Launch) -> Spec {
-        Self::isthmus(format!("{}-east-west", spec.name), dir, l)
+        let s = Self::isthmus(format!("{}-east-west", spec.name), dir, l)
             .args(["gateway", "--role", "east-west", "--xds"])
-            .arg(format!("http://{}", block.plaintext_xds()))
+            .arg(format!("https://{}", block.grpc()));
+        Self::eastwest_identity_args(s, spec, block, dir, l)
             .arg("--ip")
             .arg(block.eastwest_ip().to_string())
             .arg("--cluster-id")
@@ -113,19 +119,26 @@ impl Cluster {
         let w = spec.workloads.get(usize::from(k) - 1)?;
         let port = spec.service_spec(&w.service)?.port;
         let zone = w.zone.clone().unwrap_or_else(|| spec.zone.clone());
-        Some(
-            Self::isthmus(format!("{}-{}-app", spec.name, w.name), dir, l)
-                .args(["workload", "echo", "--listen"])
-                .arg(SocketAddr::new(block.app_ip(k), port).to_string())
-                .arg("--service")
-                .arg(&w.service)
-                .arg("--cluster")
-                .arg(&spec.name)
-                .arg("--zone")
-                .arg(zone)
-                .arg("--version")
-                .arg(&w.version),
-        )
+        let app = Self::isthmus(format!("{}-{}-app", spec.name, w.name), dir, l)
+            .args(["workload", "echo", "--listen"])
+            .arg(SocketAddr::new(block.app_ip(k), port).to_string())
+            .arg("--service")
+            .arg(&w.service)
+            .arg("--cluster")
+            .arg(&spec.name)
+            .arg("--zone")
+            .arg(zone)
+            .arg("--version")
+            .arg(&w.version);
+        Some(match &w.calls {
+            // Through its own sidecar's outbound listener for that port.
+            Some((service, port)) => app
+                .arg("--call")
+                .arg(SocketAddr::new(block.outbound_ip(k), *port).to_string())
+                .arg("--call-host")
+                .arg(service),
+            None => app,
+        })
     }
 
     pub(crate) fn sidecar_spec(
@@ -144,7 +157,7 @@ impl Cluster {
         Some(
             Self::isthmus(format!("{}-{}-sidecar", spec.name, w.name), dir, l)
                 .args(["gateway", "--role", "sidecar", "--xds"])
-                .arg(format!("http://{}", block.plaintext_xds()))
+                .arg(format!("https://{}", block.grpc()))
                 .arg("--ca")
                 .arg(block.grpc().to_string())
                 .arg("--root-cert")
@@ -178,12 +191,19 @@ impl Cluster {
                 .arg("--outbound-bind")
                 .arg(block.outbound_ip(k).to_string())
                 .arg("--drain-time")
-                .arg("1s"),
+                .arg("1s")
+                .args(&spec.sidecar_args),
         )
     }
 
     pub fn name(&self) -> &str {
         &self.spec.name
+    }
+
+    /// The control plane's process id while it runs (benchmarks read its
+    /// CPU time and memory from /proc).
+    pub fn control_pid(&self) -> Option<u32> {
+        self.control.pid()
     }
 
     /// The admin address of every proxy of the cluster that can become
@@ -200,6 +220,9 @@ impl Cluster {
                 self.block
                     .workload_admin(u8::try_from(k).unwrap_or(u8::MAX)),
             );
+        }
+        if self.ingress.is_some() {
+            v.push(self.block.ingress_admin());
         }
         v
     }
@@ -227,6 +250,10 @@ impl Cluster {
                 let i = self.index(w)?;
                 &mut self.sidecars[i]
             }
+            Part::Ingress => self.ingress.as_mut().ok_or_else(|| HarnessError::NoSuch {
+                what: "ingress gateway",
+                name: self.spec.name.clone(),
+            })?,
         })
     }
 
@@ -235,6 +262,7 @@ impl Cluster {
             .chain(std::iter::once(&mut self.eastwest))
             .chain(self.apps.iter_mut())
             .chain(self.sidecars.iter_mut())
+            .chain(self.ingress.iter_mut())
     }
 
     pub async fn kill_part(&mut self, part: &Part) -> Result<(), HarnessError> {
@@ -287,6 +315,9 @@ impl Cluster {
         for p in self.sidecars.iter_mut() {
             p.restart().await?;
         }
+        if let Some(p) = self.ingress.as_mut() {
+            p.restart().await?;
+        }
         Ok(())
     }
 
@@ -299,7 +330,8 @@ impl Cluster {
         let mut out = String::new();
         let ps = std::iter::once(&self.control)
             .chain(std::iter::once(&self.eastwest))
-            .chain(self.sidecars.iter());
+            .chain(self.sidecars.iter())
+            .chain(self.ingress.iter());
         for p in ps {
             out.push_str(&format!(
                 "--- {} ({})\n{}\n",

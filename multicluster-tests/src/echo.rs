@@ -30,17 +30,52 @@ pub struct Answer {
     pub path: String,
     /// The peer address the echo server saw (its sidecar, when there is one).
     pub peer: String,
+    /// What the called service answered, when this instance calls one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<Box<Answer>>,
+}
+
+impl Answer {
+    /// Who answered last in the chain of calls: where the request landed.
+    pub fn last(&self) -> &Identity {
+        match &self.upstream {
+            Some(u) => u.last(),
+            None => &self.identity,
+        }
+    }
+}
+
+/// The service an echo instance calls on every request (through its
+/// sidecar's outbound listener), like productpage calling reviews.
+#[derive(Debug, Clone)]
+pub struct Upstream {
+    pub target: SocketAddr,
+    /// The `Host` header, e.g. `reviews`.
+    pub host: String,
 }
 
 /// Serves until the listener fails or the task is aborted. `/status/NNN`
 /// answers with that status code (for retry and outlier tests).
 pub async fn serve(listener: TcpListener, me: Identity) -> std::io::Result<()> {
+    serve_calling(listener, me, None).await
+}
+
+/// [`serve`], calling `upstream` first on every request: its answer is
+/// embedded, and its failure answers 502 with the reason.
+pub async fn serve_calling(
+    listener: TcpListener,
+    me: Identity,
+    upstream: Option<Upstream>,
+) -> std::io::Result<()> {
     let me = Arc::new(me);
+    let upstream = Arc::new(upstream);
     loop {
         let (stream, peer) = listener.accept().await?;
-        let me = me.clone();
+        let (me, upstream) = (me.clone(), upstream.clone());
         tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| answer(req, me.clone(), peer));
+            let svc = hyper::service::service_fn(move |req| {
+                answer(req, me.clone(), upstream.clone(), peer)
+            });
             let _ = auto::Builder::new(TokioExecutor::new())
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
@@ -51,12 +86,25 @@ pub async fn serve(listener: TcpListener, me: Identity) -> std::io::Result<()> {
 async fn answer(
     req: Request<Incoming>,
     me: Arc<Identity>,
+    upstream: Arc<Option<Upstream>>,
     peer: SocketAddr,
 ) -> Result<Response<Full<Bytes>>, std::convert::Infallible> {
     let method = req.method().to_string();
     let path = req.uri().path().to_string();
     // Drain the body so keep-alive connections stay usable.
     let _ = req.into_body().collect().await;
+    let called = match upstream.as_ref() {
+        Some(u) => {
+            let mut cfg = crate::load::LoadConfig::new(u.target, &u.host, 1.0);
+            cfg.path = path.clone();
+            match tokio::time::timeout(cfg.timeout, crate::load::request_answer(&cfg)).await {
+                Ok(Ok(a)) => Some(Box::new(a)),
+                Ok(Err(e)) => return Ok(bad_gateway(format!("{}: {e}", u.host))),
+                Err(_) => return Ok(bad_gateway(format!("{}: timeout", u.host))),
+            }
+        }
+        None => None,
+    };
     let status = path
         .strip_prefix("/status/")
         .and_then(|s| s.parse::<u16>().ok())
@@ -67,6 +115,7 @@ async fn answer(
         method,
         path,
         peer: peer.to_string(),
+        upstream: called,
     };
     let json = serde_json::to_vec(&body).unwrap_or_default();
     let mut resp = Response::new(Full::new(Bytes::from(json)));
@@ -76,6 +125,12 @@ async fn answer(
         http::HeaderValue::from_static("application/json"),
     );
     Ok(resp)
+}
+
+fn bad_gateway(reason: String) -> Response<Full<Bytes>> {
+    let mut resp = Response::new(Full::new(Bytes::from(reason)));
+    *resp.status_mut() = StatusCode::BAD_GATEWAY;
+    resp
 }
 
 #[cfg(test)]
@@ -110,5 +165,41 @@ mod tests {
             .unwrap();
         assert_eq!(resp.status(), 503);
         server.abort();
+    }
+
+    #[tokio::test]
+    async fn a_calling_instance_embeds_the_upstream_answer_or_fails_with_502() {
+        let reviews_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let reviews_addr = reviews_l.local_addr().unwrap();
+        let id = |service: &str, cluster: &str| Identity {
+            service: service.into(),
+            cluster: cluster.into(),
+            zone: "z".into(),
+            version: "v2".into(),
+        };
+        let reviews = tokio::spawn(serve(reviews_l, id("reviews", "us-east")));
+        let page_l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let page_addr = page_l.local_addr().unwrap();
+        let up = Upstream {
+            target: reviews_addr,
+            host: "reviews".into(),
+        };
+        let page = tokio::spawn(serve_calling(
+            page_l,
+            id("productpage", "us-west"),
+            Some(up),
+        ));
+        let cfg = crate::load::LoadConfig::new(page_addr, "productpage", 1.0);
+        let a = crate::load::request_answer(&cfg).await.unwrap();
+        assert_eq!(a.identity.service, "productpage");
+        assert_eq!(a.last(), &id("reviews", "us-east"));
+        let landing = crate::load::request(&cfg).await.unwrap();
+        assert_eq!(landing.cluster, "us-east");
+
+        reviews.abort();
+        let _ = reviews.await;
+        let err = crate::load::request(&cfg).await.unwrap_err();
+        assert_eq!(err, crate::load::Failure::Status(502));
+        page.abort();
     }
 }

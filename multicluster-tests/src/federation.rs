@@ -15,6 +15,7 @@ use crate::render::Peer;
 use crate::setup::{self, ClusterFiles};
 use crate::spec::{Block, ConfigSource, FederationSpec, EASTWEST_PORT, FEDERATION_PORT};
 use crate::udpproxy::UdpFaultProxy;
+use crate::witness::WitnessPlan;
 
 /// One direction of a federation peer link, through a UDP fault proxy.
 pub struct Link {
@@ -27,6 +28,7 @@ pub struct Federation {
     // Clusters first: fields drop in order, processes before their directory.
     clusters: Vec<Cluster>,
     links: Vec<Link>,
+    witness: Option<Managed>,
     launch: Launch,
     root: PathBuf,
     _tmp: Option<tempfile::TempDir>,
@@ -124,6 +126,10 @@ impl Federation {
                 }
             }
         }
+        let witness_plan = spec.witness.as_ref().map(|name| WitnessPlan {
+            name: name.clone(),
+            listen: blocks[0].witness(),
+        });
         let mut clusters = Vec::with_capacity(n);
         for (i, c) in spec.clusters.iter().enumerate() {
             let block = blocks[i];
@@ -134,7 +140,7 @@ impl Federation {
             } else {
                 None
             };
-            let peers = spec
+            let mut peers: Vec<Peer> = spec
                 .clusters
                 .iter()
                 .zip(&blocks)
@@ -148,6 +154,7 @@ impl Federation {
                         .unwrap_or_else(|| b.federation()),
                 })
                 .collect();
+            peers.extend(witness_plan.as_ref().map(WitnessPlan::peer));
             let config_dir = setup::write_cluster(&ClusterFiles {
                 spec: c,
                 block,
@@ -160,13 +167,34 @@ impl Federation {
                 peers,
                 secret: &secret,
             })?;
+            if c.ingress {
+                crate::ingress::write_token(dir, c, &secret)?;
+            }
+            crate::tunnel::write_eastwest_token(dir, c, &secret)?;
             // Control planes of all clusters start before any proxy, so the
             // federation forms while the proxies fetch their certificates.
             let control = Managed::start(Cluster::control_spec(c, block, dir, &launch))?;
             clusters.push((c.clone(), block, dir.clone(), config_dir, control, wan));
         }
+        let witness = match &witness_plan {
+            Some(plan) => {
+                let peers: Vec<Peer> = spec
+                    .clusters
+                    .iter()
+                    .zip(&blocks)
+                    .map(|(c, b)| Peer {
+                        id: c.name.clone(),
+                        address: b.federation(),
+                    })
+                    .collect();
+                let dir = root.join(&plan.name);
+                Some(crate::witness::start(plan, &dir, &root.join("root"), &launch, &peers).await?)
+            }
+            None => None,
+        };
         let mut running = Vec::with_capacity(n);
         for (c, block, dir, config_dir, control, wan) in clusters {
+            let tunnel = crate::tunnel::start_link(&c, block).await?;
             let eastwest = Managed::start(Cluster::eastwest_spec(&c, block, &dir, &launch))?;
             let mut apps = Vec::new();
             let mut sidecars = Vec::new();
@@ -185,6 +213,13 @@ impl Federation {
                     sidecars.push(Managed::start(s)?);
                 }
             }
+            let ingress = if c.ingress {
+                Some(Managed::start(Cluster::ingress_spec(
+                    &c, block, &dir, &launch,
+                ))?)
+            } else {
+                None
+            };
             running.push(Cluster {
                 spec: c,
                 block,
@@ -195,11 +230,14 @@ impl Federation {
                 apps,
                 sidecars,
                 wan,
+                tunnel,
+                ingress,
             });
         }
         Ok(Federation {
             clusters: running,
             links,
+            witness,
             launch,
             root,
             _tmp: tmp,
@@ -387,6 +425,9 @@ impl Federation {
         for c in self.clusters.iter_mut() {
             c.resume_part(&Part::Control).ok();
             c.kill().await;
+        }
+        if let Some(w) = self.witness.as_mut() {
+            w.kill().await;
         }
     }
 

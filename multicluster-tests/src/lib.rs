@@ -11,22 +11,27 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod benchdoc;
 pub mod binary;
 pub mod cluster;
 pub mod echo;
 pub mod error;
 pub mod faultproxy;
 pub mod federation;
+pub mod ingress;
 pub mod load;
 pub mod process;
 pub mod ready;
 pub mod render;
+pub mod rotation;
 pub mod scenario;
 pub mod setup;
 pub mod spec;
 pub mod stats;
+pub mod tunnel;
 pub mod udpproxy;
 pub mod wait;
+pub mod witness;
 
 pub use cluster::{Cluster, Part};
 pub use error::HarnessError;

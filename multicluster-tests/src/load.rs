@@ -189,8 +189,19 @@ async fn drive(
     }
 }
 
-/// One request on a fresh connection.
+/// One request on a fresh connection; where it landed last (through any
+/// chain of calls, see [`Answer::last`]).
 pub async fn request(cfg: &LoadConfig) -> Result<Landing, Failure> {
+    let answer = request_answer(cfg).await?;
+    let last = answer.last();
+    Ok(Landing {
+        cluster: last.cluster.clone(),
+        version: last.version.clone(),
+    })
+}
+
+/// One request on a fresh connection, with the whole echo answer.
+pub async fn request_answer(cfg: &LoadConfig) -> Result<Answer, Failure> {
     let stream = TcpStream::connect(cfg.target)
         .await
         .map_err(|e| Failure::Connect(e.to_string()))?;
@@ -220,11 +231,7 @@ pub async fn request(cfg: &LoadConfig) -> Result<Landing, Failure> {
     if !(200..300).contains(&status) {
         return Err(Failure::Status(status));
     }
-    let answer: Answer = serde_json::from_slice(&body).map_err(|e| Failure::Body(e.to_string()))?;
-    Ok(Landing {
-        cluster: answer.identity.cluster,
-        version: answer.identity.version,
-    })
+    serde_json::from_slice(&body).map_err(|e| Failure::Body(e.to_string()))
 }
 
 #[cfg(test)]

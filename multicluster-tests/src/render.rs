@@ -47,7 +47,7 @@ spec:
     zone: {zone}
   gateways:
     eastWest: {ew}
-    ingress:
+{quic}    ingress:
     - {ingress}
   federation:
     listen: {listen}
@@ -60,6 +60,7 @@ spec:
         region = c.region,
         zone = c.zone,
         ew = m.eastwest_advertised,
+        quic = crate::tunnel::mesh_gateway_lines(c, m.eastwest_advertised),
         ingress = m.block.ingress(),
         listen = m.block.federation(),
     );
@@ -69,6 +70,7 @@ spec:
     }
     for p in &m.peers {
         let _ = writeln!(s, "    - id: {}\n      address: {}", p.id, p.address);
+        s.push_str(crate::tunnel::mesh_peer_lines(c));
     }
     s
 }

@@ -53,6 +53,10 @@ pub struct DrReport {
     pub total: Summary,
     /// Failures that started after the restart.
     pub failed_after_restart: usize,
+    /// From the kill until the last answer from the primary (requests in
+    /// flight at the kill that still completed there); `None` when none did.
+    /// After it, every answer came from elsewhere.
+    pub last_primary_answer: Option<Duration>,
 }
 
 /// Load → kill the primary cluster → wait for the lease to expire → restart
@@ -121,6 +125,12 @@ pub async fn disaster_recovery(
         .collect();
     let failback_after =
         settled_in(&after_restart, &plan.primary).map(|t| t.saturating_duration_since(restarted));
+    let last_primary_answer = outcomes
+        .iter()
+        .filter(|o| o.start < restarted && o.end >= killed)
+        .filter(|o| matches!(&o.result, Ok(l) if l.cluster == plan.primary))
+        .map(|o| o.end.saturating_duration_since(killed))
+        .max();
     Ok(DrReport {
         before,
         fault,
@@ -128,6 +138,95 @@ pub async fn disaster_recovery(
         primary_was_leader,
         failback_after,
         failed_after_restart: after_restart.iter().filter(|o| !o.ok()).count(),
+        last_primary_answer,
         total: Summary::of(&outcomes),
     })
+}
+
+/// A VirtualService for `service` with a retry policy that also retries
+/// requests in flight when a cluster dies (`reset`); Istio's default
+/// retries leave `reset` out, so a crash fails the requests it cuts. With
+/// `split` (subset, weight) the route picks a subset per request.
+pub fn retry_virtual_service(service: &str, namespace: &str, split: &[(&str, u32)]) -> String {
+    let host = format!("{service}.{namespace}.svc.cluster.local");
+    let mut route = String::new();
+    if split.is_empty() {
+        route.push_str(&format!("    - destination:\n        host: {host}\n"));
+    }
+    for (subset, weight) in split {
+        route.push_str(&format!(
+            "    - destination:\n        host: {host}\n        subset: {subset}\n      weight: {weight}\n"
+        ));
+    }
+    format!(
+        "apiVersion: networking.istio.io/v1beta1
+kind: VirtualService
+metadata:
+  name: {service}-retries
+  namespace: {namespace}
+spec:
+  hosts:
+  - {host}
+  http:
+  - route:
+{route}    retries:
+      attempts: 3
+      perTryTimeout: 1s
+      retryOn: connect-failure,refused-stream,reset,unavailable,gateway-error
+"
+    )
+}
+
+/// `FederationSpec::bookinfo` over HTTP, with [`retry_virtual_service`]
+/// for reviews in the caller's cluster, half to v1 and half to v2: the
+/// disaster-recovery shape. The split is per request on the caller's
+/// sidecar; without subsets the remote east-west gateway (SNI passthrough)
+/// picks the workload per connection, and a keep-alive connection stays
+/// on one version.
+pub fn bookinfo_http_with_retries() -> crate::spec::FederationSpec {
+    let mut spec = crate::spec::FederationSpec::bookinfo();
+    for c in spec.clusters.iter_mut() {
+        for s in c.services.iter_mut() {
+            s.protocol = "HTTP".into();
+        }
+        if c.name == "us-west" {
+            c.extra_config.push((
+                "retries.yaml".into(),
+                retry_virtual_service("reviews", "default", &[("v1", 50), ("v2", 50)]),
+            ));
+        } else {
+            // An exporting cluster's east-west gateway passes through only
+            // the SNIs of subsets its own config defines (as in Istio, the
+            // DestinationRule goes to every cluster).
+            c.extra_config.push((
+                "traffic.yaml".into(),
+                crate::spec::BOOKINFO_DESTINATION_RULE.into(),
+            ));
+        }
+    }
+    spec
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_retry_virtual_service_splits_by_subset_when_asked() {
+        let plain = retry_virtual_service("reviews", "default", &[]);
+        assert!(!plain.contains("subset"), "{plain}");
+        assert!(
+            plain.contains("retryOn: connect-failure,refused-stream,reset"),
+            "{plain}"
+        );
+        let split = retry_virtual_service("reviews", "default", &[("v1", 90), ("v2", 10)]);
+        assert!(
+            split.contains("        subset: v1\n      weight: 90\n"),
+            "{split}"
+        );
+        assert!(
+            split.contains("        subset: v2\n      weight: 10\n"),
+            "{split}"
+        );
+    }
 }

@@ -73,6 +73,13 @@ impl Block {
     pub fn ingress(&self) -> SocketAddr {
         SocketAddr::new(self.ingress_ip(), INGRESS_PORT)
     }
+    pub fn ingress_admin(&self) -> SocketAddr {
+        SocketAddr::new(self.ingress_ip(), PROXY_ADMIN_PORT)
+    }
+    /// Where a federation witness started with the cluster listens.
+    pub fn witness(&self) -> SocketAddr {
+        SocketAddr::new(self.spare_ip(200), FEDERATION_PORT)
+    }
     pub fn workload_admin(&self, k: u8) -> SocketAddr {
         SocketAddr::new(self.workload_ip(k), PROXY_ADMIN_PORT)
     }
@@ -117,6 +124,10 @@ pub struct WorkloadSpec {
     pub service_account: String,
     /// Overrides the cluster's zone (same region).
     pub zone: Option<String>,
+    /// The echo app calls this service (name, port) through its sidecar on
+    /// every request and answers with what came back (see `echo`): a
+    /// productpage in front of reviews.
+    pub calls: Option<(String, u16)>,
 }
 
 impl WorkloadSpec {
@@ -127,6 +138,7 @@ impl WorkloadSpec {
             version: version.to_string(),
             service_account: format!("bookinfo-{service}"),
             zone: None,
+            calls: None,
         }
     }
 }
@@ -162,6 +174,14 @@ pub struct ClusterSpec {
     /// Extra MeshConfig `spec` keys, as YAML lines indented by two spaces
     /// (e.g. tracing and access-log settings).
     pub mesh_extra: String,
+    /// Extra `isthmus gateway` arguments for every sidecar of this cluster
+    /// (e.g. `--cert-lifetime 6s` in the root-rotation test).
+    pub sidecar_args: Vec<String>,
+    /// Run an ingress gateway on `Block::ingress_ip` (see `ingress`).
+    pub ingress: bool,
+    /// Serve the QUIC tunnel on the east-west gateway and reach every peer
+    /// with `transport: quic` (see `tunnel`).
+    pub tunnel: bool,
 }
 
 impl ClusterSpec {
@@ -177,6 +197,9 @@ impl ClusterSpec {
             config: ConfigSource::Generate,
             wan_proxy: false,
             mesh_extra: String::new(),
+            sidecar_args: Vec::new(),
+            ingress: false,
+            tunnel: false,
         }
     }
 
@@ -241,6 +264,9 @@ pub struct FederationSpec {
     /// proxy, so links can be cut: a real partition, with every process
     /// still running (see `Federation::cut_links`).
     pub federation_links: bool,
+    /// Run `isthmus federation witness` under this name as an extra voter
+    /// (see `witness`): two clusters plus a witness keep a quorum.
+    pub witness: Option<String>,
 }
 
 impl FederationSpec {
@@ -253,6 +279,7 @@ impl FederationSpec {
             state_dir: None,
             log_filter: "info".to_string(),
             federation_links: false,
+            witness: None,
         }
     }
 

@@ -183,12 +183,16 @@ async fn prometheus_sees_istio_control_plane_and_federation_metrics() {
         .await
         .unwrap();
     // Both ends of every call are proxies with a certificate whose expiry
-    // is exported.
+    // is exported, and so are the east-west gateways (they hold one for
+    // xDS over mTLS and the QUIC tunnel).
     let expiring = prom
         .value(r#"count(isthmus_gateway_cert_expiry_timestamp_seconds > time())"#)
         .await
         .unwrap();
-    assert_eq!(expiring, 4.0, "productpage and three us-east sidecars");
+    assert_eq!(
+        expiring, 6.0,
+        "productpage, three us-east sidecars and two east-west gateways"
+    );
 
     // Every dashboard panel and alert expression parses and evaluates.
     for expr in dashboard_exprs().into_iter().chain(alert_exprs()) {

@@ -44,6 +44,6 @@ pub use proxy::{Locality, NodeType, Proxy, ProxyError, ProxyRole};
 pub use push::{DebounceConfig, PushScope, Pusher};
 pub use resource::{set_version, Resource, ResourceMap, SetDigest};
 pub use server::{XdsConfig, XdsError, XdsServer};
-pub use service::{DeltaStream, SotwStream, XdsService};
+pub use service::{Authorizer, DeltaStream, SotwStream, XdsService};
 pub use status::{Nack, ProxyStatus, StreamKind, SyncState, TypeStatus};
 pub use types::TypeUrl;

@@ -55,6 +55,7 @@ impl Default for XdsConfig {
 #[derive(Clone)]
 pub struct XdsServer {
     shared: Arc<Shared>,
+    authorizer: Option<crate::service::Authorizer>,
 }
 
 impl XdsServer {
@@ -86,11 +87,29 @@ impl XdsServer {
             next_stream: AtomicU64::new(1),
             config,
         });
-        Ok((XdsServer { shared }, pusher))
+        Ok((
+            XdsServer {
+                shared,
+                authorizer: None,
+            },
+            pusher,
+        ))
     }
 
     fn service(&self, only: Option<TypeUrl>) -> XdsService {
-        XdsService::new(self.shared.clone(), only)
+        XdsService::new(self.shared.clone(), only, self.authorizer.clone())
+    }
+
+    /// The same server whose services (mounted from the returned value)
+    /// first ask `authorizer` whether the connection may speak for the proxy
+    /// its first request names (e.g. the TLS client identity against the
+    /// node's namespace and service account); a refusal fails the stream
+    /// with `PermissionDenied` and the authorizer's message.
+    pub fn with_authorizer(&self, authorizer: crate::service::Authorizer) -> XdsServer {
+        XdsServer {
+            shared: self.shared.clone(),
+            authorizer: Some(authorizer),
+        }
     }
 
     /// The aggregated discovery service (ADS), SotW and delta.

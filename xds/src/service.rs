@@ -28,17 +28,30 @@ pub type SotwStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
 /// Response stream of delta methods.
 pub type DeltaStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
 
+/// Decides whether a connection (its request extensions, e.g. the TLS
+/// peer) may speak for `Proxy`; `Err` carries the operator-facing reason.
+pub type Authorizer = Arc<dyn Fn(&Proxy, &tonic::Extensions) -> Result<(), String> + Send + Sync>;
+
 /// Implements ADS, and (restricted to one type) each per-type service.
 /// Obtain it through [`crate::XdsServer`].
 #[derive(Clone)]
 pub struct XdsService {
     shared: Arc<Shared>,
     only: Option<TypeUrl>,
+    authorizer: Option<Authorizer>,
 }
 
 impl XdsService {
-    pub(crate) fn new(shared: Arc<Shared>, only: Option<TypeUrl>) -> XdsService {
-        XdsService { shared, only }
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        only: Option<TypeUrl>,
+        authorizer: Option<Authorizer>,
+    ) -> XdsService {
+        XdsService {
+            shared,
+            only,
+            authorizer,
+        }
     }
 
     fn parse_proxy(
@@ -51,11 +64,22 @@ impl XdsService {
         })
     }
 
+    fn authorize(&self, proxy: &Proxy, extensions: &tonic::Extensions) -> Result<(), Status> {
+        let Some(authorize) = &self.authorizer else {
+            return Ok(());
+        };
+        authorize(proxy, extensions).map_err(|reason| {
+            self.shared.metrics.rejected("unauthorized");
+            tracing::warn!(node = %proxy.node_id, %reason, "refusing xDS client");
+            Status::permission_denied(reason)
+        })
+    }
+
     async fn open_sotw(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<SotwStream>, Status> {
-        let mut inbound = request.into_inner();
+        let (_, extensions, mut inbound) = request.into_parts();
         // The node is only guaranteed on the first request, so read it
         // before answering: a bad node fails the call with InvalidArgument.
         let first = inbound
@@ -63,6 +87,7 @@ impl XdsService {
             .await?
             .ok_or_else(|| Status::cancelled("stream closed before its first request"))?;
         let proxy = self.parse_proxy(first.node.as_ref())?;
+        self.authorize(&proxy, &extensions)?;
         let ctx = StreamCtx::new(
             self.shared.clone(),
             proxy,
@@ -78,12 +103,13 @@ impl XdsService {
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaStream>, Status> {
-        let mut inbound = request.into_inner();
+        let (_, extensions, mut inbound) = request.into_parts();
         let first = inbound
             .message()
             .await?
             .ok_or_else(|| Status::cancelled("stream closed before its first request"))?;
         let proxy = self.parse_proxy(first.node.as_ref())?;
+        self.authorize(&proxy, &extensions)?;
         let ctx = StreamCtx::new(self.shared.clone(), proxy, StreamKind::Delta, self.only);
         let (tx, rx) = mpsc::channel(self.shared.config.response_queue);
         tokio::spawn(delta::run(ctx, first, inbound, tx));
@@ -95,8 +121,9 @@ impl XdsService {
         &self,
         request: Request<DiscoveryRequest>,
     ) -> Result<Response<DiscoveryResponse>, Status> {
-        let req = request.into_inner();
+        let (_, extensions, req) = request.into_parts();
         let proxy = self.parse_proxy(req.node.as_ref())?;
+        self.authorize(&proxy, &extensions)?;
         let ctx = StreamCtx::new(
             self.shared.clone(),
             proxy,

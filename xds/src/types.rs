@@ -16,16 +16,20 @@ pub enum TypeUrl {
     Listener,
     RouteConfiguration,
     Secret,
+    /// Istio's NDS name table for sidecar DNS proxies
+    /// (`istio.networking.nds.v1.NameTable`).
+    NameTable,
 }
 
 impl TypeUrl {
     /// All types, in push order.
-    pub const ALL: [TypeUrl; 5] = [
+    pub const ALL: [TypeUrl; 6] = [
         TypeUrl::Cluster,
         TypeUrl::ClusterLoadAssignment,
         TypeUrl::Listener,
         TypeUrl::RouteConfiguration,
         TypeUrl::Secret,
+        TypeUrl::NameTable,
     ];
 
     /// Position in [`TypeUrl::ALL`], for per-type arrays.
@@ -47,6 +51,7 @@ impl TypeUrl {
             TypeUrl::Secret => {
                 "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.Secret"
             }
+            TypeUrl::NameTable => "type.googleapis.com/istio.networking.nds.v1.NameTable",
         }
     }
 
@@ -63,6 +68,7 @@ impl TypeUrl {
             TypeUrl::Listener => "lds",
             TypeUrl::RouteConfiguration => "rds",
             TypeUrl::Secret => "sds",
+            TypeUrl::NameTable => "nds",
         }
     }
 
@@ -70,7 +76,10 @@ impl TypeUrl {
     /// set: a resource missing from it is deleted by the client. For the other
     /// types a response may carry only the resources that changed.
     pub const fn is_full_state(self) -> bool {
-        matches!(self, TypeUrl::Cluster | TypeUrl::Listener)
+        matches!(
+            self,
+            TypeUrl::Cluster | TypeUrl::Listener | TypeUrl::NameTable
+        )
     }
 }
 

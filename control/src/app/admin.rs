@@ -36,6 +36,8 @@ pub struct AdminState {
     pub xds: XdsServer,
     pub federation: Handle,
     pub config: watch::Receiver<Arc<ConfigSnapshot>>,
+    /// `/federation/*` (membership and snapshots); see [`super::federation::admin`].
+    pub federation_admin: Option<super::federation::admin::FederationAdmin>,
 }
 
 /// Serves on an already bound listener (bound by the caller, so a port
@@ -56,6 +58,9 @@ pub async fn serve(listener: TcpListener, state: AdminState) {
             let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                 let (state, dashboard) = (state.clone(), dashboard.clone());
                 async move {
+                    if let Some(resp) = federation_route(&state, &req).await {
+                        return Ok::<_, Infallible>(resp);
+                    }
                     let page = match *req.method() {
                         Method::GET => dashboard::route(&state, &dashboard, req.uri().path()).await,
                         _ => None,
@@ -71,6 +76,24 @@ pub async fn serve(listener: TcpListener, state: AdminState) {
                 .await;
         });
     }
+}
+
+async fn federation_route(
+    state: &AdminState,
+    req: &Request<Incoming>,
+) -> Option<Response<Full<Bytes>>> {
+    let path = req.uri().path();
+    if !path.starts_with("/federation/") {
+        return None;
+    }
+    let fed = state.federation_admin.as_ref()?;
+    let query: Vec<(String, String)> = req
+        .uri()
+        .query()
+        .map(|q| form_urlencoded::parse(q.as_bytes()).into_owned().collect())
+        .unwrap_or_default();
+    let param = |k: &str| query.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    Some(fed.route(req.method(), path, param).await)
 }
 
 fn reply(

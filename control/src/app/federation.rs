@@ -1,12 +1,17 @@
-//! Starting this cluster's federation node from its MeshConfig, and what the
-//! cluster publishes about itself.
+//! Starting this cluster's federation node from its MeshConfig (or joining
+//! a running federation with a join token), and what the cluster publishes
+//! about itself.
 
-use std::collections::{BTreeSet, HashMap};
+pub mod admin;
+pub mod token;
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 
+use isthmus_federation::membership::{self, Membership};
 use isthmus_federation::model::{ClusterInfo, Locality};
 use isthmus_federation::transport::quic::{
-    node_issuer_authorizer, PeerAddr, QuicConfig, QuicTransport,
+    node_issuer_rule_authorizer, PeerAddr, QuicConfig, QuicTransport,
 };
 use isthmus_federation::{Metrics, Node, NodeConfig, RegistrySnapshot};
 use isthmus_identity::{BundleWatch, CertWatch, PeerPolicy, SpiffeId, TrustBundle};
@@ -35,8 +40,10 @@ pub fn node_id(cluster_id: &str) -> u64 {
 /// The subject common name `isthmus ca intermediate --cluster ID` gives the
 /// intermediate of cluster ID.
 pub fn intermediate_common_name(cluster_id: &str) -> String {
-    format!("Isthmus intermediate CA {cluster_id}")
+    format!("{INTERMEDIATE_CN_PREFIX}{cluster_id}")
 }
+
+const INTERMEDIATE_CN_PREFIX: &str = "Isthmus intermediate CA ";
 
 /// This node and the other members, as names (cluster ids, or a witness's
 /// name) and federation addresses.
@@ -98,10 +105,40 @@ pub fn quic_config(
         super::CONTROL_SERVICE_ACCOUNT,
     )
     .map_err(|e| AppError::Identity(e.to_string()))?;
-    let authorize = node_issuer_authorizer(&control.to_uri(), move |id| issuers.get(&id).cloned());
+    // Configured members are checked against their own intermediate's name;
+    // any other node id must come from the intermediate whose cluster name
+    // hashes to it, which is how a cluster joining with a token (unknown to
+    // the members beforehand) is recognised.
+    let authorize = node_issuer_rule_authorizer(&control.to_uri(), move |id, issuer| {
+        if let Some(want) = issuers.get(&id) {
+            return if issuer == want {
+                Ok(())
+            } else {
+                Err(format!(
+                    "node id {id} must hold a certificate issued by `{want}`, this one was issued by `{issuer}`; a member is using another cluster's certificate"
+                ))
+            };
+        }
+        match issuer.strip_prefix(INTERMEDIATE_CN_PREFIX) {
+            Some(name) if node_id(name) == id => Ok(()),
+            Some(name) => Err(format!(
+                "a certificate from cluster {name}'s intermediate cannot speak for node id {id} (cluster {name} is node {})",
+                node_id(name)
+            )),
+            None => Err(format!(
+                "node id {id} is not a known federation member and its certificate's issuer `{issuer}` is not a cluster intermediate"
+            )),
+        }
+    });
     let mut qcfg = QuicConfig::new(me, bind, server_tls, client_tls, authorize);
     qcfg.peers.extend(peers);
     Ok((qcfg, voters.into_iter().collect()))
+}
+
+/// A running federation node and what the admin port serves for it.
+pub struct Started {
+    pub node: Node,
+    pub admin: admin::FederationAdmin,
 }
 
 pub async fn start(
@@ -110,21 +147,51 @@ pub async fn start(
     certs: CertWatch,
     bundle: BundleWatch,
     metrics: &prometheus::Registry,
-) -> Result<Node, AppError> {
+    roots_pem: &str,
+) -> Result<Started, AppError> {
     let fed = mesh.federation.clone().unwrap_or_default();
     let listen = fed.listen.as_deref().ok_or_else(|| {
         AppError::Config("MeshConfig.spec.federation.listen is not set (the UDP address of this cluster's federation node)".into())
     })?;
+    let join = match &opts.join_token_file {
+        Some(path) => {
+            let t = token::JoinToken::read(path)
+                .map_err(|e| AppError::Config(format!("--join-token-file: {e}")))?;
+            t.check_for(mesh.trust_domain(), roots_pem).map_err(|e| {
+                AppError::Config(format!("--join-token-file {}: {e}", path.display()))
+            })?;
+            Some(t)
+        }
+        None => None,
+    };
+    let advertise =
+        advertise_address(opts.federation_advertise.as_deref(), listen, join.is_some())?;
+    let mut peers: Vec<(&str, &str)> = fed
+        .peers
+        .iter()
+        .map(|p| (p.id.as_str(), p.address.as_str()))
+        .collect();
+    if let Some(t) = &join {
+        for s in &t.seeds {
+            if s.id != mesh.cluster_id && !peers.iter().any(|(n, _)| *n == s.id) {
+                peers.push((s.id.as_str(), s.address.as_str()));
+            }
+        }
+    }
+    let names: BTreeMap<u64, String> = std::iter::once(mesh.cluster_id.as_str())
+        .chain(peers.iter().map(|(n, _)| *n))
+        .map(|n| (node_id(n), n.to_string()))
+        .collect();
     let members = Members {
         me: &mesh.cluster_id,
         listen,
-        peers: fed
-            .peers
-            .iter()
-            .map(|p| (p.id.as_str(), p.address.as_str()))
-            .collect(),
+        peers,
     };
-    let (qcfg, voters) = quic_config(mesh.trust_domain(), &members, certs, bundle)?;
+    let (qcfg, mut voters) = quic_config(mesh.trust_domain(), &members, certs, bundle)?;
+    if join.is_some() {
+        // A joining node votes in nothing until the leader adds it.
+        voters.clear();
+    }
     let me = qcfg.id;
     let fed_metrics = Metrics::new(metrics)?;
     let (transport, inbound) = QuicTransport::start(qcfg, fed_metrics.clone())
@@ -133,11 +200,68 @@ pub async fn start(
     cfg.tick_interval = opts.raft_tick;
     cfg.lease.renew_interval = opts.lease_renew;
     cfg.lease.ttl = opts.lease_ttl;
-    let node = Node::start(cfg, transport, inbound, fed_metrics)
+    let node = Node::start(cfg, transport.clone(), inbound, fed_metrics)
         .await
         .map_err(|e| AppError::Federation(e.to_string()))?;
-    info!(node = me, listen = %listen, "federation node started");
-    Ok(node)
+    let handle = node.handle();
+    let membership = Membership::new(handle.clone(), transport.clone(), &advertise);
+    membership.install();
+    membership::spawn_promoter(handle.clone(), opts.max_voters, PROMOTE_INTERVAL);
+    info!(node = me, listen = %listen, advertise = %advertise, "federation node started");
+    if let Some(t) = join {
+        let status = handle
+            .status()
+            .await
+            .map_err(|e| AppError::Federation(e.to_string()))?;
+        if status.voters.contains(&me) || status.learners.contains(&me) {
+            info!(
+                node = me,
+                "already a federation member (membership is on disk); the join token is not needed any more"
+            );
+        } else {
+            let seeds: Vec<u64> = t.seeds.iter().map(|s| node_id(&s.id)).collect();
+            info!(node = me, seeds = ?t.seeds.iter().map(|s| &s.address).collect::<Vec<_>>(), "joining the federation");
+            membership::join_via_seeds(
+                &transport,
+                me,
+                &mesh.cluster_id,
+                &advertise,
+                &seeds,
+                opts.join_timeout,
+            )
+            .await
+            .map_err(|e| AppError::Federation(format!("joining the federation: {e}")))?;
+        }
+    }
+    Ok(Started {
+        node,
+        admin: admin::FederationAdmin {
+            handle,
+            membership,
+            names,
+        },
+    })
+}
+
+/// How often the leader looks for learners to promote.
+const PROMOTE_INTERVAL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The address other members reach this node at: `--federation-advertise`,
+/// else the listen address, which must then name a real interface.
+fn advertise_address(flag: Option<&str>, listen: &str, joining: bool) -> Result<String, AppError> {
+    if let Some(a) = flag {
+        return Ok(a.to_string());
+    }
+    let unspecified = listen
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.ip().is_unspecified())
+        .unwrap_or(false);
+    if unspecified && joining {
+        return Err(AppError::Config(format!(
+            "federation.listen is {listen}, which other members cannot dial; set --federation-advertise HOST:PORT (the address the other clusters reach this node at)"
+        )));
+    }
+    Ok(listen.to_string())
 }
 
 pub fn cluster_info(mesh: &MeshConfigSpec, intermediate_pem: &str, root_pem: &str) -> ClusterInfo {

@@ -23,12 +23,23 @@ use crate::translate::naming::{outbound_cluster, outbound_sni};
 use crate::translate::services::{Instance, RemoteInstances};
 use crate::translate::{secret, Inputs, LocalSettings, Service};
 
+#[cfg(test)]
 pub fn build(
     config: &Arc<ConfigSnapshot>,
     registry: &Arc<RegistrySnapshot>,
     root_pem: &str,
 ) -> Inputs {
-    let local = LocalSettings::from_config(config, vec![root_pem.to_string()]);
+    build_with_roots(config, registry, &[root_pem.to_string()])
+}
+
+/// Like [`build`], with every root of this cluster's root-cert.pem (during
+/// a root rotation, the old and the new one).
+pub fn build_with_roots(
+    config: &Arc<ConfigSnapshot>,
+    registry: &Arc<RegistrySnapshot>,
+    roots: &[String],
+) -> Inputs {
+    let local = LocalSettings::from_config(config, roots.to_vec());
     Inputs::new(config.clone(), registry.clone(), local)
 }
 
@@ -39,7 +50,7 @@ pub async fn run(
     mut config: watch::Receiver<Arc<ConfigSnapshot>>,
     mut registry: watch::Receiver<Arc<RegistrySnapshot>>,
     mut jwks: watch::Receiver<Arc<ResolvedJwks>>,
-    root_pem: String,
+    mut roots: watch::Receiver<Arc<Vec<String>>>,
     inputs: watch::Sender<Arc<Inputs>>,
     pusher: Pusher,
 ) {
@@ -51,24 +62,26 @@ pub async fn run(
             r = config.changed() => if r.is_err() { return; },
             r = registry.changed() => if r.is_err() { return; },
             r = jwks.changed() => if r.is_err() { return; },
+            r = roots.changed() => if r.is_err() { return; },
         }
         let c = config.borrow_and_update().clone();
         let r = registry.borrow_and_update().clone();
         let j = jwks.borrow_and_update().clone();
+        let root_pems = roots.borrow_and_update().clone();
         // Lease renewals change the registry every second without touching
         // anything translation reads: skip the index rebuild for those.
         if c.version() == current.config.version()
             && same_registry_content(&r, &current.registry)
             && j == current.jwks
+            && *root_pems == current.local.roots_pem
         {
             continue;
         }
         // The index build reads every service: CPU work, off the runtime.
         let (next, scopes) = {
-            let root_pem = root_pem.clone();
             let previous = current.clone();
             match tokio::task::spawn_blocking(move || {
-                let next = build(&c, &r, &root_pem).with_jwks(j);
+                let next = build_with_roots(&c, &r, &root_pems).with_jwks(j);
                 let scopes = changes(&previous, &next);
                 (next, scopes)
             })
@@ -209,6 +222,13 @@ fn remote_shape(r: &RemoteInstances) -> RemoteInstances {
         network: r.network.clone(),
         locality: Default::default(),
         eastwest: Vec::new(),
+        // Whether the cluster serves the QUIC tunnel decides an east-west
+        // gateway's tunnel listener and clusters; its addresses are EDS.
+        eastwest_quic: if r.eastwest_quic.is_empty() {
+            Vec::new()
+        } else {
+            vec![String::new()]
+        },
         ports: r.ports.clone(),
         endpoints: accounts
             .into_iter()

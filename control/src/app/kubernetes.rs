@@ -7,12 +7,14 @@
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use isthmus_federation::RegistrySnapshot;
+use isthmus_federation::{Handle, RegistrySnapshot};
 use isthmus_identity::Authenticator;
 use tokio::sync::watch;
 
 use super::{AppError, ControlOptions};
+use crate::config::MeshConfigSpec;
 use crate::source::file::{FileSource, FileSourceHandle};
+use crate::source::kube::gateway_address::{self, Configured, GatewayAddress};
 use crate::source::kube::{
     self as kube_source, KubeSource, KubeSourceHandle, TokenReviewAuthenticator, TokenReviewConfig,
     WriteBack, WriteBackConfig,
@@ -102,6 +104,55 @@ impl Sources {
             let wb = WriteBack::new(client.clone(), WriteBackConfig::new(cluster_id));
             tokio::spawn(wb.run(config, registry, namespaces));
         }
+    }
+
+    /// Publishes the east-west gateway's LoadBalancer address (from the
+    /// Service `--eastwest-service`) as this cluster's gateway address, for
+    /// the fields the MeshConfig leaves empty.
+    pub fn spawn_gateway_address(
+        &self,
+        opts: &ControlOptions,
+        mesh: &MeshConfigSpec,
+        handle: Handle,
+    ) {
+        let Some((client, _)) = &self.kube else {
+            return;
+        };
+        let gw = mesh.gateways.clone().unwrap_or_default();
+        let configured = Configured {
+            tcp: gw.east_west.as_deref().is_some_and(|a| !a.is_empty()),
+            quic: gw.east_west_quic.as_deref().is_some_and(|a| !a.is_empty()),
+        };
+        if configured.tcp && configured.quic {
+            tracing::info!("the MeshConfig sets both east-west addresses; not discovering them from the gateway Service");
+            return;
+        }
+        let (tx, rx) = watch::channel(GatewayAddress::default());
+        tokio::spawn(gateway_address::discover(
+            client.clone(),
+            opts.eastwest_service.clone(),
+            tx,
+        ));
+        tokio::spawn(gateway_address::publish(
+            handle,
+            mesh.cluster_id.clone(),
+            configured,
+            rx,
+        ));
+    }
+
+    /// Keeps the injector's MutatingWebhookConfiguration's caBundle set to
+    /// `ca_pem` (the root the webhook's serving certificate chains to).
+    pub fn spawn_ca_bundle(&self, ca_pem: &str) -> watch::Sender<String> {
+        let (tx, rx) = watch::channel(ca_pem.to_string());
+        if let Some((client, _)) = &self.kube {
+            tokio::spawn(crate::inject::ca_bundle::run(
+                client.clone(),
+                crate::install::webhook::WEBHOOK_CONFIGURATION.to_string(),
+                rx,
+            ));
+        }
+        tx
     }
 
     pub async fn shutdown(self) {

@@ -15,6 +15,7 @@ mod inputs;
 pub mod jwks;
 pub mod kubernetes;
 pub mod metrics;
+pub mod xds_auth;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -87,6 +88,26 @@ pub struct ControlOptions {
     /// The proxy image the injector adds to pods.
     #[arg(long, default_value_t = crate::install::options::default_image())]
     pub sidecar_image: String,
+    /// Join a running federation with this token (`isthmus federation token
+    /// create` on a member); not needed again once this node is a member.
+    #[arg(long)]
+    pub join_token_file: Option<PathBuf>,
+    /// `HOST:PORT` other members reach this federation node at (default:
+    /// MeshConfig `federation.listen`).
+    #[arg(long)]
+    pub federation_advertise: Option<String>,
+    /// Voters the federation grows to by promoting caught-up learners; later
+    /// members stay learners.
+    #[arg(long, default_value_t = isthmus_federation::membership::DEFAULT_MAX_VOTERS)]
+    pub max_voters: usize,
+    /// How long `--join-token-file` keeps trying the seeds before giving up.
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
+    pub join_timeout: Duration,
+    /// `--source kubernetes`: the east-west gateway's LoadBalancer Service
+    /// (`NAMESPACE/NAME`), whose address is published to the federation
+    /// unless the MeshConfig sets one.
+    #[arg(long, default_value_t = crate::source::kube::gateway_address::GatewayServiceRef::default())]
+    pub eastwest_service: crate::source::kube::gateway_address::GatewayServiceRef,
 }
 
 impl ControlOptions {
@@ -158,9 +179,9 @@ pub async fn run(
     let trust_domain = mesh.trust_domain().to_string();
 
     let id = identity::load(&opts.ca_dir, &trust_domain).await?;
-    let (certs, root_pem, intermediate_pem) = (id.certs, id.root_pem, id.intermediate_pem);
-    let (authority_rx, bundle_tx, bundle_rx) = (id.authority, id.bundle_tx, id.bundle);
-    let _authority_tx = id.authority_tx;
+    let (certs, root_pem, intermediate_pem) =
+        (&id.certs, id.root_pem.clone(), id.intermediate_pem.clone());
+    let (authority_rx, bundle_rx) = (id.authority.clone(), id.bundle.clone());
 
     // Checked before anything starts, so a bad file fails start-up cleanly.
     let tokens = match &opts.bootstrap_tokens {
@@ -171,12 +192,32 @@ pub async fn run(
     };
 
     // Federation node, then this cluster's publisher and lease.
-    let node =
-        federation::start(&opts, &mesh, certs.subscribe(), bundle_rx.clone(), &metrics).await?;
+    let federation::Started {
+        node,
+        admin: federation_admin,
+    } = federation::start(
+        &opts,
+        &mesh,
+        certs.subscribe(),
+        bundle_rx.clone(),
+        &metrics,
+        &root_pem,
+    )
+    .await?;
     let handle = node.handle();
     self::metrics::spawn_federation(handle.clone(), &metrics)?;
-    let local = LocalSettings::from_config(&first, vec![root_pem.clone()]);
-    let info = federation::cluster_info(&mesh, &intermediate_pem, &root_pem);
+    let local = LocalSettings::from_config(&first, id.roots.borrow().to_vec());
+    let info = identity::with_ca(
+        federation::cluster_info(&mesh, &intermediate_pem, &root_pem),
+        &id.authority.borrow(),
+    );
+    let _ca_reload = id.start_reload(
+        &opts.ca_dir,
+        &trust_domain,
+        &metrics,
+        handle.clone(),
+        info.clone(),
+    )?;
     tokio::spawn(export::run_exporter(
         handle.clone(),
         info,
@@ -185,6 +226,7 @@ pub async fn run(
         opts.lease_renew,
     ));
     source.spawn_writeback(&mesh.cluster_id, config_rx.clone(), handle.watch_snapshot());
+    source.spawn_gateway_address(&opts, &mesh, handle.clone());
     dns::start(
         &first,
         config_rx.clone(),
@@ -193,17 +235,18 @@ pub async fn run(
         &metrics,
     )
     .await?;
-    tokio::spawn(federation::follow_trust_bundle(
+    tokio::spawn(identity::follow_trust_bundle(
         handle.watch_snapshot(),
-        root_pem.clone(),
-        bundle_tx,
+        id.roots.clone(),
+        mesh.cluster_id.clone(),
+        id.bundle_tx.clone(),
     ));
 
     // Translation and xDS.
-    let (inputs_tx, inputs_rx) = watch::channel(Arc::new(inputs::build(
+    let (inputs_tx, inputs_rx) = watch::channel(Arc::new(inputs::build_with_roots(
         &first,
         &handle.snapshot_stale(),
-        &root_pem,
+        &id.roots.borrow(),
     )));
     let generator = Arc::new(TranslateGenerator::new(inputs_rx));
     let (xds, pusher) = XdsServer::new(generator, XdsConfig::default(), &metrics)
@@ -221,7 +264,7 @@ pub async fn run(
         config_rx.clone(),
         handle.watch_snapshot(),
         jwks_rx,
-        root_pem.clone(),
+        id.roots.clone(),
         inputs_tx,
         pusher,
     ));
@@ -255,13 +298,15 @@ pub async fn run(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    // TLS xDS clients may only ask for their own identity's configuration.
+    let xds_tls = xds.with_authorizer(xds_auth::authorizer(&trust_domain));
     let grpc = tonic::transport::Server::builder()
-        .add_service(xds.ads())
-        .add_service(xds.cds())
-        .add_service(xds.eds())
-        .add_service(xds.lds())
-        .add_service(xds.rds())
-        .add_service(xds.sds())
+        .add_service(xds_tls.ads())
+        .add_service(xds_tls.cds())
+        .add_service(xds_tls.eds())
+        .add_service(xds_tls.lds())
+        .add_service(xds_tls.rds())
+        .add_service(xds_tls.sds())
         .add_service(ca.into_server())
         .serve_with_incoming_shutdown(
             isthmus_identity::transport::tls_incoming(grpc_listener, grpc_tls),
@@ -291,6 +336,7 @@ pub async fn run(
             stopped(stop_rx.clone()),
         )
         .await?;
+        source.spawn_ca_bundle(&root_pem);
     }
     let (ready_tx, ready_rx) = watch::channel(false);
     tokio::spawn(admin::serve(
@@ -301,6 +347,7 @@ pub async fn run(
             xds: xds.clone(),
             federation: handle.clone(),
             config: config_rx,
+            federation_admin: Some(federation_admin),
         },
     ));
     let _ = ready_tx.send(true);

@@ -1,5 +1,6 @@
 //! `isthmus demo`: three clusters from `deploy/examples` on loopback,
-//! productpage-style traffic from us-west to reviews, a live table of where
+//! traffic through us-west's ingress gateway to productpage, which calls
+//! reviews in the other clusters, a live table of where
 //! requests land, and the disaster-recovery scenario (us-east dies, traffic
 //! moves to eu-central, comes back when us-east returns).
 
@@ -10,8 +11,8 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use isthmus_multicluster_tests::{
-    around_fault, spec::Block, ConfigSource, Federation, FederationSpec, Landing, Load, Outcome,
-    Summary, READY_LIMIT,
+    around_fault, spec::Block, ConfigSource, Federation, FederationSpec, Landing, Load, LoadConfig,
+    Outcome, Summary, READY_LIMIT,
 };
 use tokio::io::AsyncBufReadExt;
 use tokio::time::Instant;
@@ -24,6 +25,7 @@ use view::{Event, Row};
 const PRIMARY: &str = "us-east";
 const BACKUP: &str = "eu-central";
 const CALLER: (&str, &str) = ("us-west", "productpage-v1");
+const REVIEWS_PORT: u16 = 9080;
 
 /// The example configuration, embedded so the demo runs from any directory.
 const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
@@ -37,6 +39,10 @@ const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
             (
                 "workloads.yaml",
                 include_str!("../../../deploy/examples/us-east/workloads.yaml"),
+            ),
+            (
+                "traffic.yaml",
+                include_str!("../../../deploy/examples/us-east/traffic.yaml"),
             ),
         ],
     ),
@@ -55,6 +61,10 @@ const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
                 "traffic.yaml",
                 include_str!("../../../deploy/examples/us-west/traffic.yaml"),
             ),
+            (
+                "ingress.yaml",
+                include_str!("../../../deploy/examples/us-west/ingress.yaml"),
+            ),
         ],
     ),
     (
@@ -67,6 +77,10 @@ const EXAMPLES: &[(&str, &[(&str, &str)])] = &[
             (
                 "workloads.yaml",
                 include_str!("../../../deploy/examples/eu-central/workloads.yaml"),
+            ),
+            (
+                "traffic.yaml",
+                include_str!("../../../deploy/examples/eu-central/traffic.yaml"),
             ),
         ],
     ),
@@ -118,6 +132,17 @@ fn spec(args: &DemoArgs) -> FederationSpec {
     for c in spec.clusters.iter_mut() {
         // The example files carry the DestinationRule and the real ports.
         c.extra_config.clear();
+        for s in c.services.iter_mut() {
+            s.protocol = "HTTP".into();
+        }
+        if c.name == CALLER.0 {
+            // Users come in through us-west's ingress gateway to
+            // productpage, which calls reviews on every request.
+            c.ingress = true;
+            for w in c.workloads.iter_mut().filter(|w| w.name == CALLER.1) {
+                w.calls = Some(("reviews".into(), REVIEWS_PORT));
+            }
+        }
         c.config = match &args.examples {
             Some(dir) => ConfigSource::Directory(dir.join(&c.name)),
             None => ConfigSource::Files(
@@ -283,8 +308,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     fed.wait_ready(READY_LIMIT).await?;
     fed.wait_lands(CALLER.0, CALLER.1, "reviews", PRIMARY, READY_LIMIT)
         .await?;
-    let url = format!("http://{}/", fed.outbound(CALLER.0, CALLER.1, "reviews")?);
-    println!("ready. Try: curl {url}   (productpage's sidecar in us-west → reviews)");
+    let ingress = fed.cluster(CALLER.0)?.block.ingress();
+    wait_ingress(&fed, ingress).await?;
+    let url = format!("http://{ingress}/");
+    println!(
+        "ready. Try: curl {url}   (us-west's ingress gateway → productpage → reviews; the answer names the reviews that served it)"
+    );
     println!("logs: {}/<cluster>/logs", args.state_dir.display());
     if interactive {
         println!(
@@ -292,7 +321,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
         );
     }
 
-    let cfg = fed.load(CALLER.0, CALLER.1, "reviews", args.rate)?;
+    let cfg = LoadConfig::new(ingress, "bookinfo.demo", args.rate);
     let mut load = Load::start(cfg);
     let mut demo = Demo {
         fed,
@@ -390,6 +419,26 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::FAILURE
     })
+}
+
+/// Until a request through the ingress gateway comes back from reviews in
+/// the primary (its routes and productpage's certificate are in place).
+async fn wait_ingress(fed: &Federation, ingress: std::net::SocketAddr) -> anyhow::Result<()> {
+    let cfg = LoadConfig::new(ingress, "bookinfo.demo", 1.0);
+    isthmus_multicluster_tests::wait::until(
+        "a request through the ingress gateway to reach reviews",
+        READY_LIMIT,
+        || async {
+            match isthmus_multicluster_tests::load::request(&cfg).await {
+                Ok(l) if l.cluster == PRIMARY => Ok(()),
+                Ok(l) => Err(format!("landed in {}", l.cluster)),
+                Err(e) => Err(e.to_string()),
+            }
+        },
+    )
+    .await
+    .map_err(|t| fed.not_ready(t))?;
+    Ok(())
 }
 
 struct Verdict {

@@ -11,7 +11,7 @@ use anyhow::{bail, Context};
 use isthmus_gateway::{GatewayConfig, LocalityName, NodeIdentity, WorkloadCertificate};
 use isthmus_identity::{
     client::{CaClient, CaClientConfig, CaClientTls},
-    static_bundle, CertManager, CertManagerConfig, CertWatch, PeerPolicy, SpiffeId, TrustBundle,
+    CertManager, CertManagerConfig, CertWatch, PeerPolicy, SpiffeId, TrustBundle,
 };
 use rustls::pki_types::ServerName;
 use serde_json::{json, Map, Value};
@@ -40,9 +40,21 @@ impl Role {
 pub struct GatewayArgs {
     #[arg(long, value_enum, default_value_t = Role::Sidecar)]
     pub role: Role,
-    /// The control plane's xDS address, e.g. http://127.0.0.1:15010.
+    /// The control plane's xDS address: `https://HOST:15012` (mutual TLS
+    /// with this proxy's certificate; needs --ca) or `http://HOST:15010`
+    /// (plaintext, for trusted loopback).
     #[arg(long)]
     pub xds: String,
+    /// The SPIFFE ID the control plane must present over `https://`;
+    /// default `spiffe://TRUST_DOMAIN/ns/istio-system/sa/isthmus-control`.
+    #[arg(long)]
+    pub xds_identity: Option<String>,
+    /// East-west gateway: serve the QUIC tunnel between gateways on this UDP
+    /// address (by convention the passthrough port, `IP:15443`) and send
+    /// clusters marked for the tunnel through it (TCP fallback when UDP is
+    /// blocked). Needs --ca.
+    #[arg(long)]
+    pub tunnel_bind: Option<SocketAddr>,
     /// The cluster CA (`host:port`, TLS). Without it the proxy has no
     /// certificate, which only an east-west gateway (pure passthrough) can do.
     #[arg(long)]
@@ -90,6 +102,37 @@ pub struct GatewayArgs {
     /// How long open connections may finish after SIGTERM.
     #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub drain_time: Duration,
+    /// Serve the sidecar DNS proxy here (UDP and TCP; Istio uses
+    /// 127.0.0.1:15053): names of the control plane's name table are
+    /// answered locally, others forwarded to --dns-upstream.
+    #[arg(long)]
+    pub dns_proxy: Option<SocketAddr>,
+    /// Upstream DNS servers (repeatable) for DNS clusters (ServiceEntry
+    /// resolution DNS) and the DNS proxy's forwarding; default: the
+    /// nameservers of /etc/resolv.conf.
+    #[arg(long = "dns-upstream")]
+    pub dns_upstream: Vec<SocketAddr>,
+    /// Sidecar traffic capture (`INTERCEPTION_MODE`): `redirect` when
+    /// iptables sends the pod's TCP to 15001/15006 (the injector's init
+    /// container), `none` for explicit listeners.
+    #[arg(long, value_enum, default_value_t = Interception::None)]
+    pub interception: Interception,
+}
+
+/// How the application's traffic reaches a sidecar.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Interception {
+    Redirect,
+    None,
+}
+
+impl Interception {
+    fn metadata(self) -> &'static str {
+        match self {
+            Interception::Redirect => "REDIRECT",
+            Interception::None => "NONE",
+        }
+    }
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -121,7 +164,10 @@ fn node(args: &GatewayArgs) -> anyhow::Result<NodeIdentity> {
     meta.insert("LABELS".into(), Value::Object(labels));
     meta.insert("SERVICE_ACCOUNT".into(), json!(args.service_account));
     meta.insert("ISTHMUS_ROLE".into(), json!(args.role.metadata()));
-    meta.insert("INTERCEPTION_MODE".into(), json!("NONE"));
+    meta.insert(
+        "INTERCEPTION_MODE".into(),
+        json!(args.interception.metadata()),
+    );
     if let Some(n) = &args.network {
         meta.insert("NETWORK".into(), json!(n));
     }
@@ -176,8 +222,10 @@ async fn certificates(
     let mut cfg = CertManagerConfig::new(me);
     cfg.requested_lifetime = Some(args.cert_lifetime);
     let ca = ca.to_string();
-    let bundle_watch = static_bundle(bundle);
     let manager = CertManager::start_with(cfg, move |own: CertWatch| {
+        // --root-cert bootstraps trust in the CA; then the roots returned
+        // with each certificate (root rotation: old and new, later new only).
+        let bundle_watch = isthmus_identity::follow_issued_roots(bundle, own.clone());
         // Renewals authenticate with the current certificate; the first
         // request with the bootstrap token.
         let tls = isthmus_identity::tls::client_config(
@@ -230,6 +278,31 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let node = node(&args)?;
     let mut config = GatewayConfig::new(args.xds.clone(), node, args.admin);
     config.drain_time = args.drain_time;
+    config.dns_proxy = args.dns_proxy;
+    config.resolver.upstream = args.dns_upstream.clone();
+    config.xds_server_identity = Some(match &args.xds_identity {
+        Some(id) => SpiffeId::parse(id)
+            .with_context(|| format!("--xds-identity {id:?}"))?
+            .to_uri(),
+        None => SpiffeId::new(
+            &args.trust_domain,
+            isthmus_control::app::CONTROL_NAMESPACE,
+            isthmus_control::app::CONTROL_SERVICE_ACCOUNT,
+        )?
+        .to_uri(),
+    });
+    if let Some(bind) = args.tunnel_bind {
+        if args.role != Role::EastWest {
+            bail!("--tunnel-bind is for --role east-west: the QUIC tunnel runs between east-west gateways");
+        }
+        if args.ca.is_none() {
+            bail!("--tunnel-bind needs --ca: the tunnel is mutual TLS with the gateway's own certificate");
+        }
+        config.tunnel = Some(isthmus_gateway::tunnel::TunnelConfig { bind });
+    }
+    if args.xds.starts_with("https://") && args.ca.is_none() {
+        bail!("--xds https://... needs --ca: the proxy authenticates to the control plane with its own certificate (or use a plaintext http:// xDS port)");
+    }
     let _manager = match &args.ca {
         Some(ca) => {
             let (manager, rx) = certificates(&args, ca).await?;

@@ -25,12 +25,14 @@ pub struct InstallArgs {
     /// The mesh's trust domain (SPIFFE), shared by every cluster.
     #[arg(long, required = true)]
     pub trust_domain: Option<String>,
-    /// Join an existing federation (`isthmus install join-token` on a member).
-    #[arg(long)]
+    /// Join an existing federation with this token (`isthmus federation
+    /// token create` on a member); rendered as the `isthmus-join` Secret.
+    #[arg(long, requires = "federation_advertise")]
     pub join: Option<String>,
-    /// The trust domain's root-cert.pem: the webhook's caBundle.
+    /// HOST:PORT where the other clusters reach this cluster's federation
+    /// node (its isthmus-federation Service, 15031/UDP).
     #[arg(long)]
-    pub root_cert: Option<PathBuf>,
+    pub federation_advertise: Option<String>,
     /// The image that runs every role.
     #[arg(long)]
     pub image: Option<String>,
@@ -81,17 +83,13 @@ fn options(args: &InstallArgs) -> anyhow::Result<InstallOptions> {
         &need(&args.trust_domain, "--trust-domain")?,
     )?;
     if let Some(token) = &args.join {
-        opts = opts.with_join(JoinTicket::decode(token)?)?;
+        opts = opts.with_join_token(token)?;
+    }
+    if let Some(addr) = &args.federation_advertise {
+        opts = opts.with_federation_advertise(addr)?;
     }
     if let Some(addr) = &args.east_west_address {
         opts = opts.with_east_west_address(addr)?;
-    }
-    if let Some(path) = &args.root_cert {
-        let pem = std::fs::read_to_string(path)
-            .with_context(|| format!("reading --root-cert {}", path.display()))?;
-        isthmus_identity::TrustBundle::from_pem(&pem, &path.display().to_string())
-            .with_context(|| format!("--root-cert {}", path.display()))?;
-        opts.root_cert_pem = Some(pem);
     }
     if let Some(image) = &args.image {
         opts.image = image.clone();
@@ -120,11 +118,6 @@ pub async fn run(args: InstallArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     let opts = options(&args)?;
-    if opts.root_cert_pem.is_none() {
-        eprintln!(
-            "warning: no --root-cert: the injection webhook has no caBundle, so the API server cannot call it and pods start without a sidecar (failurePolicy Ignore)"
-        );
-    }
     if let Some(dir) = &args.kustomize {
         for path in install::kustomize::write(dir, &opts)? {
             eprintln!("wrote {}", path.display());

@@ -25,6 +25,13 @@ pub struct EchoArgs {
     pub zone: String,
     #[arg(long, default_value = "v1")]
     pub version: String,
+    /// Call this address (a sidecar's outbound listener) on every request
+    /// and embed its answer, like productpage calling reviews.
+    #[arg(long)]
+    pub call: Option<SocketAddr>,
+    /// The Host header of those calls (the called service's name).
+    #[arg(long, requires = "call")]
+    pub call_host: Option<String>,
 }
 
 pub async fn run(cmd: WorkloadCommand) -> anyhow::Result<()> {
@@ -45,8 +52,12 @@ pub async fn run(cmd: WorkloadCommand) -> anyhow::Result<()> {
                 zone: a.zone,
                 version: a.version,
             };
+            let upstream = a.call.map(|target| echo::Upstream {
+                target,
+                host: a.call_host.clone().unwrap_or_else(|| target.to_string()),
+            });
             tokio::select! {
-                r = echo::serve(listener, me) => r.context("echo server stopped")?,
+                r = echo::serve_calling(listener, me, upstream) => r.context("echo server stopped")?,
                 _ = super::shutdown_signal() => {}
             }
             Ok(())

@@ -164,7 +164,16 @@ pub struct OutboundTrafficPolicy {
     pub egress_proxy: Option<Destination>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// MeshConfig's `outboundTrafficPolicy` (Istio's meshConfig field).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct MeshOutboundTrafficPolicy {
+    /// `ALLOW_ANY` (default) or `REGISTRY_ONLY`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<OutboundMode>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum OutboundMode {
     RegistryOnly,

@@ -26,15 +26,18 @@ pub enum Kind {
     ServiceExport,
     ServiceImport,
     MeshConfig,
+    /// core/v1 Secret (Gateway `credentialName`).
+    Secret,
 }
 
 const NETWORKING_VERSIONS: &[&str] = &["v1alpha3", "v1beta1", "v1"];
 const SECURITY_VERSIONS: &[&str] = &["v1beta1", "v1"];
 const MCS_VERSIONS: &[&str] = &["v1alpha1"];
 const ISTHMUS_VERSIONS: &[&str] = &["v1alpha1"];
+const CORE_VERSIONS: &[&str] = &["v1"];
 
 impl Kind {
-    pub const ALL: [Kind; 12] = [
+    pub const ALL: [Kind; 13] = [
         Kind::VirtualService,
         Kind::DestinationRule,
         Kind::Gateway,
@@ -47,6 +50,7 @@ impl Kind {
         Kind::ServiceExport,
         Kind::ServiceImport,
         Kind::MeshConfig,
+        Kind::Secret,
     ];
 
     pub fn name(self) -> &'static str {
@@ -63,6 +67,7 @@ impl Kind {
             Kind::ServiceExport => "ServiceExport",
             Kind::ServiceImport => "ServiceImport",
             Kind::MeshConfig => "MeshConfig",
+            Kind::Secret => "Secret",
         }
     }
 
@@ -79,6 +84,8 @@ impl Kind {
             }
             Kind::ServiceExport | Kind::ServiceImport => "multicluster.x-k8s.io",
             Kind::MeshConfig => "isthmus.io",
+            // The core API group has no name.
+            Kind::Secret => "",
         }
     }
 
@@ -88,6 +95,7 @@ impl Kind {
             "networking.istio.io" => NETWORKING_VERSIONS,
             "security.istio.io" => SECURITY_VERSIONS,
             "multicluster.x-k8s.io" => MCS_VERSIONS,
+            "" => CORE_VERSIONS,
             _ => ISTHMUS_VERSIONS,
         }
     }
@@ -133,6 +141,18 @@ pub fn lookup(api_version: &str, kind: &str) -> TypeLookup {
         Some((g, v)) => (g, v),
         None => ("", api_version),
     };
+    // Of the core group only Secrets matter (Gateway credentials); a
+    // Service or ConfigMap in the same directory is skipped as foreign.
+    if group.is_empty() && kind == Kind::Secret.name() {
+        return if CORE_VERSIONS.contains(&version) {
+            TypeLookup::Known(Kind::Secret)
+        } else {
+            TypeLookup::UnsupportedVersion {
+                kind: Kind::Secret,
+                version: version.to_string(),
+            }
+        };
+    }
     if !HANDLED_GROUPS.contains(&group) {
         return TypeLookup::ForeignGroup {
             group: group.to_string(),
@@ -182,5 +202,6 @@ mod tests {
             lookup("v1", "Service"),
             TypeLookup::ForeignGroup { .. }
         ));
+        assert_eq!(lookup("v1", "Secret"), TypeLookup::Known(Kind::Secret));
     }
 }

@@ -54,6 +54,10 @@ pub struct MeshConfigSpec {
     pub extension_providers: Vec<super::telemetry::MeshExtensionProvider>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub default_providers: Option<super::telemetry::DefaultProviders>,
+    /// Where sidecars send traffic for destinations outside the registry
+    /// (a Sidecar resource's own policy wins).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub outbound_traffic_policy: Option<super::gateway::MeshOutboundTrafficPolicy>,
 }
 
 /// Published in the registry so other clusters route to this one.
@@ -128,4 +132,22 @@ pub struct FederationPeer {
     pub id: String,
     /// `host:port` of the peer's federation listener.
     pub address: String,
+    /// How this cluster's workloads reach the peer's services: `tcp`
+    /// (default: mTLS straight to the peer's east-west gateway, 15443/TCP)
+    /// or `quic` (through this cluster's east-west gateway and the QUIC
+    /// tunnel to the peer's, which must publish `gateways.eastWestQuic`;
+    /// TCP is the fallback when UDP is blocked). docs/architecture.md.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub transport: Option<PeerTransport>,
+}
+
+/// Transport towards one peer cluster.
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum PeerTransport {
+    #[default]
+    Tcp,
+    Quic,
 }

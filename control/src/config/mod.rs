@@ -9,6 +9,7 @@ mod kind;
 mod mesh;
 mod meta;
 mod multicluster;
+mod secret;
 mod security;
 mod service_entry;
 mod telemetry;
@@ -24,6 +25,7 @@ pub use kind::{lookup, Kind, TypeLookup, HANDLED_GROUPS};
 pub use mesh::*;
 pub use meta::*;
 pub use multicluster::*;
+pub use secret::*;
 pub use security::*;
 pub use service_entry::*;
 pub use telemetry::*;
@@ -31,14 +33,14 @@ pub use values::*;
 pub use virtual_service::*;
 
 macro_rules! resources {
-    ($($kind:ident => $spec:ty,)*) => {
+    ($($kind:ident => $ty:ty,)*) => {
         /// One typed resource of any kind Isthmus reads.
         // Resources are built once per document and shared behind `Arc`, so
         // the size spread between kinds costs nothing worth a Box per access.
         #[allow(clippy::large_enum_variant)]
         #[derive(Debug, Clone, PartialEq)]
         pub enum Resource {
-            $($kind(Object<$spec>),)*
+            $($kind($ty),)*
         }
 
         impl Resource {
@@ -79,18 +81,19 @@ macro_rules! resources {
 }
 
 resources! {
-    VirtualService => VirtualServiceSpec,
-    DestinationRule => DestinationRuleSpec,
-    Gateway => GatewaySpec,
-    ServiceEntry => ServiceEntrySpec,
-    WorkloadEntry => WorkloadEntrySpec,
-    Sidecar => SidecarSpec,
-    PeerAuthentication => PeerAuthenticationSpec,
-    AuthorizationPolicy => AuthorizationPolicySpec,
-    RequestAuthentication => RequestAuthenticationSpec,
-    ServiceExport => ServiceExportSpec,
-    ServiceImport => ServiceImportSpec,
-    MeshConfig => MeshConfigSpec,
+    VirtualService => Object<VirtualServiceSpec>,
+    DestinationRule => Object<DestinationRuleSpec>,
+    Gateway => Object<GatewaySpec>,
+    ServiceEntry => Object<ServiceEntrySpec>,
+    WorkloadEntry => Object<WorkloadEntrySpec>,
+    Sidecar => Object<SidecarSpec>,
+    PeerAuthentication => Object<PeerAuthenticationSpec>,
+    AuthorizationPolicy => Object<AuthorizationPolicySpec>,
+    RequestAuthentication => Object<RequestAuthenticationSpec>,
+    ServiceExport => Object<ServiceExportSpec>,
+    ServiceImport => Object<ServiceImportSpec>,
+    MeshConfig => Object<MeshConfigSpec>,
+    Secret => SecretObject,
 }
 
 impl Resource {

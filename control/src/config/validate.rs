@@ -60,6 +60,11 @@ pub fn validate(resource: &Resource) -> Vec<Issue> {
             }
         }
         Resource::MeshConfig(o) => security::mesh_config(&o.spec, &mut out),
+        Resource::Secret(o) => {
+            for (path, reason) in o.problems() {
+                out.push(Code::InvalidField, path, reason);
+            }
+        }
     }
     out.0
 }

@@ -6,6 +6,7 @@
 //! system namespaces and host-network pods, and answers an already
 //! injected pod with no patch (re-invocation is a no-op).
 
+pub mod ca_bundle;
 pub mod capture;
 pub mod patch;
 pub mod review;
@@ -74,9 +75,9 @@ impl InjectConfig {
                 .unwrap_or_default(),
             trust_domain: mesh.trust_domain().to_string(),
             root_cert_pem: root_cert_pem.to_string(),
-            // The data plane binds explicit listeners; transparent capture
-            // (15001/15006) is opt-in per pod until the gateway serves it.
-            default_interception: Interception::None,
+            // Istio's default: iptables REDIRECT to 15001/15006; pods opt
+            // out with `sidecar.istio.io/interceptionMode: NONE`.
+            default_interception: Interception::Redirect,
         }
     }
 }

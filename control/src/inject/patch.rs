@@ -135,18 +135,13 @@ pub fn build(config: &InjectConfig, pod: &Pod) -> Result<(Patch, Vec<String>), I
         Some(v) => Interception::parse(v)?,
         None => config.default_interception,
     };
-    let mut warnings = Vec::new();
+    let warnings = Vec::new();
     let init = match interception {
         Interception::None => None,
-        Interception::Redirect => {
-            warnings.push(format!(
-                "{ANN_INTERCEPTION_MODE}=REDIRECT: TCP is redirected to 15001/15006, which this version of the Isthmus proxy does not serve yet; use NONE (explicit listeners) until it does"
-            ));
-            Some(init_container(
-                config,
-                &CaptureRules::from_annotations(&annotations)?,
-            ))
-        }
+        Interception::Redirect => Some(init_container(
+            config,
+            &CaptureRules::from_annotations(&annotations)?,
+        )),
     };
 
     let spec = ProxySpec {
@@ -166,7 +161,15 @@ pub fn build(config: &InjectConfig, pod: &Pod) -> Result<(Patch, Vec<String>), I
         ],
         app_address: None,
     };
-    let proxy = proxy_container(PROXY_CONTAINER, &spec);
+    let mut proxy = proxy_container(PROXY_CONTAINER, &spec);
+    // The proxy tells the control plane (INTERCEPTION_MODE) so it gets the
+    // 15001/15006 listeners the init container's rules send traffic to.
+    if interception == Interception::Redirect {
+        proxy
+            .args
+            .get_or_insert_with(Vec::new)
+            .push("--interception=redirect".to_string());
+    }
     let volumes = [token_volume(), root_volume()];
 
     let status = json!({

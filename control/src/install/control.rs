@@ -22,6 +22,7 @@ use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
+use super::join::{JOIN_SECRET, JOIN_TOKEN_DIR};
 use super::k8s::{http_probe, labels, meta, port, resources, restricted};
 use super::options::{InstallOptions, FEDERATION_PORT};
 use super::proxy::{
@@ -100,8 +101,9 @@ pub fn data_claim() -> PersistentVolumeClaim {
 }
 
 /// `isthmus control` arguments (control/src/app/mod.rs `ControlOptions`).
-pub fn control_args(image: &str) -> Vec<String> {
-    [
+pub fn control_args(opts: &InstallOptions) -> Vec<String> {
+    let image = opts.image.as_str();
+    let mut args: Vec<String> = [
         "control",
         "--source",
         "kubernetes",
@@ -124,7 +126,18 @@ pub fn control_args(image: &str) -> Vec<String> {
     ]
     .iter()
     .map(|s| s.to_string())
-    .collect()
+    .collect();
+    // Joining: the token from the `isthmus-join` Secret (unused once this
+    // node is a member; membership is on the data volume).
+    if opts.join_token.is_some() {
+        args.push("--join-token-file".into());
+        args.push(super::join::join_token_file());
+    }
+    if let Some(addr) = &opts.federation_advertise {
+        args.push("--federation-advertise".into());
+        args.push(addr.clone());
+    }
+    args
 }
 
 pub fn deployment(opts: &InstallOptions) -> Deployment {
@@ -138,7 +151,7 @@ pub fn deployment(opts: &InstallOptions) -> Deployment {
         name: "isthmus".into(),
         image: Some(opts.image.clone()),
         image_pull_policy: Some("IfNotPresent".into()),
-        args: Some(control_args(&opts.image)),
+        args: Some(control_args(opts)),
         ports: Some(vec![
             port("grpc-xds-tls", GRPC_PORT.into(), "TCP"),
             port("grpc-xds", XDS_PORT.into(), "TCP"),
@@ -156,6 +169,7 @@ pub fn deployment(opts: &InstallOptions) -> Deployment {
             mount("config", CONFIG_DIR, true),
             mount("cacerts", CA_DIR, true),
             mount("data", DATA_DIR, false),
+            mount("join", JOIN_TOKEN_DIR, true),
         ]),
         ..Container::default()
     };
@@ -173,6 +187,18 @@ pub fn deployment(opts: &InstallOptions) -> Deployment {
             secret: Some(SecretVolumeSource {
                 secret_name: Some(CACERTS_SECRET.into()),
                 default_mode: Some(0o400),
+                ..SecretVolumeSource::default()
+            }),
+            ..Volume::default()
+        },
+        // Only clusters installed with `--join` have it (the overlay's
+        // Secret), so the base stays the same for every cluster.
+        Volume {
+            name: "join".into(),
+            secret: Some(SecretVolumeSource {
+                secret_name: Some(JOIN_SECRET.into()),
+                default_mode: Some(0o400),
+                optional: Some(true),
                 ..SecretVolumeSource::default()
             }),
             ..Volume::default()

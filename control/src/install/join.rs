@@ -14,6 +14,36 @@ use super::InstallError;
 
 const PREFIX: &str = "isthmus-join-v1.";
 
+/// The Secret holding the token a joining cluster was installed with, and
+/// where the control plane finds it (`--join-token-file`).
+pub const JOIN_SECRET: &str = "isthmus-join";
+pub const JOIN_TOKEN_KEY: &str = "token";
+pub const JOIN_TOKEN_DIR: &str = "/var/run/secrets/isthmus/join";
+
+/// `JOIN_TOKEN_DIR/JOIN_TOKEN_KEY`.
+pub fn join_token_file() -> String {
+    format!("{JOIN_TOKEN_DIR}/{JOIN_TOKEN_KEY}")
+}
+
+/// The `isthmus-join` Secret. A Secret rather than a ConfigMap although the
+/// token holds no key: it names the federation's members and addresses,
+/// which is nobody else's business, and RBAC on Secrets is tighter.
+pub fn secret(token: &str) -> k8s_openapi::api::core::v1::Secret {
+    k8s_openapi::api::core::v1::Secret {
+        metadata: super::k8s::meta(
+            JOIN_SECRET,
+            Some(crate::app::CONTROL_NAMESPACE),
+            &[("app", "isthmus-control")],
+        ),
+        type_: Some("Opaque".into()),
+        string_data: Some(std::collections::BTreeMap::from([(
+            JOIN_TOKEN_KEY.to_string(),
+            token.to_string(),
+        )])),
+        ..Default::default()
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct JoinTicket {

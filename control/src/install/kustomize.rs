@@ -1,5 +1,5 @@
 //! The kustomize layout: `base/` (what every cluster shares) and
-//! `overlays/<cluster>/` (its ConfigMaps, webhook and monitors), rendered by
+//! `overlays/<cluster>/` (its ConfigMaps, join token and monitors), rendered by
 //! the same code as `isthmus install`, so `kubectl kustomize
 //! overlays/<cluster>` yields exactly what `isthmus install` prints.
 
@@ -68,7 +68,8 @@ pub fn write(dir: &Path, opts: &InstallOptions) -> Result<Vec<PathBuf>, InstallE
 /// The example committed under `deploy/kubernetes/` (overlay `us-east`), as
 /// `isthmus install --cluster us-east --network net-east --locality
 /// us-east/us-east-1a --trust-domain example.org --east-west-address
-/// eastwest.us-east.example.org:15443 --service-monitor --join $(isthmus
+/// eastwest.us-east.example.org:15443 --federation-advertise
+/// federation.us-east.example.org:15031 --service-monitor --join $(isthmus
 /// install join-token --trust-domain example.org --peer
 /// us-west=federation.us-west.example.org:15031 --peer
 /// eu-central=federation.eu-central.example.org:15031) --kustomize
@@ -82,7 +83,8 @@ pub fn example_options() -> Result<InstallOptions, InstallError> {
         ],
     )?;
     let mut opts = InstallOptions::new("us-east", "net-east", "us-east/us-east-1a", "example.org")?
-        .with_join(join)?
+        .with_join_token(&join.encode())?
+        .with_federation_advertise("federation.us-east.example.org:15031")?
         .with_east_west_address("eastwest.us-east.example.org:15443")?;
     opts.service_monitor = true;
     Ok(opts)

@@ -5,9 +5,9 @@
 //! Layout of what is rendered, in apply order: the namespace, CRDs, RBAC,
 //! this cluster's ConfigMaps, the control plane, the gateways, the injection
 //! webhook and, optionally, prometheus-operator monitors. Everything except
-//! the cluster's ConfigMaps, the webhook (its `caBundle` is this trust
-//! domain's root) and the monitors is the same for every cluster: that is
-//! the kustomize base.
+//! the cluster's ConfigMaps (and its join token Secret) and the monitors is
+//! the same for every cluster: that is the kustomize base. The webhook's
+//! `caBundle` is not rendered: the control plane sets it at run time.
 
 pub mod apply;
 pub mod control;
@@ -122,7 +122,7 @@ impl Part {
 
     /// Same for every cluster: the kustomize base.
     pub fn in_base(self) -> bool {
-        !matches!(self, Part::Cluster | Part::Webhook | Part::Monitoring)
+        !matches!(self, Part::Cluster | Part::Monitoring)
     }
 }
 
@@ -136,17 +136,19 @@ pub fn render(opts: &InstallOptions) -> Result<Vec<(Part, Vec<Doc>)>, InstallErr
         ),
         ..Namespace::default()
     };
+    let mut cluster = vec![
+        Doc::new(&control::cluster_configmap(opts))?,
+        Doc::new(&control::mesh_configmap(opts)?)?,
+    ];
+    opts.check_join()?;
+    if let Some(token) = &opts.join_token {
+        cluster.push(Doc::new(&join::secret(token))?);
+    }
     let mut parts = vec![
         (Part::Namespace, vec![Doc::new(&namespace)?]),
         (Part::Crds, crds::render(opts)?),
         (Part::Rbac, rbac::render()?),
-        (
-            Part::Cluster,
-            vec![
-                Doc::new(&control::cluster_configmap(opts))?,
-                Doc::new(&control::mesh_configmap(opts)?)?,
-            ],
-        ),
+        (Part::Cluster, cluster),
         (
             Part::ControlPlane,
             vec![
@@ -157,10 +159,7 @@ pub fn render(opts: &InstallOptions) -> Result<Vec<(Part, Vec<Doc>)>, InstallErr
             ],
         ),
         (Part::Gateways, gateways::render(opts)?),
-        (
-            Part::Webhook,
-            vec![Doc::new(&webhook::configuration(opts))?],
-        ),
+        (Part::Webhook, vec![Doc::new(&webhook::configuration())?]),
     ];
     if opts.service_monitor {
         parts.push((Part::Monitoring, monitoring::render()));

@@ -20,10 +20,13 @@ pub struct InstallOptions {
     pub image: String,
     /// Federation members this cluster joins (from `--join`).
     pub join: Option<JoinTicket>,
-    /// PEM of the trust domain's root: the webhook's `caBundle`. Without it
-    /// the API server cannot call the injector (failurePolicy Ignore: pods
-    /// then start without a sidecar).
-    pub root_cert_pem: Option<String>,
+    /// The `--join` token as given (either format `isthmus control
+    /// --join-token-file` reads): the `isthmus-join` Secret's `token`.
+    pub join_token: Option<String>,
+    /// `HOST:PORT` the other members reach this cluster's federation node
+    /// at (`isthmus control --federation-advertise`); needed to join, since
+    /// the node listens on 0.0.0.0.
+    pub federation_advertise: Option<String>,
     /// Render Istio's CRDs (minimal structural schemas); off for clusters
     /// that already run Istio's own.
     pub istio_crds: bool,
@@ -68,7 +71,8 @@ impl InstallOptions {
             trust_domain: trust_domain.to_string(),
             image: default_image(),
             join: None,
-            root_cert_pem: None,
+            join_token: None,
+            federation_advertise: None,
             istio_crds: true,
             mcs_crds: true,
             service_monitor: false,
@@ -104,6 +108,63 @@ impl InstallOptions {
         Ok(self)
     }
 
+    /// `--join TOKEN`: a token of `isthmus federation token create` or of
+    /// `isthmus install join-token`. Its seeds become the MeshConfig's
+    /// peers; the token itself is rendered as the `isthmus-join` Secret the
+    /// control plane reads with `--join-token-file`.
+    pub fn with_join_token(self, token: &str) -> Result<Self, InstallError> {
+        let token = token.trim();
+        let decoded = crate::app::federation::token::JoinToken::decode(token).map_err(|e| {
+            InstallError::Invalid {
+                flag: "--join",
+                value: token.to_string(),
+                reason: e.to_string(),
+            }
+        })?;
+        let ticket = JoinTicket {
+            trust_domain: decoded.trust_domain,
+            peers: decoded
+                .seeds
+                .into_iter()
+                .map(|s| super::join::TicketPeer {
+                    id: s.id,
+                    address: s.address,
+                })
+                .collect(),
+        };
+        let mut out = self.with_join(ticket)?;
+        out.join_token = Some(token.to_string());
+        Ok(out)
+    }
+
+    /// Sets where other members reach this cluster's federation node.
+    pub fn with_federation_advertise(mut self, address: &str) -> Result<Self, InstallError> {
+        let ok = address
+            .rsplit_once(':')
+            .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok());
+        if !ok {
+            return Err(invalid(
+                "--federation-advertise",
+                address,
+                "expected HOST:PORT",
+            ));
+        }
+        self.federation_advertise = Some(address.to_string());
+        Ok(self)
+    }
+
+    /// A joining cluster must say where the others reach it.
+    pub fn check_join(&self) -> Result<(), InstallError> {
+        if let (Some(token), None) = (&self.join_token, &self.federation_advertise) {
+            return Err(InstallError::Invalid {
+                flag: "--join",
+                value: token.clone(),
+                reason: "a joining cluster needs --federation-advertise HOST:PORT (the address of its isthmus-federation Service that the other clusters reach, port 15031/UDP)".into(),
+            });
+        }
+        Ok(())
+    }
+
     /// Sets where other clusters reach the east-west gateway.
     pub fn with_east_west_address(mut self, address: &str) -> Result<Self, InstallError> {
         let ok = address
@@ -131,6 +192,7 @@ impl InstallOptions {
                     .map(|p| FederationPeer {
                         id: p.id.clone(),
                         address: p.address.clone(),
+                        transport: None,
                     })
                     .collect()
             })

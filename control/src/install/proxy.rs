@@ -12,11 +12,11 @@ use crate::app::CONTROL_NAMESPACE;
 
 /// The control plane's Service (its webhook certificate names it too).
 pub const CONTROL_SERVICE: &str = "isthmus-control";
-/// Plaintext xDS (Istio's 15010): the gateway's xDS client speaks plaintext
-/// gRPC; certificates never travel over it (keys stay in the proxy, SDS
-/// `default` is produced locally).
+/// Plaintext xDS (Istio's 15010), for proxyless gRPC clients and debugging;
+/// the proxies Isthmus renders and injects do not use it.
 pub const XDS_PORT: u16 = 15010;
-/// xDS and the CA over TLS.
+/// xDS and the CA over TLS: proxies fetch xDS here with mutual TLS (their
+/// workload certificate; the control plane's SPIFFE identity is checked).
 pub const GRPC_PORT: u16 = 15012;
 /// The control plane's admin HTTP (/healthz, /readyz, /metrics).
 pub const CONTROL_ADMIN_PORT: u16 = 15014;
@@ -93,7 +93,7 @@ pub fn proxy_args(spec: &ProxySpec<'_>) -> Vec<String> {
         "--role",
         spec.role.flag(),
         "--xds",
-        &format!("http://{host}:{XDS_PORT}"),
+        &format!("https://{host}:{GRPC_PORT}"),
         "--ca",
         &format!("{host}:{GRPC_PORT}"),
         "--root-cert",

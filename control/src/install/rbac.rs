@@ -10,6 +10,7 @@ use k8s_openapi::api::rbac::v1::{ClusterRole, ClusterRoleBinding, PolicyRule, Ro
 
 use super::gateways::GATEWAYS;
 use super::k8s::meta;
+use super::webhook::WEBHOOK_CONFIGURATION;
 use super::{Doc, InstallError};
 use crate::app::{CONTROL_NAMESPACE, CONTROL_SERVICE_ACCOUNT};
 
@@ -28,6 +29,9 @@ fn rule(group: &str, resources: &[&str], verbs: &[&str]) -> PolicyRule {
 pub fn control_rules() -> Vec<PolicyRule> {
     vec![
         rule("", &["services", "pods", "nodes", "namespaces"], READ),
+        // Gateway credentials (credentialName); read only. The source keeps
+        // TLS Secrets of namespaces with a Gateway and drops the rest.
+        rule("", &["secrets"], READ),
         rule("discovery.k8s.io", &["endpointslices"], READ),
         rule(
             "networking.istio.io",
@@ -70,6 +74,17 @@ pub fn control_rules() -> Vec<PolicyRule> {
             &["get", "patch"],
         ),
         rule("authentication.k8s.io", &["tokenreviews"], &["create"]),
+        // The injector's caBundle (crate::inject::ca_bundle): only its own
+        // configuration; list/watch carry a metadata.name field selector,
+        // which resourceNames authorizes.
+        PolicyRule {
+            resource_names: Some(vec![WEBHOOK_CONFIGURATION.to_string()]),
+            ..rule(
+                "admissionregistration.k8s.io",
+                &["mutatingwebhookconfigurations"],
+                &["get", "list", "watch", "patch"],
+            )
+        },
         // kube's event Recorder writes events.k8s.io/v1 only.
         rule("events.k8s.io", &["events"], &["create", "patch"]),
     ]

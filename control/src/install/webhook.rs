@@ -20,10 +20,8 @@ use k8s_openapi::api::admissionregistration::v1::{
     WebhookClientConfig,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, LabelSelectorRequirement};
-use k8s_openapi::ByteString;
 
 use super::k8s::meta;
-use super::options::InstallOptions;
 use super::proxy::CONTROL_SERVICE;
 use crate::app::CONTROL_NAMESPACE;
 
@@ -64,7 +62,6 @@ fn selector(reqs: Vec<LabelSelectorRequirement>) -> LabelSelector {
 
 fn webhook(
     name: &str,
-    ca_bundle: Option<&str>,
     namespace: Vec<LabelSelectorRequirement>,
     object: LabelSelectorRequirement,
 ) -> MutatingWebhook {
@@ -79,7 +76,10 @@ fn webhook(
         name: name.into(),
         admission_review_versions: vec!["v1".into()],
         client_config: WebhookClientConfig {
-            ca_bundle: ca_bundle.map(|pem| ByteString(pem.as_bytes().to_vec())),
+            // Set and kept current by the control plane
+            // (crate::inject::ca_bundle), never rendered: a static bundle
+            // goes stale on the first root rotation.
+            ca_bundle: None,
             service: Some(ServiceReference {
                 name: CONTROL_SERVICE.into(),
                 namespace: CONTROL_NAMESPACE.into(),
@@ -108,21 +108,19 @@ fn webhook(
     }
 }
 
-pub fn configuration(opts: &InstallOptions) -> MutatingWebhookConfiguration {
-    let ca = opts.root_cert_pem.as_deref();
+/// The same for every cluster: the `caBundle` is the control plane's to set.
+pub fn configuration() -> MutatingWebhookConfiguration {
     let not_false = || req(INJECT_LABEL, "NotIn", &["false"]);
     MutatingWebhookConfiguration {
         metadata: meta(WEBHOOK_CONFIGURATION, None, &[("app", CONTROL_SERVICE)]),
         webhooks: Some(vec![
             webhook(
                 "namespace.sidecar-injector.isthmus.io",
-                ca,
                 vec![req(NAMESPACE_LABEL, "In", &["enabled"])],
                 not_false(),
             ),
             webhook(
                 "istio-namespace.sidecar-injector.isthmus.io",
-                ca,
                 vec![
                     req(ISTIO_NAMESPACE_LABEL, "In", &["enabled"]),
                     req(NAMESPACE_LABEL, "DoesNotExist", &[]),
@@ -131,7 +129,6 @@ pub fn configuration(opts: &InstallOptions) -> MutatingWebhookConfiguration {
             ),
             webhook(
                 "object.sidecar-injector.isthmus.io",
-                ca,
                 vec![
                     req(NAMESPACE_LABEL, "DoesNotExist", &[]),
                     req(ISTIO_NAMESPACE_LABEL, "DoesNotExist", &[]),

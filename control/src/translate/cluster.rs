@@ -65,7 +65,7 @@ pub struct Target<'a> {
     pub policy: EffectivePolicy,
 }
 
-fn targets_for<'a>(
+pub(crate) fn targets_for<'a>(
     service: &'a Service,
     rule: Option<&'a DestinationRuleSpec>,
     name: impl Fn(u16, &str) -> String,
@@ -134,6 +134,7 @@ pub fn clusters(ctx: &Context<'_>) -> Vec<Cluster> {
         ProxyRole::EastWest => eastwest_targets(ctx)
             .iter()
             .map(|t| eds_cluster(&t.name, DEFAULT_CONNECT_TIMEOUT))
+            .chain(super::tunnel::clusters(ctx, DEFAULT_CONNECT_TIMEOUT))
             .collect(),
         _ => outbound_targets(ctx)
             .iter()
@@ -141,10 +142,7 @@ pub fn clusters(ctx: &Context<'_>) -> Vec<Cluster> {
             .collect(),
     };
     if ctx.role() == ProxyRole::Sidecar && ctx.flavor == ProxyFlavor::Envoy {
-        let app = ctx.proxy.app_address.to_string();
-        for port in super::listener::sidecar::inbound_ports(ctx) {
-            out.push(inbound(&app, port.target_port));
-        }
+        out.extend(super::listener::capture::sidecar_clusters(ctx));
     }
     out.sort_by(|a, b| a.name.cmp(&b.name));
     out.dedup_by(|a, b| a.name == b.name);
@@ -284,6 +282,14 @@ pub fn outbound(ctx: &Context<'_>, target: &Target<'_>) -> Option<Cluster> {
     Some(c)
 }
 
+/// Istio's default `meshConfig.dnsRefreshRate`; with `respect_dns_ttl` the
+/// answers' TTLs decide, this only bounds names answered without one.
+const DNS_REFRESH_RATE: StdDuration = StdDuration::from_secs(60);
+
+// Envoy deprecated the DNS fields of `Cluster` in favour of the
+// `envoy.clusters.dns` extension; Istio still sends them and the Isthmus
+// gateway reads them.
+#[allow(deprecated)]
 fn dns_cluster(target: &Target<'_>, connect_timeout: StdDuration) -> Cluster {
     let svc = target.service;
     let kind = if svc.resolution == Resolution::Dns {
@@ -312,6 +318,10 @@ fn dns_cluster(target: &Target<'_>, connect_timeout: StdDuration) -> Cluster {
         name: target.name.clone(),
         cluster_discovery_type: Some(ClusterDiscoveryType::Type(kind as i32)),
         connect_timeout: Some(duration(connect_timeout)),
+        // Both families; the gateway races them when connecting (RFC 8305).
+        dns_lookup_family: cluster::DnsLookupFamily::All as i32,
+        respect_dns_ttl: true,
+        dns_refresh_rate: Some(duration(DNS_REFRESH_RATE)),
         load_assignment: Some(ClusterLoadAssignment {
             cluster_name: target.name.clone(),
             endpoints: vec![LocalityLbEndpoints {
@@ -470,6 +480,8 @@ fn outlier_detection(o: &OutlierDetection) -> EnvoyOutlier {
         max_ejection_percent: o.max_ejection_percent.map(|p| u32v(p.get())),
         split_external_local_origin_errors: o.split_external_local_origin_errors.unwrap_or(false),
         consecutive_local_origin_failure: o.consecutive_local_origin_failures.map(u32v),
+        // Istio has no success-rate settings and turns Envoy's detector off.
+        enforcing_success_rate: Some(u32v(0)),
         ..Default::default()
     };
     // Only gateway errors configured: Istio turns the 5xx detector off

@@ -113,6 +113,9 @@ pub fn load_assignments(ctx: &Context<'_>, names: &Names) -> Vec<ClusterLoadAssi
         .filter(|t| names.contains(&t.name) && is_eds(t))
         .map(|t| assignment(ctx, t, eastwest))
         .collect();
+    if eastwest {
+        out.extend(super::tunnel::assignments(ctx, names));
+    }
     out.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
     out.dedup_by(|a, b| a.cluster_name == b.cluster_name);
     out
@@ -196,6 +199,32 @@ pub fn candidates<'a>(
         if healthy == 0 {
             continue;
         }
+        let workload = Some(format!(
+            ";{};;;{}",
+            svc.namespace.replace(';', "_"),
+            remote.cluster.replace(';', "_")
+        ));
+        if let Some((host, port)) = super::tunnel::entry_for(ctx, remote) {
+            // Every tunnelled peer in one locality is the same local
+            // gateway endpoint: merge instead of listing it twice.
+            match out
+                .iter_mut()
+                .find(|c| c.address == host && c.port == port && c.locality == remote.locality)
+            {
+                Some(c) => c.weight = c.weight.saturating_add(healthy),
+                None => out.push(Candidate {
+                    address: host,
+                    port,
+                    locality: remote.locality.clone(),
+                    network: remote.network.clone(),
+                    labels: None,
+                    weight: healthy,
+                    healthy: true,
+                    workload,
+                }),
+            }
+            continue;
+        }
         if remote.eastwest.is_empty() {
             tracing::warn!(
                 cluster = %remote.cluster,
@@ -218,11 +247,7 @@ pub fn candidates<'a>(
                 healthy: true,
                 // The gateway stands for a whole cluster: its workloads'
                 // names are not one name, but cluster and namespace are.
-                workload: Some(format!(
-                    ";{};;;{}",
-                    svc.namespace.replace(';', "_"),
-                    remote.cluster.replace(';', "_")
-                )),
+                workload: workload.clone(),
             });
         }
     }

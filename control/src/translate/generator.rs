@@ -88,7 +88,16 @@ pub fn generate(
         TypeUrl::RouteConfiguration => {
             named(names, listener::route_configs(&ctx, names), |r| &r.name)
         }
-        TypeUrl::Secret => named(names, secret::secrets(inputs, names), |s| &s.name),
+        TypeUrl::Secret => named(names, secret::for_proxy(&ctx, names), |s| &s.name),
+        TypeUrl::NameTable => {
+            let table = super::nametable::for_proxy(&ctx);
+            let name = isthmus_gateway::dnsproxy::NAME_TABLE_RESOURCE;
+            if names.contains(name) {
+                vec![Resource::new(name.to_string(), any(table))]
+            } else {
+                Vec::new()
+            }
+        }
     }
 }
 
@@ -140,6 +149,8 @@ mod tests {
                 .expect("generates")
                 .into_iter()
                 .map(|r| r.name)
+                // Every sidecar also gets PassthroughCluster/BlackHoleCluster.
+                .filter(|n| n.starts_with("outbound|"))
                 .collect()
         };
         assert_eq!(
@@ -156,5 +167,71 @@ mod tests {
             .generate(&proxy, TypeUrl::Cluster, &only)
             .expect("generates")
             .is_empty());
+    }
+    #[test]
+    fn name_table_lists_reachable_hosts_with_clusterset_names_and_dns_clusters_carry_dns_fields() {
+        use isthmus_gateway::dnsproxy::{NameIndex, NameTable};
+        let external = "---\napiVersion: networking.istio.io/v1\nkind: ServiceEntry\nmetadata:\n  name: ext\n  namespace: shop\nspec:\n  hosts: [api.example.com]\n  resolution: DNS\n  ports:\n  - {number: 443, name: https, protocol: HTTPS}\n";
+        let inputs = inputs(&format!("{}{external}", SE.replace("NAME", "a")));
+        let node = Node {
+            id: "sidecar~10.0.0.9~p.shop~shop.svc.cluster.local".into(),
+            ..Default::default()
+        };
+        let proxy = Proxy::from_node(Some(&node)).expect("valid node");
+        let r = generate(
+            &inputs,
+            &proxy,
+            ProxyFlavor::Envoy,
+            TypeUrl::NameTable,
+            &Names::All,
+        );
+        assert_eq!(r.len(), 1);
+        let table = NameTable::decode(r[0].body.value.as_slice()).expect("name table");
+        let idx = NameIndex::from_table(&table).expect("valid table");
+        let lo: std::net::IpAddr = "127.0.0.1".parse().expect("ip");
+        assert_eq!(idx.lookup("a.shop.svc.cluster.local"), Some(&[lo][..]));
+        assert_eq!(idx.lookup("a.shop.svc.clusterset.local"), Some(&[lo][..]));
+        assert_eq!(idx.lookup("api.example.com"), Some(&[lo][..]));
+        assert_eq!(table.table["api.example.com"].registry, "External");
+
+        let clusters = generate(
+            &inputs,
+            &proxy,
+            ProxyFlavor::Envoy,
+            TypeUrl::Cluster,
+            &Names::All,
+        );
+        let c = clusters
+            .iter()
+            .find(|c| c.name == "outbound|443||api.example.com")
+            .expect("DNS cluster");
+        let c =
+            envoy_types::pb::envoy::config::cluster::v3::Cluster::decode(c.body.value.as_slice())
+                .expect("cluster");
+        #[allow(deprecated)]
+        let (ttl, family) = (c.respect_dns_ttl, c.dns_lookup_family);
+        assert!(ttl);
+        assert_eq!(
+            family,
+            envoy_types::pb::envoy::config::cluster::v3::cluster::DnsLookupFamily::All as i32
+        );
+        // And the gateway accepts what the control plane sends.
+        isthmus_gateway::config::cluster_from_proto(&c).expect("gateway accepts the DNS cluster");
+
+        // Gateways and capturing sidecars get no table.
+        let gw = Node {
+            id: "router~10.0.0.9~egress.istio-system~istio-system.svc.cluster.local".into(),
+            ..Default::default()
+        };
+        let gw = Proxy::from_node(Some(&gw)).expect("valid node");
+        let r = generate(
+            &inputs,
+            &gw,
+            ProxyFlavor::Envoy,
+            TypeUrl::NameTable,
+            &Names::All,
+        );
+        let table = NameTable::decode(r[0].body.value.as_slice()).expect("name table");
+        assert!(table.table.is_empty());
     }
 }

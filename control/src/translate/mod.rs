@@ -17,6 +17,7 @@ pub mod endpoint;
 pub mod generator;
 pub mod listener;
 pub mod locality;
+pub mod nametable;
 pub mod naming;
 pub mod policy;
 pub mod proto;
@@ -28,6 +29,7 @@ pub mod secret;
 pub mod services;
 pub mod telemetry;
 pub mod tls;
+pub mod tunnel;
 
 use std::sync::Arc;
 

@@ -50,6 +50,10 @@ fn decode(type_url: &str, bytes: &[u8]) -> Option<String> {
         DownstreamTlsContext,
         HttpProtocolOptions
     );
+    if type_url == isthmus_gateway::dnsproxy::NAME_TABLE_TYPE {
+        let table = isthmus_gateway::dnsproxy::NameTable::decode(bytes).ok()?;
+        return Some(format!("{table:#?}"));
+    }
     None
 }
 

@@ -2,18 +2,26 @@
 //! trusts plus every root any member cluster publishes) as a validation
 //! context. `default` (the proxy's own key and certificate) is produced by
 //! the proxy itself and never sent: private keys never leave the workload.
+//!
+//! Gateways also get their user credentials (Istio `credentialName`): the
+//! Secret `NAME` in the gateway's own namespace as a `tls_certificate`, and
+//! `NAME-cacert` as a validation context from the Secret `NAME-cacert` or,
+//! failing that, the `ca.crt` of `NAME`. Only gateways are served these, and
+//! only from their own namespace, as Istio does.
 
 use std::collections::BTreeSet;
 
 use envoy_types::pb::envoy::config::core::v3::{data_source, DataSource};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
-    secret, CertificateValidationContext, Secret,
+    secret, CertificateValidationContext, Secret, TlsCertificate,
 };
 
-use isthmus_xds::Names;
+use isthmus_xds::{Names, ProxyRole};
+
+use crate::config::{Kind, Resource, SecretObject};
 
 use super::tls::SECRET_ROOTCA;
-use super::Inputs;
+use super::{Context, Inputs};
 
 /// Every distinct root PEM, local ones first, in a stable order.
 pub fn trust_bundle(inputs: &Inputs) -> String {
@@ -62,4 +70,215 @@ pub fn secrets(inputs: &Inputs, names: &Names) -> Vec<Secret> {
             },
         )),
     }]
+}
+
+/// Every secret `names` asks for that this proxy may have: `ROOTCA` and,
+/// for gateways, their credentials.
+pub fn for_proxy(ctx: &Context<'_>, names: &Names) -> Vec<Secret> {
+    let mut out = secrets(ctx.inputs, names);
+    if matches!(ctx.role(), ProxyRole::Ingress | ProxyRole::Egress) {
+        if let Names::Some(requested) = names {
+            for name in requested {
+                if name == SECRET_ROOTCA || name == super::tls::SECRET_DEFAULT {
+                    continue;
+                }
+                match credential(ctx.inputs, &ctx.proxy.namespace, name) {
+                    Ok(s) => out.push(s),
+                    Err(why) => tracing::warn!(
+                        proxy = %ctx.proxy.node_id,
+                        secret = %name,
+                        namespace = %ctx.proxy.namespace,
+                        "credential not served: {why}; TLS servers using it stay down (or keep the last certificate they received)"
+                    ),
+                }
+            }
+        }
+    }
+    out
+}
+
+fn stored_secret<'a>(inputs: &'a Inputs, namespace: &str, name: &str) -> Option<&'a SecretObject> {
+    match inputs
+        .config
+        .get_by(Kind::Secret, namespace, name)?
+        .resource
+        .as_ref()
+    {
+        Resource::Secret(s) => Some(s),
+        _ => None,
+    }
+}
+
+fn inline(text: String) -> Option<DataSource> {
+    Some(DataSource {
+        specifier: Some(data_source::Specifier::InlineString(text)),
+        ..Default::default()
+    })
+}
+
+/// The SDS resource for one credential name requested by a gateway in
+/// `namespace`. The error says what to fix.
+pub fn credential(inputs: &Inputs, namespace: &str, name: &str) -> Result<Secret, String> {
+    if let Some(base) = name.strip_suffix(CACERT_SUFFIX) {
+        let ca = match stored_secret(inputs, namespace, name) {
+            Some(s) => s
+                .ca_bundle()
+                .map_err(|(f, e)| format!("Secret {namespace}/{name}: {f} {e}"))?
+                .ok_or_else(|| format!("Secret {namespace}/{name} has no ca.crt (or cacert)"))?,
+            None => stored_secret(inputs, namespace, base)
+                .ok_or_else(|| {
+                    format!("neither Secret {namespace}/{name} nor {namespace}/{base} exists")
+                })?
+                .ca_bundle()
+                .map_err(|(f, e)| format!("Secret {namespace}/{base}: {f} {e}"))?
+                .ok_or_else(|| {
+                    format!(
+                        "MUTUAL needs a client CA: add ca.crt to Secret {namespace}/{base} or create Secret {namespace}/{name}"
+                    )
+                })?,
+        };
+        return Ok(Secret {
+            name: name.to_string(),
+            r#type: Some(secret::Type::ValidationContext(
+                CertificateValidationContext {
+                    trusted_ca: inline(ca),
+                    ..Default::default()
+                },
+            )),
+        });
+    }
+    let stored = stored_secret(inputs, namespace, name)
+        .ok_or_else(|| format!("Secret {namespace}/{name} does not exist (credentialName is looked up in the gateway's namespace)"))?;
+    let cred = stored
+        .tls_credential()
+        .map_err(|(f, e)| format!("Secret {namespace}/{name}: {f} {e}"))?;
+    Ok(Secret {
+        name: name.to_string(),
+        r#type: Some(secret::Type::TlsCertificate(TlsCertificate {
+            certificate_chain: inline(cred.cert_chain),
+            private_key: inline(cred.private_key),
+            ..Default::default()
+        })),
+    })
+}
+
+/// Istio's name for the client CA that goes with credential `NAME`.
+pub const CACERT_SUFFIX: &str = "-cacert";
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+    use std::path::Path;
+    use std::sync::Arc;
+
+    use base64::Engine;
+    use envoy_types::pb::envoy::config::core::v3::Node;
+    use isthmus_federation::RegistrySnapshot;
+    use isthmus_xds::Proxy;
+
+    use super::*;
+    use crate::source::parse_text;
+    use crate::store::{ConfigSnapshot, StoredResource};
+
+    fn inputs(yaml: &str) -> Inputs {
+        let resources: BTreeMap<_, _> = parse_text(Path::new("mem.yaml"), yaml)
+            .into_iter()
+            .filter_map(|d| {
+                assert!(!d.has_errors(), "{:?}", d.diagnostics);
+                let r = d.resource?;
+                Some((
+                    r.key(),
+                    StoredResource {
+                        resource: r,
+                        location: d.location,
+                    },
+                ))
+            })
+            .collect();
+        Inputs::new(
+            Arc::new(ConfigSnapshot::new(1, resources, Vec::new())),
+            Arc::new(RegistrySnapshot::default()),
+            super::super::LocalSettings::default(),
+        )
+    }
+
+    fn secret_yaml(name: &str, ns: &str, keys: &[(&str, &str)]) -> String {
+        let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+        let mut y = format!(
+            "apiVersion: v1\nkind: Secret\nmetadata: {{name: {name}, namespace: {ns}}}\ndata:\n"
+        );
+        for (k, v) in keys {
+            y.push_str(&format!("  {k}: {}\n", b64(v)));
+        }
+        y
+    }
+
+    fn proxy(id: &str) -> Proxy {
+        Proxy::from_node(Some(&Node {
+            id: id.into(),
+            ..Default::default()
+        }))
+        .expect("node")
+    }
+
+    fn served(inputs: &Inputs, p: &Proxy, names: &[&str]) -> Vec<String> {
+        let ctx = Context::new(inputs, p, super::super::ProxyFlavor::Envoy);
+        let names = Names::Some(names.iter().map(|s| s.to_string()).collect());
+        for_proxy(&ctx, &names)
+            .into_iter()
+            .map(|s| s.name)
+            .collect()
+    }
+
+    #[test]
+    fn gateway_credentials_come_from_secrets_in_the_gateway_namespace() {
+        let c = rcgen::generate_simple_self_signed(vec!["a.example.com".into()]).expect("cert");
+        let (cert, key) = (c.cert.pem(), c.signing_key.serialize_pem());
+        let yaml = [
+            secret_yaml(
+                "with-ca",
+                "istio-system",
+                &[("tls.crt", &cert), ("tls.key", &key), ("ca.crt", &cert)],
+            ),
+            secret_yaml(
+                "plain",
+                "istio-system",
+                &[("tls.crt", &cert), ("tls.key", &key)],
+            ),
+            secret_yaml("plain-cacert", "istio-system", &[("cacert", &cert)]),
+            secret_yaml(
+                "elsewhere",
+                "shop",
+                &[("tls.crt", &cert), ("tls.key", &key)],
+            ),
+        ]
+        .join("---\n");
+        let inputs = inputs(&yaml);
+        let gw = proxy("router~10.0.0.1~ingress-1.istio-system~istio-system.svc.cluster.local");
+        assert_eq!(
+            served(
+                &inputs,
+                &gw,
+                &[
+                    "with-ca",
+                    "with-ca-cacert",
+                    "plain",
+                    "plain-cacert",
+                    "elsewhere",
+                    "missing",
+                    "missing-cacert"
+                ]
+            ),
+            vec!["plain", "plain-cacert", "with-ca", "with-ca-cacert"],
+            "served from the gateway's own namespace only; missing ones left out"
+        );
+        // Sidecars never get user credentials.
+        let sidecar = proxy("sidecar~10.0.0.2~p.istio-system~istio-system.svc.cluster.local");
+        assert!(served(&inputs, &sidecar, &["with-ca"]).is_empty());
+        // The errors say what to fix.
+        let err = credential(&inputs, "istio-system", "missing").expect_err("missing");
+        assert!(err.contains("istio-system/missing does not exist"), "{err}");
+        let err = credential(&inputs, "istio-system", "elsewhere-cacert").expect_err("no ca");
+        assert!(err.contains("neither"), "{err}");
+    }
 }

@@ -96,6 +96,8 @@ pub struct RemoteInstances {
     pub locality: Locality,
     /// East-west gateway `host:port` addresses (mTLS passthrough).
     pub eastwest: Vec<String>,
+    /// The same gateways' QUIC tunnel addresses (UDP), when published.
+    pub eastwest_quic: Vec<String>,
     /// The ports as that cluster declares them (port names may differ).
     pub ports: Vec<ServicePort>,
     pub endpoints: Vec<Instance>,
@@ -343,6 +345,7 @@ impl ServiceIndex {
                     network: info.network.clone(),
                     locality: info.locality.clone(),
                     eastwest: info.eastwest_tcp.clone(),
+                    eastwest_quic: info.eastwest_quic.clone(),
                     ports,
                     endpoints,
                 });

@@ -64,6 +64,16 @@ fn parse_path(path: &str) -> Option<Target> {
     })
 }
 
+/// The name a `fieldSelector=metadata.name=NAME` asks for (the only field
+/// selector the fake understands; anything else is a test bug).
+pub(super) fn field_name(query: &HashMap<String, String>) -> Option<String> {
+    let selector = query.get("fieldSelector").filter(|s| !s.is_empty())?;
+    let name = selector.strip_prefix("metadata.name=").unwrap_or_else(|| {
+        panic!("the fake supports only fieldSelector=metadata.name=NAME, got {selector}")
+    });
+    Some(name.to_string())
+}
+
 fn labels_match(selector: &str, object: &Value) -> bool {
     selector.split(',').filter(|s| !s.is_empty()).all(|term| {
         let (k, v) = term.split_once('=').unwrap_or((term, ""));
@@ -85,6 +95,26 @@ fn merge(target: &mut Value, patch: &Value) {
             }
         }
         (t, p) => *t = p.clone(),
+    }
+}
+
+/// Server-side apply of a MutatingWebhookConfiguration's `webhooks`, a
+/// list-map keyed by `name`: each applied item merges into the item of the
+/// same name, so an applier owning one field (the caBundle) leaves the
+/// others' fields alone. (Other lists are replaced, which is what the
+/// fake's other appliers need: they re-apply whole items they own.)
+fn apply_webhooks(target: &mut Value, patch: &mut Value) {
+    let (Some(existing), Some(applied)) = (
+        target.get_mut("webhooks").and_then(Value::as_array_mut),
+        patch.as_object_mut().and_then(|p| p.remove("webhooks")),
+    ) else {
+        return;
+    };
+    for item in applied.as_array().into_iter().flatten() {
+        match existing.iter_mut().find(|e| e["name"] == item["name"]) {
+            Some(e) => merge(e, item),
+            None => existing.push(item.clone()),
+        }
     }
 }
 
@@ -128,6 +158,13 @@ pub(super) async fn handle(
     };
     if target.collection == "authentication.k8s.io/v1/tokenreviews" && method == Method::POST {
         return token_review(&state, body.unwrap_or(Value::Null));
+    }
+    if state.lock().unwrap().forbidden.contains(&target.collection) {
+        return error(
+            403,
+            "Forbidden",
+            &format!("{} is forbidden: RBAC denies it", target.collection),
+        );
     }
     if !state
         .lock()
@@ -241,6 +278,9 @@ pub(super) async fn handle(
             } else if let Some(obj) = patch.as_object_mut() {
                 obj.remove("status");
             }
+            if apply && kind == "MutatingWebhookConfiguration" {
+                apply_webhooks(&mut object, &mut patch);
+            }
             merge(&mut object, &patch);
             object["apiVersion"] = json!(av);
             object["kind"] = json!(kind);
@@ -289,6 +329,7 @@ fn list_response(
                 .iter()
                 .filter(|((ns, _), _)| target.namespace.as_ref().is_none_or(|n| n == ns))
                 .filter(|(_, o)| labels_match(&selector, o))
+                .filter(|(_, o)| field_name(query).is_none_or(|n| o["metadata"]["name"] == n))
                 .map(|(_, o)| o.clone())
                 .collect();
             (inner.rv, items)
@@ -333,7 +374,8 @@ fn watch_response(
         let coll = &inner.collections[&target.collection];
         for (rv, kind, object) in &coll.events {
             let ns = object["metadata"]["namespace"].as_str().unwrap_or_default();
-            if *rv > from && target.namespace.as_deref().is_none_or(|n| n == ns) {
+            let named = field_name(query).is_none_or(|n| object["metadata"]["name"] == n);
+            if *rv > from && named && target.namespace.as_deref().is_none_or(|n| n == ns) {
                 let _ = tx.send(ndjson(&json!({"type": kind, "object": object})));
             }
         }
@@ -343,6 +385,7 @@ fn watch_response(
             bookmarks: query
                 .get("allowWatchBookmarks")
                 .is_some_and(|b| b == "true"),
+            name: field_name(query),
             tx,
         });
     }

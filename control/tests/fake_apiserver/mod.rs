@@ -11,6 +11,7 @@
 //!   410 to every open watch; `disconnect_watches` just closes them;
 //! - `hold_continued_lists` parks every continued list page until released,
 //!   so a test can look at the store in the middle of a relist;
+//! - `fieldSelector=metadata.name=NAME` on lists and watches;
 //! - create, get, delete, server-side apply and merge patches (also on the
 //!   status subresource), and TokenReview with a token table.
 #![allow(dead_code)]
@@ -100,6 +101,13 @@ pub const TYPES: &[(&str, &str, &str, bool)] = &[
         true,
     ),
     ("events.k8s.io/v1", "Event", "events", true),
+    ("v1", "Secret", "secrets", true),
+    (
+        "admissionregistration.k8s.io/v1",
+        "MutatingWebhookConfiguration",
+        "mutatingwebhookconfigurations",
+        false,
+    ),
 ];
 
 /// One request as the fake saw it.
@@ -125,6 +133,8 @@ struct Subscriber {
     collection: String,
     namespace: Option<String>,
     bookmarks: bool,
+    /// `fieldSelector=metadata.name=NAME`.
+    name: Option<String>,
     tx: mpsc::UnboundedSender<Bytes>,
 }
 
@@ -143,6 +153,8 @@ struct Inner {
     /// Open watches receive nothing (a stalled connection); the events
     /// still enter the history.
     stalled: bool,
+    /// Collections every request to gets 403 Forbidden (RBAC denies them).
+    forbidden: Vec<String>,
 }
 
 /// The fake API server; dropping it stops serving.
@@ -189,6 +201,7 @@ impl FakeApiServer {
             log: Vec::new(),
             held_pages: 0,
             stalled: false,
+            forbidden: Vec::new(),
         }));
         let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
@@ -234,6 +247,11 @@ impl FakeApiServer {
     /// Stops serving a type, as when its CRD is not installed.
     pub fn unserve(&self, api_version: &str, plural: &str) {
         self.lock().collections.remove(&gv_key(api_version, plural));
+    }
+
+    /// Answers every request for a type with 403, as RBAC does.
+    pub fn forbid(&self, api_version: &str, plural: &str) {
+        self.lock().forbidden.push(gv_key(api_version, plural));
     }
 
     /// Creates or replaces an object (ADDED or MODIFIED event).
@@ -445,6 +463,12 @@ impl Inner {
         let line = ndjson(&json!({"type": kind, "object": object}));
         self.subscribers.retain(|s| {
             if s.collection != key || s.namespace.as_deref().is_some_and(|n| n != ns) {
+                return true;
+            }
+            if s.name
+                .as_ref()
+                .is_some_and(|n| object["metadata"]["name"] != *n)
+            {
                 return true;
             }
             s.tx.send(line.clone()).is_ok()

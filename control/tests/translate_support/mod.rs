@@ -222,5 +222,6 @@ pub fn translate_all(l: &Loaded) -> BTreeMap<TypeUrl, Vec<Resource>> {
             &Names::Some(["ROOTCA".to_string(), "default".to_string()].into()),
         ),
     );
+    out.insert(TypeUrl::NameTable, gen(TypeUrl::NameTable, &Names::All));
     out
 }

@@ -30,6 +30,8 @@ pub enum StartError {
     Storage(#[from] StorageOpenError),
     #[error("the snapshot in the data directory does not decode as a registry image ({0}); restore it from a backup with `isthmus federation snapshot restore`")]
     Image(serde_json::Error),
+    #[error("cannot write the new federation's first snapshot: {0}")]
+    Bootstrap(StorageWriteError),
     #[error("cannot start Raft: {0}")]
     Raft(#[from] raft::Error),
     #[error("cannot start the node thread: {0}")]
@@ -205,7 +207,16 @@ impl Core {
         metrics: Metrics,
         view_tx: watch::Sender<Arc<RegistrySnapshot>>,
     ) -> Result<Core, StartError> {
-        let mut storage = DiskStorage::open(&cfg.data_dir, &cfg.bootstrap_voters)?;
+        let mut storage = DiskStorage::open(&cfg.data_dir, &[])?;
+        if storage.is_fresh() && !cfg.bootstrap_voters.is_empty() {
+            let mut image = Registry::new(cfg.history_limit).to_image();
+            image.applied_index = 1;
+            image.witness = cfg.witness;
+            let data = serde_json::to_vec(&image).map_err(StartError::Image)?;
+            storage
+                .bootstrap(&cfg.bootstrap_voters, data)
+                .map_err(StartError::Bootstrap)?;
+        }
         if cfg.witness {
             storage.refuse_snapshots();
         }

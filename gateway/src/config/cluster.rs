@@ -13,7 +13,9 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::UpstreamTlsC
 use serde::Serialize;
 
 use super::common::{common_tls, duration, unpack, Validation};
+use super::dns_cluster::{dns_discovery, DnsDiscovery, DnsKind};
 use super::endpoint::{load_assignment_with_ctx, LoadAssignment};
+use super::origination::{take_origination, Origination};
 use super::{ConfigError, Ctx};
 
 const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
@@ -37,6 +39,11 @@ pub enum Discovery {
         service_name: String,
     },
     Static(LoadAssignment),
+    /// `ORIGINAL_DST`: the one host is the downstream connection's original
+    /// destination (before an iptables REDIRECT).
+    OriginalDst,
+    /// STRICT_DNS / LOGICAL_DNS: hostnames the data plane resolves itself.
+    Dns(DnsDiscovery),
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -47,6 +54,9 @@ pub struct UpstreamTls {
     pub cert_secret: Option<String>,
     pub validation: Validation,
     pub alpn: Vec<String>,
+    /// TLS origination toward a server outside the mesh (web PKI checks);
+    /// `None` for mesh mTLS (SPIFFE checks against the bundle).
+    pub origination: Option<Origination>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -78,6 +88,22 @@ pub struct OutlierConfig {
     pub consecutive_local_origin_failure: u32,
     /// When false, local-origin failures (connect errors) count as 5xx/gateway errors.
     pub split_external_local_origin_errors: bool,
+    /// Envoy's success-rate detector; `None` when `enforcing_success_rate`
+    /// is 0 (Istio's translation), on by default as in Envoy.
+    pub success_rate: Option<SuccessRateConfig>,
+}
+
+/// Envoy's `success_rate_*` outlier settings: every `interval`, among hosts
+/// with at least `request_volume` requests (needing `minimum_hosts` of
+/// them), a host whose success rate is below
+/// `mean − stdev_factor/1000 × stdev` is ejected with probability
+/// `enforcing`%.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SuccessRateConfig {
+    pub minimum_hosts: u32,
+    pub request_volume: u32,
+    pub stdev_factor: u32,
+    pub enforcing: u32,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -101,7 +127,7 @@ impl ClusterConfig {
     pub fn eds_name(&self) -> Option<&str> {
         match &self.discovery {
             Discovery::Eds { service_name } => Some(service_name),
-            Discovery::Static(_) => None,
+            Discovery::Static(_) | Discovery::OriginalDst | Discovery::Dns(_) => None,
         }
     }
 }
@@ -148,17 +174,46 @@ pub fn cluster_from_proto(c: &Cluster) -> Result<ClusterConfig, ConfigError> {
             })?;
             Discovery::Static(load_assignment_with_ctx(&ctx, "load_assignment.", la)?)
         }
-        other => {
-            return Err(ctx.err(
-                "type",
-                format!(
-                    "discovery type {} is not supported; use EDS or STATIC",
-                    other.as_str_name()
+        DiscoveryType::StrictDns => Discovery::Dns(dns_discovery(&ctx, c, DnsKind::Strict)?),
+        DiscoveryType::LogicalDns => Discovery::Dns(dns_discovery(&ctx, c, DnsKind::Logical)?),
+        DiscoveryType::OriginalDst => {
+            if c.load_assignment.is_some() {
+                return Err(ctx.err(
+                    "load_assignment",
+                    "an ORIGINAL_DST cluster takes its host from the connection, not from endpoints",
+                ));
+            }
+            if let Some(
+                envoy_types::pb::envoy::config::cluster::v3::cluster::LbConfig::OriginalDstLbConfig(
+                    o,
                 ),
-            ))
+            ) = &c.lb_config
+            {
+                if o.use_http_header
+                    || !o.http_header_name.is_empty()
+                    || o.upstream_port_override.is_some()
+                    || o.metadata_key.is_some()
+                {
+                    return Err(ctx.err(
+                    "original_dst_lb_config",
+                    "only the connection's original destination is supported (no HTTP header, metadata key or port override)",
+                ));
+                }
+            }
+            Discovery::OriginalDst
         }
     };
     let lb_policy = match PbLbPolicy::try_from(c.lb_policy) {
+        // The host is given by the connection; nothing to balance.
+        Ok(PbLbPolicy::ClusterProvided) if discovery == Discovery::OriginalDst => {
+            LbPolicy::RoundRobin
+        }
+        Ok(_) if discovery == Discovery::OriginalDst => {
+            return Err(ctx.err(
+                "lb_policy",
+                "an ORIGINAL_DST cluster needs lb_policy CLUSTER_PROVIDED",
+            ))
+        }
         Ok(PbLbPolicy::RoundRobin) => LbPolicy::RoundRobin,
         Ok(PbLbPolicy::LeastRequest) => LbPolicy::LeastRequest,
         Ok(PbLbPolicy::Random) => LbPolicy::Random,
@@ -277,6 +332,7 @@ pub fn cluster_from_proto(c: &Cluster) -> Result<ClusterConfig, ConfigError> {
                     .map(|v| v.value)
                     .unwrap_or(5),
                 split_external_local_origin_errors: o.split_external_local_origin_errors,
+                success_rate: success_rate(&ctx, o)?,
             })
         }
     };
@@ -293,6 +349,38 @@ pub fn cluster_from_proto(c: &Cluster) -> Result<ClusterConfig, ConfigError> {
         http,
         tunnel,
     })
+}
+
+fn success_rate(
+    ctx: &Ctx,
+    o: &envoy_types::pb::envoy::config::cluster::v3::OutlierDetection,
+) -> Result<Option<SuccessRateConfig>, ConfigError> {
+    let get = |v: &Option<envoy_types::pb::google::protobuf::UInt32Value>, default: u32| {
+        v.as_ref().map(|v| v.value).unwrap_or(default)
+    };
+    let enforcing = get(&o.enforcing_success_rate, 100);
+    if enforcing > 100 {
+        return Err(ctx.err(
+            "outlier_detection.enforcing_success_rate",
+            "is a percentage: must be at most 100",
+        ));
+    }
+    if enforcing == 0 {
+        return Ok(None);
+    }
+    let minimum_hosts = get(&o.success_rate_minimum_hosts, 5);
+    if minimum_hosts == 0 {
+        return Err(ctx.err(
+            "outlier_detection.success_rate_minimum_hosts",
+            "must be at least 1 (a mean over no hosts is meaningless)",
+        ));
+    }
+    Ok(Some(SuccessRateConfig {
+        minimum_hosts,
+        request_volume: get(&o.success_rate_request_volume, 100).max(1),
+        stdev_factor: get(&o.success_rate_stdev_factor, 1900),
+        enforcing,
+    }))
 }
 
 fn tunnel_mode(ctx: &Ctx, c: &Cluster) -> Result<bool, ConfigError> {
@@ -423,13 +511,35 @@ fn upstream_tls(
     }
     let up: UpstreamTlsContext = unpack(ctx, "transport_socket.typed_config", any)?;
     let f = "transport_socket.typed_config.common_tls_context";
-    let common = common_tls(ctx, f, up.common_tls_context.as_ref())?;
-    let validation = common.validation.ok_or_else(|| {
-        ctx.err(
-            f,
-            "an upstream TLS context must validate the peer (validation_context or SDS \"ROOTCA\")",
-        )
-    })?;
+    let mut common_in = up.common_tls_context.clone().unwrap_or_default();
+    let mut origination = take_origination(ctx, f, &mut common_in)?;
+    let common = common_tls(ctx, f, Some(&common_in))?;
+    let validation = match (common.validation, &origination) {
+        (Some(v), _) => v,
+        // Only a caCertificates file: read when the cluster is built.
+        (None, Some(o)) if o.ca_file.is_some() => Validation {
+            secret: None,
+            inline_roots: Vec::new(),
+            san_matchers: Vec::new(),
+        },
+        (None, _) => {
+            return Err(ctx.err(
+                f,
+                "an upstream TLS context must validate the peer (validation_context, a caCertificates file, or SDS \"ROOTCA\")",
+            ))
+        }
+    };
+    // Anything but the mesh bundle (and the workload certificate) is TLS
+    // origination toward a server outside the mesh, checked by name.
+    let mesh =
+        validation.secret.as_deref() == Some(super::ROOT_CA_SECRET) || common.cert_secret.is_some();
+    if origination.is_none() && !mesh {
+        origination = Some(Origination {
+            ca_file: None,
+            dns_sans: Vec::new(),
+            client_cert: None,
+        });
+    }
     if up.auto_host_sni {
         return Err(ctx.err(
             "transport_socket.typed_config.auto_host_sni",
@@ -441,5 +551,6 @@ fn upstream_tls(
         cert_secret: common.cert_secret,
         validation,
         alpn: common.alpn,
+        origination,
     }))
 }

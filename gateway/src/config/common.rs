@@ -124,7 +124,11 @@ impl SanMatcher {
     }
 }
 
-fn san_matcher(ctx: &Ctx, field: &str, m: &StringMatcher) -> Result<SanMatcher, ConfigError> {
+pub(crate) fn san_matcher(
+    ctx: &Ctx,
+    field: &str,
+    m: &StringMatcher,
+) -> Result<SanMatcher, ConfigError> {
     if m.ignore_case {
         return Err(ctx.err(
             field,

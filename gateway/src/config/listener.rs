@@ -1,6 +1,6 @@
 //! `Listener` → address, listener filters, filter chains.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use envoy_types::pb::envoy::config::core::v3::transport_socket;
@@ -14,13 +14,19 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::DownstreamTlsContext;
 use serde::Serialize;
 
-use super::common::{common_tls, duration, socket_addr, unpack, Validation};
+use super::common::{duration, socket_addr, unpack};
 use super::http::{http_from_proto, HttpConfig, HTTP_CONNECTION_MANAGER};
 use super::{ConfigError, Ctx};
 
 const TLS_INSPECTOR: &str = "envoy.filters.listener.tls_inspector";
 const TLS_INSPECTOR_TYPE: &str =
     "type.googleapis.com/envoy.extensions.filters.listener.tls_inspector.v3.TlsInspector";
+const HTTP_INSPECTOR: &str = "envoy.filters.listener.http_inspector";
+const HTTP_INSPECTOR_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.http_inspector.v3.HttpInspector";
+const ORIGINAL_DST: &str = "envoy.filters.listener.original_dst";
+const ORIGINAL_DST_TYPE: &str =
+    "type.googleapis.com/envoy.extensions.filters.listener.original_dst.v3.OriginalDst";
 const TCP_PROXY: &str = "envoy.filters.network.tcp_proxy";
 const TLS_TRANSPORT_SOCKET: &str = "envoy.transport_sockets.tls";
 
@@ -30,9 +36,22 @@ pub struct ListenerConfig {
     pub address: SocketAddr,
     /// Whether the `tls_inspector` listener filter runs (SNI and TLS detection).
     pub tls_inspector: bool,
+    /// Whether the `http_inspector` listener filter runs (protocol
+    /// sniffing: `http/1.0`, `http/1.1` or `h2c` as application protocol;
+    /// crate::listener::sniff).
+    pub http_inspector: bool,
     pub listener_filters_timeout: Duration,
     pub filter_chains: Vec<FilterChainConfig>,
     pub default_chain: Option<FilterChainConfig>,
+    /// The `original_dst` listener filter (or `use_original_dst`): chains
+    /// are matched against the destination the connection had before an
+    /// iptables REDIRECT (`SO_ORIGINAL_DST`).
+    pub original_dst: bool,
+    /// `use_original_dst`: a redirected connection is handed to the
+    /// listener whose address is its original destination, if any.
+    pub use_original_dst: bool,
+    /// `bind_to_port`; `false` listeners only receive hand-offs.
+    pub bind_to_port: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -46,20 +65,55 @@ pub enum TransportProtocol {
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct ChainMatch {
     pub destination_port: Option<u16>,
+    /// `prefix_ranges` on the (original) destination address; empty matches any.
+    pub prefix_ranges: Vec<CidrRange>,
     /// Exact names or `*.suffix` wildcards; empty matches any.
     pub server_names: Vec<String>,
     pub transport_protocol: Option<TransportProtocol>,
     pub application_protocols: Vec<String>,
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct DownstreamTls {
-    pub require_client_certificate: bool,
-    /// Always `default`: the local workload certificate.
-    pub cert_secret: String,
-    pub validation: Option<Validation>,
-    pub alpn: Vec<String>,
+/// An address prefix (`CidrRange`), normalised so host bits are zero.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct CidrRange {
+    pub address: IpAddr,
+    pub prefix_len: u8,
 }
+
+impl CidrRange {
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match (self.address, ip) {
+            (IpAddr::V4(_), IpAddr::V6(v6)) => match v6.to_ipv4_mapped() {
+                Some(v4) => IpAddr::V4(v4),
+                None => return false,
+            },
+            (_, ip) => ip,
+        };
+        match (self.address, ip) {
+            (IpAddr::V4(net), IpAddr::V4(a)) => mask_bits(
+                u128::from(u32::from(net)),
+                u128::from(u32::from(a)),
+                32,
+                self.prefix_len,
+            ),
+            (IpAddr::V6(net), IpAddr::V6(a)) => {
+                mask_bits(u128::from(net), u128::from(a), 128, self.prefix_len)
+            }
+            _ => false,
+        }
+    }
+}
+
+fn mask_bits(net: u128, addr: u128, width: u8, len: u8) -> bool {
+    let len = len.min(width);
+    if len == 0 {
+        return true;
+    }
+    let shift = u32::from(width - len);
+    (net >> shift) == (addr >> shift)
+}
+
+pub use super::server_tls::DownstreamTls;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub enum TcpRoute {
@@ -130,13 +184,18 @@ pub fn listener_from_proto(l: &Listener) -> Result<ListenerConfig, ConfigError> 
             "not supported; use filter_chain_match",
         ));
     }
-    if l.use_original_dst.as_ref().is_some_and(|b| b.value) {
+    if l.transparent.as_ref().is_some_and(|b| b.value) {
         return Err(ctx.err(
-            "use_original_dst",
-            "transparent capture is not supported yet; bind explicit outbound listeners (INTERCEPTION_MODE=NONE)",
+            "transparent",
+            "IP_TRANSPARENT (TPROXY interception) is not supported; capture with iptables REDIRECT",
         ));
     }
+    let use_original_dst = l.use_original_dst.as_ref().is_some_and(|b| b.value);
+    let bind_to_port = l.bind_to_port.as_ref().is_none_or(|b| b.value);
+    // Envoy adds the original_dst listener filter itself when use_original_dst is set.
+    let mut original_dst = use_original_dst;
     let mut tls_inspector = false;
+    let mut http_inspector = false;
     for (i, lf) in l.listener_filters.iter().enumerate() {
         let f = format!("listener_filters[{i}]");
         let type_url = match &lf.config_type {
@@ -151,11 +210,21 @@ pub fn listener_from_proto(l: &Listener) -> Result<ListenerConfig, ConfigError> 
                 return Err(ctx.err(format!("{f}.filter_disabled"), "not supported"));
             }
             tls_inspector = true;
+        } else if lf.name == HTTP_INSPECTOR || type_url == Some(HTTP_INSPECTOR_TYPE) {
+            if lf.filter_disabled.is_some() {
+                return Err(ctx.err(format!("{f}.filter_disabled"), "not supported"));
+            }
+            http_inspector = true;
+        } else if lf.name == ORIGINAL_DST || type_url == Some(ORIGINAL_DST_TYPE) {
+            if lf.filter_disabled.is_some() {
+                return Err(ctx.err(format!("{f}.filter_disabled"), "not supported"));
+            }
+            original_dst = true;
         } else {
             return Err(ctx.err(
                 &f,
                 format!(
-                    "listener filter {:?} is not supported; only {TLS_INSPECTOR}",
+                    "listener filter {:?} is not supported; only {TLS_INSPECTOR}, {HTTP_INSPECTOR} and {ORIGINAL_DST}",
                     lf.name
                 ),
             ));
@@ -184,12 +253,12 @@ pub fn listener_from_proto(l: &Listener) -> Result<ListenerConfig, ConfigError> 
     let needs_inspector = filter_chains.iter().any(|c| {
         !c.matcher.server_names.is_empty()
             || c.matcher.transport_protocol == Some(TransportProtocol::Tls)
-            || !c.matcher.application_protocols.is_empty()
+            || (!c.matcher.application_protocols.is_empty() && !http_inspector)
     });
     if needs_inspector && !tls_inspector {
         return Err(ctx.err(
             "listener_filters",
-            "filter chains match on server_names/transport_protocol/application_protocols, which needs the tls_inspector listener filter",
+            "filter chains match on server_names/transport_protocol/application_protocols, which needs the tls_inspector listener filter (or http_inspector for plaintext application protocols)",
         ));
     }
     // Two chains with identical criteria make the choice ambiguous; Envoy rejects that too.
@@ -208,9 +277,13 @@ pub fn listener_from_proto(l: &Listener) -> Result<ListenerConfig, ConfigError> 
         name: l.name.clone(),
         address,
         tls_inspector,
+        http_inspector,
         listener_filters_timeout,
         filter_chains,
         default_chain,
+        original_dst,
+        use_original_dst,
+        bind_to_port,
     })
 }
 
@@ -230,8 +303,12 @@ fn filter_chain(
                 )
             })?);
         }
-        if !m.prefix_ranges.is_empty()
-            || !m.source_prefix_ranges.is_empty()
+        for (i, r) in m.prefix_ranges.iter().enumerate() {
+            matcher
+                .prefix_ranges
+                .push(cidr(ctx, &format!("{mf}.prefix_ranges[{i}]"), r)?);
+        }
+        if !m.source_prefix_ranges.is_empty()
             || !m.direct_source_prefix_ranges.is_empty()
             || !m.source_ports.is_empty()
             || m.source_type != 0
@@ -239,7 +316,7 @@ fn filter_chain(
         {
             return Err(ctx.err(
                 &mf,
-                "only destination_port, server_names, transport_protocol and application_protocols are supported",
+                "only destination_port, prefix_ranges, server_names, transport_protocol and application_protocols are supported",
             ));
         }
         for (i, n) in m.server_names.iter().enumerate() {
@@ -313,6 +390,56 @@ fn filter_chain(
         rbac,
         filter,
     })
+}
+
+fn cidr(
+    ctx: &Ctx,
+    field: &str,
+    r: &envoy_types::pb::envoy::config::core::v3::CidrRange,
+) -> Result<CidrRange, ConfigError> {
+    let address: IpAddr = r.address_prefix.parse().map_err(|_| {
+        ctx.err(
+            format!("{field}.address_prefix"),
+            format!("{:?} is not an IP address", r.address_prefix),
+        )
+    })?;
+    let width = if address.is_ipv4() { 32 } else { 128 };
+    let prefix_len = match &r.prefix_len {
+        None => width,
+        Some(v) if v.value <= width => v.value,
+        Some(v) => {
+            return Err(ctx.err(
+                format!("{field}.prefix_len"),
+                format!("{} is longer than the address ({width} bits)", v.value),
+            ))
+        }
+    };
+    // Envoy masks the host bits; so do we, so equal ranges compare equal.
+    let mut range = CidrRange {
+        address,
+        prefix_len: prefix_len as u8,
+    };
+    range.address = match address {
+        IpAddr::V4(a) => {
+            let bits = u32::from(a);
+            let mask = if prefix_len == 0 {
+                0
+            } else {
+                u32::MAX << (32 - prefix_len)
+            };
+            IpAddr::V4((bits & mask).into())
+        }
+        IpAddr::V6(a) => {
+            let bits = u128::from(a);
+            let mask = if prefix_len == 0 {
+                0
+            } else {
+                u128::MAX << (128 - prefix_len)
+            };
+            IpAddr::V6((bits & mask).into())
+        }
+    };
+    Ok(range)
 }
 
 fn tcp_proxy(ctx: &Ctx, field: &str, tp: &TcpProxy) -> Result<TcpProxyConfig, ConfigError> {
@@ -413,34 +540,5 @@ fn downstream_tls(
     }
     let f = format!("{field}.typed_config");
     let d: DownstreamTlsContext = unpack(ctx, &f, any)?;
-    let common = common_tls(
-        ctx,
-        &format!("{f}.common_tls_context"),
-        d.common_tls_context.as_ref(),
-    )?;
-    let cert_secret = common.cert_secret.ok_or_else(|| {
-        ctx.err(
-            format!("{f}.common_tls_context.tls_certificate_sds_secret_configs"),
-            "a server TLS context needs the \"default\" certificate secret",
-        )
-    })?;
-    let require_client_certificate = d
-        .require_client_certificate
-        .as_ref()
-        .is_some_and(|b| b.value);
-    if require_client_certificate && common.validation.is_none() {
-        return Err(ctx.err(
-            format!("{f}.require_client_certificate"),
-            "requiring client certificates needs a validation context (SDS \"ROOTCA\")",
-        ));
-    }
-    if d.require_sni.as_ref().is_some_and(|b| b.value) {
-        return Err(ctx.err(format!("{f}.require_sni"), "not supported"));
-    }
-    Ok(Some(DownstreamTls {
-        require_client_certificate,
-        cert_secret,
-        validation: common.validation,
-        alpn: common.alpn,
-    }))
+    super::server_tls::downstream_tls_context(ctx, &f, &d).map(Some)
 }

@@ -7,19 +7,23 @@
 
 mod cluster;
 pub(crate) mod common;
+mod dns_cluster;
 mod endpoint;
 pub(crate) mod fault;
 mod http;
 mod listener;
+mod origination;
 pub(crate) mod route;
 mod route_action;
 mod secret;
+mod server_tls;
 
 pub use cluster::{
     cluster_from_proto, CircuitBreakerThresholds, ClusterConfig, Discovery, HttpUpstreamOptions,
-    LbPolicy, OutlierConfig, UpstreamProtocol, UpstreamTls,
+    LbPolicy, OutlierConfig, SuccessRateConfig, UpstreamProtocol, UpstreamTls,
 };
 pub use common::{SanMatcher, Validation};
+pub use dns_cluster::{DnsDiscovery, DnsHost, DnsKind, LookupFamily, DEFAULT_DNS_REFRESH};
 pub use endpoint::{
     load_assignment_from_proto, EndpointConfig, Health, LoadAssignment, LocalityEndpoints,
     LocalityName, DEFAULT_OVERPROVISIONING,
@@ -27,9 +31,10 @@ pub use endpoint::{
 pub use fault::{AbortWith, FaultConfig};
 pub use http::{Codec, HttpConfig, RouteSource};
 pub use listener::{
-    listener_from_proto, ChainMatch, DownstreamTls, FilterChainConfig, ListenerConfig,
+    listener_from_proto, ChainMatch, CidrRange, DownstreamTls, FilterChainConfig, ListenerConfig,
     NetworkFilter, TcpProxyConfig, TcpRoute, TransportProtocol,
 };
+pub use origination::{ClientCertSource, Origination};
 pub use route::{
     route_config_from_proto, Action, AppendAction, ClusterChoice, ForwardAction, HashOn,
     HeaderMatch, HeaderMatchKind, HeaderOp, HeaderOps, Mirror, PathMatch, Pattern, QueryMatch,
@@ -37,6 +42,7 @@ pub use route::{
     VirtualHost, WeightedTarget, GRPC_RETRY_CODES,
 };
 pub use secret::{secret_from_proto, SecretConfig};
+pub use server_tls::ServerCertSource;
 
 /// The SDS name of the proxy's own certificate; produced locally, never sent
 /// by the control plane because private keys never leave the workload.

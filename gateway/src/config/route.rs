@@ -292,6 +292,9 @@ pub struct VirtualHost {
     pub name: String,
     /// Lower-case domains: exact, `*.suffix`/`*suffix`, `prefix*`, or `*`.
     pub domains: Vec<String>,
+    /// `require_tls`: plaintext requests get a 301 to `https://`
+    /// (a Gateway server's `httpsRedirect`; crate::http::router::tls_redirect).
+    pub require_tls: bool,
     pub routes: Vec<Route>,
     pub headers: HeaderOps,
     pub retry: Option<RetryPolicy>,
@@ -373,9 +376,10 @@ fn virtual_host(ctx: &Ctx, f: &str, vh: &PbVirtualHost) -> Result<VirtualHost, C
         }
         domains.push(d.to_ascii_lowercase());
     }
-    if vh.require_tls != 0 {
-        return Err(ctx.err(format!("{f}.require_tls"), "not supported"));
-    }
+    // ALL and EXTERNAL_ONLY alike: this proxy has no notion of internal
+    // requests, so both redirect every plaintext request (Istio sends ALL
+    // for a Gateway server's httpsRedirect).
+    let require_tls = vh.require_tls != 0;
     let mut routes = Vec::with_capacity(vh.routes.len());
     for (i, r) in vh.routes.iter().enumerate() {
         routes.push(route_from_proto(ctx, &format!("{f}.routes[{i}]"), r)?);
@@ -383,6 +387,7 @@ fn virtual_host(ctx: &Ctx, f: &str, vh: &PbVirtualHost) -> Result<VirtualHost, C
     Ok(VirtualHost {
         name: vh.name.clone(),
         domains,
+        require_tls,
         routes,
         headers: header_ops(
             ctx,

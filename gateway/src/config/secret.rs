@@ -1,4 +1,5 @@
-//! SDS `Secret` → trust bundle.
+//! SDS `Secret` → trust bundle, or a server credential (a Gateway's
+//! `credentialName`: certificate chain and key).
 
 use envoy_types::pb::envoy::config::core::v3::{data_source::Specifier, DataSource};
 use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{secret, Secret};
@@ -17,6 +18,8 @@ pub struct SecretConfig {
     /// SAN matchers carried by the secret itself (added to the context's own).
     pub san_matchers: Vec<SanMatcher>,
     pub root_count: usize,
+    /// For `tls_certificate` secrets: the credential a TLS server presents.
+    pub certificate: Option<crate::tls::ServerCredential>,
 }
 
 pub fn secret_from_proto(s: &Secret) -> Result<SecretConfig, ConfigError> {
@@ -41,13 +44,37 @@ pub fn secret_from_proto(s: &Secret) -> Result<SecretConfig, ConfigError> {
                 root_count: roots.len(),
                 roots,
                 san_matchers,
+                certificate: None,
             })
         }
-        Some(secret::Type::TlsCertificate(_)) => Err(ctx.err(
-            "tls_certificate",
-            "private keys never leave the workload; only validation_context secrets are accepted",
+        // User credentials (Istio `credentialName`) for TLS servers; the
+        // workload's own key never travels (see the `default` check above).
+        Some(secret::Type::TlsCertificate(t)) => {
+            let chain = t
+                .certificate_chain
+                .as_ref()
+                .ok_or_else(|| ctx.err("tls_certificate.certificate_chain", "is required"))?;
+            let key = t
+                .private_key
+                .as_ref()
+                .ok_or_else(|| ctx.err("tls_certificate.private_key", "is required"))?;
+            let chain =
+                super::server_tls::inline_bytes(&ctx, "tls_certificate.certificate_chain", chain)?;
+            let key = super::server_tls::inline_bytes(&ctx, "tls_certificate.private_key", key)?;
+            let cred = crate::tls::ServerCredential::from_pem(chain, key, "tls_certificate")
+                .map_err(|e| ctx.err("tls_certificate", e.to_string()))?;
+            Ok(SecretConfig {
+                name: s.name.clone(),
+                roots: Vec::new(),
+                san_matchers: Vec::new(),
+                root_count: 0,
+                certificate: Some(cred),
+            })
+        }
+        Some(_) => Err(ctx.err(
+            "type",
+            "only validation_context and tls_certificate secrets are supported",
         )),
-        Some(_) => Err(ctx.err("type", "only validation_context secrets are supported")),
         None => Err(ctx.err("type", "secret has no content")),
     }
 }

@@ -298,8 +298,8 @@ fn cluster_errors_name_field() {
                 cluster_discovery_type: Some(cluster::ClusterDiscoveryType::Type(cluster::DiscoveryType::StrictDns as i32)),
                 ..base.clone()
             },
-            "type",
-            "STRICT_DNS",
+            "load_assignment",
+            "needs load_assignment with hostnames",
         ),
         (
             Cluster {
@@ -351,8 +351,10 @@ fn secrets_accept_bundles_and_refuse_keys() {
         name: "mine".into(),
         r#type: Some(secret::Type::TlsCertificate(TlsCertificate::default())),
     };
-    let e = secret_from_proto(&key_secret).expect_err("keys refused");
-    assert!(e.reason.contains("private keys never leave"), "{e}");
+    // Credentials for TLS servers (credentialName) are served; an empty one
+    // is refused naming the missing field.
+    let e = secret_from_proto(&key_secret).expect_err("empty credential refused");
+    assert_eq!(e.field, "tls_certificate.certificate_chain", "{e}");
     let default = Secret {
         name: "default".into(),
         ..key_secret

@@ -44,6 +44,8 @@ pub struct Forwarding<'a> {
     pub header_levels: Vec<&'a HeaderOps>,
     pub retry: Option<&'a RetryPolicy>,
     pub peer: SocketAddr,
+    /// The destination before an iptables REDIRECT (`ORIGINAL_DST` clusters).
+    pub original_dst: Option<SocketAddr>,
 }
 
 enum ReqBody {
@@ -73,6 +75,21 @@ pub async fn forward(
     let Some(cluster) = ctx.clusters.borrow().get(f.cluster) else {
         log.flags.add("NC");
         return local(StatusCode::SERVICE_UNAVAILABLE, "no cluster\n", &log.flags);
+    };
+    // An ORIGINAL_DST cluster's only host is where the client was going.
+    let pinned = match (&cluster.config.discovery, f.original_dst) {
+        (crate::config::Discovery::OriginalDst, Some(dst)) => {
+            Some(crate::listener::original_dst::host(dst))
+        }
+        (crate::config::Discovery::OriginalDst, None) => {
+            log.flags.add("UH");
+            return local(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "no original destination (the connection was not redirected)\n",
+                &log.flags,
+            );
+        }
+        _ => None,
     };
     let upgrade = is_upgrade(&req);
     let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
@@ -143,7 +160,17 @@ pub async fn forward(
             Vec::new()
         };
         let one = one_attempt(
-            ctx, &cluster, wire, hash, &exclude, &parts, &mut body, f.path, &authority, per_try,
+            ctx,
+            &cluster,
+            wire,
+            hash,
+            &exclude,
+            pinned.as_ref(),
+            &parts,
+            &mut body,
+            f.path,
+            &authority,
+            per_try,
         );
         let result = match overall {
             Some(deadline) => match tokio::time::timeout_at(deadline, one).await {
@@ -395,6 +422,7 @@ async fn one_attempt(
     wire: Wire,
     hash: Option<u64>,
     exclude: &[SocketAddr],
+    pinned: Option<&crate::lb::Host>,
     parts: &http::request::Parts,
     body: &mut ReqBody,
     path: &str,
@@ -409,10 +437,13 @@ async fn one_attempt(
         return (None, Err(AttemptError::Overflow));
     }
     let slot = RequestSlot(counters);
-    let host = cluster
-        .lb
-        .pick(hash, exclude)
-        .or_else(|| cluster.lb.pick(hash, &[]));
+    let host = match pinned {
+        Some(h) => Some(h.clone()),
+        None => cluster
+            .lb
+            .pick(hash, exclude)
+            .or_else(|| cluster.lb.pick(hash, &[])),
+    };
     let Some(host) = host else {
         if !cluster.warm {
             return (None, Err(AttemptError::NoHost));
@@ -565,6 +596,7 @@ fn mirror(
                 wire,
                 None,
                 &[],
+                None,
                 &parts,
                 &mut body,
                 &path,

@@ -97,6 +97,24 @@ pub fn decide<'t>(table: &'t RouteTable, req: &RequestMeta<'_>, draw: f64) -> De
     }
 }
 
+/// Where a plaintext request to a virtual host that requires TLS is sent
+/// (301, before any route is matched, as Envoy does): the same host without
+/// its port, the same path and query, over `https`.
+pub fn tls_redirect(table: &RouteTable, req: &RequestMeta<'_>) -> Option<String> {
+    if req.scheme == "https" {
+        return None;
+    }
+    let vhost = select_vhost(&table.virtual_hosts, req.authority)?;
+    if !vhost.require_tls {
+        return None;
+    }
+    Some(format!(
+        "https://{}{}",
+        strip_port(req.authority),
+        req.path_and_query
+    ))
+}
+
 /// Envoy's order: exact domain, then longest suffix wildcard, then longest
 /// prefix wildcard, then `*`. The authority is tried as sent, then without port.
 pub fn select_vhost<'t>(hosts: &'t [VirtualHost], authority: &str) -> Option<&'t VirtualHost> {

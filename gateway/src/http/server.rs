@@ -34,6 +34,8 @@ pub struct Downstream {
     pub peer_workload: Option<Arc<crate::metrics::Workload>>,
     /// The local address the connection arrived on (RBAC `destination_*`).
     pub local: Option<SocketAddr>,
+    /// The destination before an iptables REDIRECT (`ORIGINAL_DST` clusters).
+    pub original_dst: Option<SocketAddr>,
     /// SNI of the ClientHello (RBAC `requested_server_name`).
     pub sni: Option<String>,
     /// Tracing and access logs of this connection manager (crate::trace::http).
@@ -197,6 +199,14 @@ async fn route_request(
         scheme,
         headers: req.headers(),
     };
+    if let Some(location) = super::router::tls_redirect(&table, &meta) {
+        let mut r = Response::new(super::empty());
+        *r.status_mut() = StatusCode::MOVED_PERMANENTLY;
+        if let Ok(v) = http::HeaderValue::from_str(&location) {
+            r.headers_mut().insert(http::header::LOCATION, v);
+        }
+        return r;
+    }
     let decision = decide(&table, &meta, draw);
     let (vhost, route) = match &decision {
         Decision::NoRoute => {
@@ -275,6 +285,7 @@ async fn route_request(
                     .collect(),
                 retry: action.retry.as_ref().or(vhost.retry.as_ref()),
                 peer: down.peer,
+                original_dst: down.original_dst,
             };
             forward(ctx, f, req, log).await
         }

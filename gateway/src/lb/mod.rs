@@ -2,8 +2,11 @@
 //! overprovisioning semantics, locality weights, and the per-locality policy
 //! (round robin, least request P2C, random, ring hash, Maglev).
 //!
-//! Health is re-evaluated on every pick (EDS health plus outlier ejection),
-//! so failover follows ejections immediately without rebuilding anything.
+//! Host usability (EDS health plus outlier ejection) and the priority loads
+//! are computed on change, not per pick: a cached [`HealthView`] is reused
+//! until an ejection happens anywhere (the outlier health epoch moves) or an
+//! ejection it knows of runs out, so failover still follows ejections
+//! immediately without rebuilding the balancer.
 
 pub mod maglev;
 pub mod priority;
@@ -12,13 +15,13 @@ pub mod ring_hash;
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 
 use rand::Rng;
 use serde::Serialize;
 
 use crate::config::{Health, LbPolicy, LoadAssignment, LocalityName};
-use crate::outlier::HostOutlier;
+use crate::outlier::{health_epoch, now_ms, success_rate, HostOutlier};
 use maglev::Maglev;
 use priority::{
     health_percent, locality_effective_weight, pick_weighted, priority_loads_with_degraded,
@@ -46,10 +49,6 @@ impl Host {
     pub fn usable(&self) -> bool {
         self.health == Health::Healthy && !self.stats.outlier.is_ejected()
     }
-
-    fn degraded_usable(&self) -> bool {
-        self.health == Health::Degraded && !self.stats.outlier.is_ejected()
-    }
 }
 
 #[derive(Debug)]
@@ -66,6 +65,18 @@ struct PriorityGroup {
     maglev: Option<Maglev>,
 }
 
+/// Host usability and priority loads at one health epoch.
+#[derive(Debug)]
+struct HealthView {
+    epoch: u64,
+    /// When the earliest current ejection ends (`u64::MAX`: none).
+    expires_ms: u64,
+    usable: Vec<bool>,
+    degraded: Vec<bool>,
+    ejected: usize,
+    loads: Option<(Vec<f64>, Vec<f64>)>,
+}
+
 /// One cluster's balancer, rebuilt on every endpoint or policy change.
 #[derive(Debug)]
 pub struct LoadBalancer {
@@ -74,6 +85,9 @@ pub struct LoadBalancer {
     priorities: Vec<PriorityGroup>,
     overprovisioning: u32,
     rr: AtomicUsize,
+    /// Cache of [`HealthView`]; replaced (never mutated) when stale.
+    view: RwLock<Option<Arc<HealthView>>>,
+    success_rate: success_rate::Clock,
 }
 
 #[derive(Debug, Serialize)]
@@ -146,6 +160,68 @@ impl LoadBalancer {
             priorities,
             overprovisioning: la.overprovisioning_factor,
             rr: AtomicUsize::new(0),
+            view: RwLock::new(None),
+            success_rate: success_rate::Clock::default(),
+        }
+    }
+
+    /// (healthy, degraded) load per priority, as picks see them.
+    #[cfg(test)]
+    fn loads(&self) -> Option<(Vec<f64>, Vec<f64>)> {
+        self.health().loads.clone()
+    }
+
+    /// The success-rate detector's evaluation clock for this cluster.
+    pub(crate) fn success_rate_clock(&self) -> &success_rate::Clock {
+        &self.success_rate
+    }
+
+    /// The current health view, recomputed only when stale.
+    fn health(&self) -> Arc<HealthView> {
+        let epoch = health_epoch();
+        let now = now_ms();
+        if let Some(v) = self.view.read().unwrap_or_else(|p| p.into_inner()).as_ref() {
+            if v.epoch == epoch && now < v.expires_ms {
+                return v.clone();
+            }
+        }
+        let view = Arc::new(self.compute_health(epoch, now));
+        *self.view.write().unwrap_or_else(|p| p.into_inner()) = Some(view.clone());
+        view
+    }
+
+    fn compute_health(&self, epoch: u64, now: u64) -> HealthView {
+        let mut expires_ms = u64::MAX;
+        let mut ejected = 0;
+        let mut usable = Vec::with_capacity(self.hosts.len());
+        let mut degraded = Vec::with_capacity(self.hosts.len());
+        for h in &self.hosts {
+            let until = h.stats.outlier.ejected_until_ms();
+            let is_ejected = until != 0 && now < until;
+            if is_ejected {
+                ejected += 1;
+                expires_ms = expires_ms.min(until);
+            }
+            usable.push(h.health == Health::Healthy && !is_ejected);
+            degraded.push(h.health == Health::Degraded && !is_ejected);
+        }
+        let avail = |f: &[bool]| -> Vec<f64> {
+            self.priorities
+                .iter()
+                .map(|p| {
+                    let n = p.hosts.iter().filter(|i| f[**i]).count();
+                    health_percent(n, p.hosts.len(), self.overprovisioning)
+                })
+                .collect()
+        };
+        let loads = priority_loads_with_degraded(&avail(&usable), &avail(&degraded));
+        HealthView {
+            epoch,
+            expires_ms,
+            usable,
+            degraded,
+            ejected,
+            loads,
         }
     }
 
@@ -169,32 +245,13 @@ impl LoadBalancer {
 
     /// (ejected, total) for outlier detection's max_ejection_percent.
     pub fn ejected_fraction(&self) -> (usize, usize) {
-        let ejected = self
-            .hosts
-            .iter()
-            .filter(|h| h.stats.outlier.is_ejected())
-            .count();
-        (ejected, self.hosts.len())
-    }
-
-    /// (healthy, degraded) load per priority, in percent.
-    fn loads(&self) -> Option<(Vec<f64>, Vec<f64>)> {
-        let avail = |f: &dyn Fn(&Host) -> bool| -> Vec<f64> {
-            self.priorities
-                .iter()
-                .map(|p| {
-                    let n = p.hosts.iter().filter(|i| f(&self.hosts[**i])).count();
-                    health_percent(n, p.hosts.len(), self.overprovisioning)
-                })
-                .collect()
-        };
-        priority_loads_with_degraded(&avail(&Host::usable), &avail(&Host::degraded_usable))
+        (self.health().ejected, self.hosts.len())
     }
 
     /// Current per-priority load on healthy hosts in percent (for config
     /// dump and tests).
     pub fn priority_load(&self) -> Option<Vec<f64>> {
-        self.loads().map(|(h, _)| h)
+        self.health().loads.clone().map(|(h, _)| h)
     }
 
     /// Picks a host. `hash` is the request's hash key for ring hash / Maglev;
@@ -204,17 +261,18 @@ impl LoadBalancer {
             return None;
         }
         let mut rng = rand::rng();
-        let ok = |i: &usize| self.hosts[*i].usable() && !exclude.contains(&self.hosts[*i].addr);
+        let view = self.health();
+        let ok = |i: &usize| view.usable[*i] && !exclude.contains(&self.hosts[*i].addr);
         #[derive(PartialEq)]
         enum Tier {
             Healthy,
             Degraded,
             Panic,
         }
-        let (prio, tier) = match self.loads() {
+        let (prio, tier) = match &view.loads {
             Some((h, d)) => {
                 let n = h.len();
-                let all: Vec<f64> = h.into_iter().chain(d).collect();
+                let all: Vec<f64> = h.iter().chain(d).copied().collect();
                 match pick_weighted(&all, rng.random::<f64>()) {
                     Some(i) if i < n => (i, Tier::Healthy),
                     Some(i) => (i - n, Tier::Degraded),
@@ -232,7 +290,7 @@ impl LoadBalancer {
                 .hosts
                 .iter()
                 .copied()
-                .filter(|i| self.hosts[*i].degraded_usable() && not_excluded(i))
+                .filter(|i| view.degraded[*i] && not_excluded(i))
                 .collect(),
             Tier::Panic => group.hosts.iter().copied().filter(not_excluded).collect(),
         };
@@ -241,8 +299,9 @@ impl LoadBalancer {
             return self
                 .hosts
                 .iter()
-                .find(|h| h.usable() && !exclude.contains(&h.addr))
-                .cloned();
+                .enumerate()
+                .find(|(i, h)| view.usable[*i] && !exclude.contains(&h.addr))
+                .map(|(_, h)| h.clone());
         }
         let chosen = match self.policy {
             LbPolicy::RoundRobin => self.round_robin(&candidates),

@@ -47,6 +47,7 @@ fn eject(lb: &LoadBalancer, a: SocketAddr) {
         consecutive_gateway_failure: 1,
         consecutive_local_origin_failure: 1,
         split_external_local_origin_errors: true,
+        success_rate: None,
     };
     let h = lb.hosts().iter().find(|h| h.addr == a).expect("host");
     assert!(h
@@ -204,4 +205,46 @@ fn degraded_hosts_take_traffic_only_when_healthy_ones_cannot() {
     eject(&lb, addr(3));
     let c = counts(&lb, 100);
     assert_eq!(c.get(&addr(4)), Some(&100), "{c:?}");
+}
+
+/// Health is cached between changes: picks reuse one view until an
+/// ejection happens or an ejection runs out, and both are seen at once.
+#[test]
+fn cached_health_follows_ejections_and_their_expiry() {
+    let lb = LoadBalancer::new(LbPolicy::RoundRobin, &la(&[(0, None, &[1, 2])]), None);
+    let first = lb.health();
+    assert!(
+        Arc::ptr_eq(&first, &lb.health()),
+        "unchanged health is not recomputed"
+    );
+    let cfg = crate::config::OutlierConfig {
+        interval: std::time::Duration::from_secs(10),
+        base_ejection_time: std::time::Duration::from_millis(100),
+        max_ejection_time: std::time::Duration::from_secs(300),
+        max_ejection_percent: 100,
+        consecutive_5xx: 1,
+        consecutive_gateway_failure: 1,
+        consecutive_local_origin_failure: 1,
+        split_external_local_origin_errors: true,
+        success_rate: None,
+    };
+    let h = lb.hosts().iter().find(|h| h.addr == addr(1)).expect("host");
+    assert!(h
+        .stats
+        .outlier
+        .record(&cfg, crate::outlier::Outcome::LocalOriginFailure, || (0, 2)));
+    let c = counts(&lb, 20);
+    assert_eq!(c.get(&addr(1)), None, "ejected host picked: {c:?}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    loop {
+        let c = counts(&lb, 20);
+        if c.contains_key(&addr(1)) {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "ejection never ran out in the cached view"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(10));
+    }
 }

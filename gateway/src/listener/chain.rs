@@ -1,8 +1,11 @@
 //! Filter chain selection, a pure function of the connection's metadata.
 //!
-//! Envoy's order: destination port, server name, transport protocol,
-//! application protocols. At each step the most specific criterion that
+//! Envoy's order: destination port, destination IP (`prefix_ranges`,
+//! longest prefix first), server name, transport protocol, application
+//! protocols. At each step the most specific criterion that
 //! matches wins; chains that leave the criterion empty are the fallback.
+
+use std::net::IpAddr;
 
 use crate::config::{ChainMatch, TransportProtocol};
 
@@ -10,6 +13,9 @@ use crate::config::{ChainMatch, TransportProtocol};
 #[derive(Debug, Clone, Default)]
 pub struct ConnectionInfo<'a> {
     pub destination_port: u16,
+    /// The (original) destination address; `None` matches only chains
+    /// without `prefix_ranges`.
+    pub destination_ip: Option<IpAddr>,
     pub server_name: Option<&'a str>,
     pub transport_protocol: Option<TransportProtocol>,
     pub application_protocols: &'a [String],
@@ -37,10 +43,13 @@ pub fn select<'m>(
         exact
     };
 
-    // 2. server name: exact, then the longest matching wildcard, then none.
+    // 2. destination IP: the longest matching prefix, then chains without ranges.
+    let stage = narrow_destination_ip(stage, conn.destination_ip);
+
+    // 3. server name: exact, then the longest matching wildcard, then none.
     let stage = narrow_server_name(stage, conn.server_name);
 
-    // 3. transport protocol.
+    // 4. transport protocol.
     let specific: Vec<_> = stage
         .iter()
         .copied()
@@ -57,7 +66,7 @@ pub fn select<'m>(
         specific
     };
 
-    // 4. application protocols.
+    // 5. application protocols.
     let specific: Vec<_> = stage
         .iter()
         .copied()
@@ -77,6 +86,34 @@ pub fn select<'m>(
         specific
     };
     stage.first().map(|(i, _)| *i)
+}
+
+fn narrow_destination_ip(
+    stage: Vec<(usize, &ChainMatch)>,
+    ip: Option<IpAddr>,
+) -> Vec<(usize, &ChainMatch)> {
+    if let Some(ip) = ip {
+        let best = stage
+            .iter()
+            .flat_map(|(_, m)| m.prefix_ranges.iter())
+            .filter(|r| r.contains(ip))
+            .map(|r| r.prefix_len)
+            .max();
+        if let Some(len) = best {
+            return stage
+                .into_iter()
+                .filter(|(_, m)| {
+                    m.prefix_ranges
+                        .iter()
+                        .any(|r| r.prefix_len == len && r.contains(ip))
+                })
+                .collect();
+        }
+    }
+    stage
+        .into_iter()
+        .filter(|(_, m)| m.prefix_ranges.is_empty())
+        .collect()
 }
 
 fn narrow_server_name<'m>(
@@ -126,6 +163,7 @@ mod tests {
     fn m(port: Option<u16>, names: &[&str], tp: Option<TransportProtocol>) -> ChainMatch {
         ChainMatch {
             destination_port: port,
+            prefix_ranges: vec![],
             server_names: names.iter().map(|s| s.to_string()).collect(),
             transport_protocol: tp,
             application_protocols: vec![],
@@ -139,6 +177,7 @@ mod tests {
     ) -> ConnectionInfo<'a> {
         ConnectionInfo {
             destination_port: port,
+            destination_ip: None,
             server_name: sni,
             transport_protocol: tp,
             application_protocols: &[],
@@ -207,6 +246,30 @@ mod tests {
         let chains = vec![m(None, &[], Some(Tls)), m(None, &[], Some(RawBuffer))];
         assert_eq!(select(&chains, &conn(80, None, Some(Tls))), Some(0));
         assert_eq!(select(&chains, &conn(80, None, Some(RawBuffer))), Some(1));
+    }
+
+    #[test]
+    fn destination_ip_longest_prefix_then_unranged() {
+        use crate::config::CidrRange;
+        let range = |a: &str, len: u8| CidrRange {
+            address: a.parse().expect("ip"),
+            prefix_len: len,
+        };
+        let mut wide = m(Some(80), &[], None);
+        wide.prefix_ranges = vec![range("10.0.0.0", 8)];
+        let mut narrow = m(Some(80), &[], None);
+        narrow.prefix_ranges = vec![range("10.1.2.3", 32)];
+        let any = m(Some(80), &[], None);
+        let chains = vec![wide, narrow, any];
+        let at = |ip: &str| ConnectionInfo {
+            destination_port: 80,
+            destination_ip: Some(ip.parse().expect("ip")),
+            ..ConnectionInfo::default()
+        };
+        assert_eq!(select(&chains, &at("10.1.2.3")), Some(1));
+        assert_eq!(select(&chains, &at("10.9.9.9")), Some(0));
+        assert_eq!(select(&chains, &at("192.168.0.1")), Some(2));
+        assert_eq!(select(&chains, &conn(80, None, None)), Some(2));
     }
 
     #[test]

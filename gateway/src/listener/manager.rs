@@ -18,6 +18,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::drain::drain_deadline;
+use super::original_dst::{self, HandoffTarget, Handoffs};
 use crate::proxy::connection::{self, ProxyContext};
 use crate::state::ListenerRuntime;
 
@@ -70,7 +71,11 @@ impl std::fmt::Debug for Command {
 
 struct Running {
     configured: SocketAddr,
+    /// For `bind_to_port: false` listeners, the configured address.
     bound: SocketAddr,
+    /// Whether a socket is bound (else the listener only takes hand-offs).
+    listening: bool,
+    draining_rx: watch::Receiver<bool>,
     config: watch::Sender<Arc<ListenerRuntime>>,
     stop: CancellationToken,
     draining: watch::Sender<bool>,
@@ -83,7 +88,14 @@ impl ListenerManager {
         let (tx, rx) = mpsc::channel(8);
         let (bound_tx, bound) = watch::channel(BTreeMap::new());
         let (by_port_tx, by_port) = watch::channel(BTreeMap::new());
-        tokio::spawn(owner(rx, ctx, drain_time, tracker, bound_tx, by_port_tx));
+        let (handoff_tx, handoff_rx) = watch::channel(Handoffs::new());
+        let links = Links {
+            bound: bound_tx,
+            by_port: by_port_tx,
+            handoffs: handoff_tx,
+            handoffs_rx: handoff_rx,
+        };
+        tokio::spawn(owner(rx, ctx, drain_time, tracker, links));
         Self { tx, bound, by_port }
     }
 
@@ -116,24 +128,58 @@ impl ListenerManager {
     }
 }
 
+/// What the owner task publishes.
+struct Links {
+    bound: watch::Sender<BTreeMap<String, SocketAddr>>,
+    by_port: watch::Sender<ListenersByPort>,
+    handoffs: watch::Sender<Handoffs>,
+    handoffs_rx: watch::Receiver<Handoffs>,
+}
+
 async fn owner(
     mut rx: mpsc::Receiver<Command>,
     ctx: ProxyContext,
     drain_time: Duration,
     tracker: TaskTracker,
-    bound_tx: watch::Sender<BTreeMap<String, SocketAddr>>,
-    by_port_tx: watch::Sender<ListenersByPort>,
+    links: Links,
 ) {
+    let Links {
+        bound: bound_tx,
+        by_port: by_port_tx,
+        handoffs: handoff_tx,
+        handoffs_rx,
+    } = links;
     let mut running: BTreeMap<String, Running> = BTreeMap::new();
     while let Some(cmd) = rx.recv().await {
         match cmd {
             Command::Apply { listeners, reply } => {
-                let r = apply(&mut running, listeners, &ctx, drain_time, &tracker).await;
+                let env = AcceptEnv {
+                    ctx: ctx.clone(),
+                    drain_time,
+                    tracker: tracker.clone(),
+                    handoffs: handoffs_rx.clone(),
+                };
+                let r = apply(&mut running, listeners, &env).await;
                 bound_tx.send_replace(running.iter().map(|(n, r)| (n.clone(), r.bound)).collect());
                 by_port_tx.send_replace(
                     running
                         .values()
+                        .filter(|r| r.listening)
                         .map(|r| (r.bound.port(), r.config.borrow().clone()))
+                        .collect(),
+                );
+                handoff_tx.send_replace(
+                    running
+                        .values()
+                        .map(|r| {
+                            (
+                                r.configured,
+                                HandoffTarget {
+                                    config: r.config.subscribe(),
+                                    draining: r.draining_rx.clone(),
+                                },
+                            )
+                        })
                         .collect(),
                 );
                 let _ = reply.send(r);
@@ -145,6 +191,7 @@ async fn owner(
                 }
                 bound_tx.send_replace(BTreeMap::new());
                 by_port_tx.send_replace(BTreeMap::new());
+                handoff_tx.send_replace(Handoffs::new());
                 let _ = reply.send(());
             }
         }
@@ -156,28 +203,39 @@ fn retire(r: Running) {
     r.draining.send_replace(true);
 }
 
+/// What every accept loop shares.
+#[derive(Clone)]
+struct AcceptEnv {
+    ctx: ProxyContext,
+    drain_time: Duration,
+    tracker: TaskTracker,
+    handoffs: watch::Receiver<Handoffs>,
+}
+
 async fn apply(
     running: &mut BTreeMap<String, Running>,
     listeners: Vec<Arc<ListenerRuntime>>,
-    ctx: &ProxyContext,
-    drain_time: Duration,
-    tracker: &TaskTracker,
+    env: &AcceptEnv,
 ) -> Result<(), ListenerError> {
     // Phase 1: bind every new address; nothing changes if one fails.
-    let mut fresh: Vec<(Arc<ListenerRuntime>, TcpListener)> = Vec::new();
+    let mut fresh: Vec<(Arc<ListenerRuntime>, Option<TcpListener>)> = Vec::new();
     let mut in_place: Vec<Arc<ListenerRuntime>> = Vec::new();
     for l in listeners {
-        let keep = running
-            .get(&l.config.name)
-            .is_some_and(|r| r.configured == l.config.address);
+        let keep = running.get(&l.config.name).is_some_and(|r| {
+            r.configured == l.config.address && r.listening == l.config.bind_to_port
+        });
         if keep {
             in_place.push(l);
+            continue;
+        }
+        if !l.config.bind_to_port {
+            fresh.push((l, None));
             continue;
         }
         // The same name on a new address: the old socket may hold the port
         // we want only if addresses collide, which is handled by the OS.
         match TcpListener::bind(l.config.address).await {
-            Ok(sock) => fresh.push((l, sock)),
+            Ok(sock) => fresh.push((l, Some(sock))),
             Err(source) => {
                 return Err(ListenerError::Bind {
                     name: l.config.name.clone(),
@@ -207,26 +265,36 @@ async fn apply(
         }
     }
     for (l, sock) in fresh {
-        let bound = sock.local_addr().unwrap_or(l.config.address);
         let name = l.config.name.clone();
-        tracing::info!(listener = %name, address = %bound, "listener bound");
         let (config_tx, config_rx) = watch::channel(l.clone());
         let stop = CancellationToken::new();
         let (draining_tx, draining_rx) = watch::channel(false);
-        tokio::spawn(accept_loop(
-            sock,
-            config_rx,
-            stop.clone(),
-            draining_rx,
-            ctx.clone(),
-            drain_time,
-            tracker.clone(),
-        ));
+        let listening = sock.is_some();
+        let bound = match sock {
+            Some(sock) => {
+                let bound = sock.local_addr().unwrap_or(l.config.address);
+                tracing::info!(listener = %name, address = %bound, "listener bound");
+                tokio::spawn(accept_loop(
+                    sock,
+                    config_rx,
+                    stop.clone(),
+                    draining_rx.clone(),
+                    env.clone(),
+                ));
+                bound
+            }
+            None => {
+                tracing::info!(listener = %name, address = %l.config.address, "listener not bound (bind_to_port: false); receives hand-offs only");
+                l.config.address
+            }
+        };
         running.insert(
             name,
             Running {
                 configured: l.config.address,
                 bound,
+                listening,
+                draining_rx,
                 config: config_tx,
                 stop,
                 draining: draining_tx,
@@ -241,10 +309,14 @@ async fn accept_loop(
     config: watch::Receiver<Arc<ListenerRuntime>>,
     stop: CancellationToken,
     draining: watch::Receiver<bool>,
-    ctx: ProxyContext,
-    drain_time: Duration,
-    tracker: TaskTracker,
+    env: AcceptEnv,
 ) {
+    let AcceptEnv {
+        ctx,
+        drain_time,
+        tracker,
+        handoffs,
+    } = env;
     let mut backoff = Duration::from_millis(5);
     loop {
         let accepted = tokio::select! {
@@ -254,7 +326,23 @@ async fn accept_loop(
         match accepted {
             Ok((stream, peer)) => {
                 backoff = Duration::from_millis(5);
-                let listener = config.borrow().clone();
+                let mut listener = config.borrow().clone();
+                let mut draining = draining.clone();
+                let mut updates = config.clone();
+                let original = if listener.config.original_dst {
+                    original_dst::read(&stream)
+                } else {
+                    None
+                };
+                if let (Some(dst), true) = (original, listener.config.use_original_dst) {
+                    let table = handoffs.borrow();
+                    if let Some(t) = original_dst::resolve(&table, &listener.config.name, dst) {
+                        tracing::debug!(from = %listener.config.name, to = %t.config.borrow().config.name, original = %dst, "handing off redirected connection");
+                        listener = t.config.borrow().clone();
+                        draining = t.draining.clone();
+                        updates = t.config.clone();
+                    }
+                }
                 let name = listener.config.name.clone();
                 let metrics = ctx.metrics.clone();
                 metrics
@@ -266,13 +354,11 @@ async fn accept_loop(
                     .with_label_values(&[&name])
                     .inc();
                 let ctx = ctx.clone();
-                let draining = draining.clone();
-                let mut updates = config.clone();
                 updates.mark_unchanged();
                 let (chosen_tx, chosen_rx) = tokio::sync::oneshot::channel();
                 tracker.spawn(async move {
                     tokio::select! {
-                        _ = connection::handle(listener, ctx, stream, peer, chosen_tx) => {}
+                        _ = connection::handle(listener, ctx, stream, peer, original, chosen_tx) => {}
                         _ = drain_deadline(draining, updates, chosen_rx, drain_time) => {
                             tracing::info!(listener = %name, %peer, "connection closed at the end of the drain period");
                         }

@@ -3,5 +3,7 @@
 pub mod chain;
 pub mod drain;
 pub mod manager;
+pub mod original_dst;
+pub mod sniff;
 
 pub use manager::{ListenerError, ListenerManager};

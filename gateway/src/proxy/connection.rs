@@ -39,7 +39,7 @@ pub struct ProxyContext {
 
 #[derive(Debug, thiserror::Error)]
 enum ConnError {
-    #[error("reading the ClientHello: {0}")]
+    #[error("listener filters: {0}")]
     Inspect(std::io::Error),
     #[error("malformed TLS ClientHello: {0}")]
     BadHello(String),
@@ -78,24 +78,30 @@ struct Log {
     peer: Option<Arc<crate::metrics::Workload>>,
     /// The tcp_proxy's `access_log` writers (crate::accesslog).
     access: Option<Arc<[crate::accesslog::Logger]>>,
+    /// The destination before an iptables REDIRECT (`ORIGINAL_DST` clusters).
+    original_dst: Option<SocketAddr>,
 }
 
 /// Runs one connection. The chosen chain's config is sent on `chosen` so
 /// the listener can drain the connection if that chain goes away.
+/// `original_dst` is the destination before an iptables REDIRECT; it stands
+/// for the local address (chain match, RBAC, logs), as Envoy restores it.
 pub async fn handle(
     listener: Arc<ListenerRuntime>,
     ctx: ProxyContext,
     stream: TcpStream,
     peer: SocketAddr,
+    original_dst: Option<SocketAddr>,
     chosen: oneshot::Sender<FilterChainConfig>,
 ) {
     let start = Instant::now();
     let wall_start = std::time::SystemTime::now();
     let name = listener.config.name.clone();
-    let local = stream.local_addr().ok();
+    let local = original_dst.or_else(|| stream.local_addr().ok());
     let _ = stream.set_nodelay(true);
     let mut log = Log {
         listener: name.clone(),
+        original_dst,
         ..Log::default()
     };
     let result = run(&listener, &ctx, stream, peer, local, &mut log, chosen).await;
@@ -189,24 +195,28 @@ async fn run(
     log: &mut Log,
     chosen: oneshot::Sender<FilterChainConfig>,
 ) -> Result<(), ConnError> {
-    let (inspection, buffered) = if listener.config.tls_inspector {
-        sni::read_client_hello(&mut stream, listener.config.listener_filters_timeout)
-            .await
-            .map_err(ConnError::Inspect)?
-    } else {
-        (sni::Inspection::NotTls, Vec::new())
-    };
-    let (transport, server_name, alpn) = match inspection {
-        sni::Inspection::Tls { sni, alpn } => (TransportProtocol::Tls, sni, alpn),
-        sni::Inspection::NotTls | sni::Inspection::NeedMore => {
-            (TransportProtocol::RawBuffer, None, Vec::new())
-        }
-        sni::Inspection::Invalid(e) => return Err(ConnError::BadHello(e)),
-    };
+    let seen = crate::listener::sniff::inspect(
+        &mut stream,
+        listener.config.tls_inspector,
+        listener.config.http_inspector,
+        listener.config.listener_filters_timeout,
+    )
+    .await
+    .map_err(|e| match e {
+        crate::listener::sniff::InspectError::BadHello(e) => ConnError::BadHello(e),
+        other => ConnError::Inspect(std::io::Error::other(other.to_string())),
+    })?;
+    let (transport, server_name, alpn, buffered) = (
+        seen.transport,
+        seen.server_name,
+        seen.application_protocols,
+        seen.buffered,
+    );
     log.sni = server_name.clone();
     let port = local.map_or(listener.config.address.port(), |a| a.port());
     let info = ConnectionInfo {
         destination_port: port,
+        destination_ip: local.map(|a| a.ip()),
         server_name: server_name.as_deref(),
         transport_protocol: Some(transport),
         application_protocols: &alpn,
@@ -279,6 +289,7 @@ async fn run(
                 alpn_h2,
                 peer_workload: log.peer.clone(),
                 local,
+                original_dst: log.original_dst,
                 sni: log.sni.clone(),
                 telemetry: crate::trace::http::HttpTelemetry::for_connection(
                     &ctx.telemetry,
@@ -314,6 +325,7 @@ pub(crate) async fn tunnel_stream(
     };
     let info = ConnectionInfo {
         destination_port: port,
+        destination_ip: None,
         server_name: Some(&sni),
         transport_protocol: Some(TransportProtocol::Tls),
         application_protocols: &[],
@@ -384,6 +396,7 @@ async fn tcp_proxy(
         .ok_or_else(|| UpstreamError::UnknownCluster(cluster_name.to_string()))?;
     // tcp_proxy's hash policy: the downstream source IP.
     let hash = Some(hash64(peer.ip().to_string().as_bytes()));
+    let mut tunnel_fallback = false;
     if cluster.config.tunnel {
         if let (Some(tunnel), Some(sni)) = (&ctx.tunnel, log.sni.clone()) {
             if let Some(host) = cluster.lb.pick(hash, &[]) {
@@ -397,6 +410,10 @@ async fn tcp_proxy(
                     .await
                 {
                     Ok(io) => {
+                        ctx.metrics
+                            .tunnel_connections_total
+                            .with_label_values(&[cluster_name, "quic"])
+                            .inc();
                         log.upstream = Some(host.addr);
                         log.upstream_identity = Some("quic-tunnel".into());
                         let labels = istio_labels(ctx, log, None);
@@ -415,20 +432,35 @@ async fn tcp_proxy(
                         return Ok(());
                     }
                     Err(e) => {
-                        tracing::warn!(cluster = %cluster_name, peer = %host.addr, error = %e, "QUIC tunnel unavailable; falling back to TCP");
+                        // The tunnel client logs state changes once; this
+                        // is per connection.
+                        tracing::debug!(cluster = %cluster_name, peer = %host.addr, error = %e, "QUIC tunnel unavailable; falling back to TCP");
+                        tunnel_fallback = true;
                     }
                 }
             }
         }
     }
-    let up = match upstream::connect(
-        &cluster,
-        hash,
-        tp.max_connect_attempts.unwrap_or(ctx.connect_attempts),
-        &ctx.metrics,
-    )
-    .await
-    {
+    let connected = if cluster.config.discovery == crate::config::Discovery::OriginalDst {
+        match log.original_dst {
+            Some(dst) => {
+                let host = crate::listener::original_dst::host(dst);
+                upstream::connect_host(&cluster, &host, &ctx.metrics).await
+            }
+            // Not redirected: connecting to "the original destination"
+            // would connect back to this listener.
+            None => Err(UpstreamError::NoHost(cluster_name.to_string())),
+        }
+    } else {
+        upstream::connect(
+            &cluster,
+            hash,
+            tp.max_connect_attempts.unwrap_or(ctx.connect_attempts),
+            &ctx.metrics,
+        )
+        .await
+    };
+    let up = match connected {
         Ok(up) => up,
         Err(e) => {
             let labels = istio_labels(ctx, log, None);
@@ -438,6 +470,12 @@ async fn tcp_proxy(
             return Err(e.into());
         }
     };
+    if tunnel_fallback {
+        ctx.metrics
+            .tunnel_connections_total
+            .with_label_values(&[cluster_name, "tcp"])
+            .inc();
+    }
     log.upstream = Some(up.addr);
     log.upstream_identity = up.peer_identity.clone();
     let labels = istio_labels(ctx, log, up.peer_identity.as_deref());

@@ -267,6 +267,17 @@ pub(crate) fn record(cluster: &ClusterRuntime, host: &Host, outcome: Outcome, me
                 "outlier detection ejected host"
             );
         }
+        for addr in crate::outlier::success_rate::evaluate(&cluster.lb, cfg) {
+            metrics
+                .outlier_ejections_total
+                .with_label_values(&[&cluster.config.name])
+                .inc();
+            tracing::warn!(
+                cluster = %cluster.config.name,
+                host = %addr,
+                "outlier detection (success rate) ejected host"
+            );
+        }
     }
 }
 
@@ -276,7 +287,16 @@ async fn attempt(
     tls_config: Option<&Arc<rustls::ClientConfig>>,
 ) -> Result<(BoxIo, Option<String>), String> {
     let deadline = tokio::time::Instant::now() + cluster.config.connect_timeout;
-    let tcp = tokio::time::timeout_at(deadline, TcpStream::connect(host.addr))
+    let connect = async {
+        match cluster.connect_order(host.addr) {
+            // A dual-stack DNS host: race its addresses (RFC 8305).
+            Some(order) => {
+                crate::resolve::happy::connect(order, crate::resolve::happy::ATTEMPT_DELAY).await
+            }
+            None => TcpStream::connect(host.addr).await,
+        }
+    };
+    let tcp = tokio::time::timeout_at(deadline, connect)
         .await
         .map_err(|_| {
             format!(

@@ -48,7 +48,10 @@ impl SpiffeVerifier {
         let subjects = bundle
             .anchors()
             .iter()
-            .map(|a| DistinguishedName::from(a.subject.as_ref().to_vec()))
+            // webpki keeps the Name's contents without its outer SEQUENCE;
+            // the CertificateRequest needs the whole DER Name, or OpenSSL
+            // (and so Envoy) clients abort with `parse_ca_names`.
+            .map(|a| DistinguishedName::in_sequence(a.subject.as_ref()))
             .collect();
         Ok(Self {
             bundle,

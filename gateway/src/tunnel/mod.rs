@@ -18,6 +18,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use tokio::io::AsyncWriteExt;
+use tokio::sync::watch;
 
 pub use header::{read_header, write_header, HeaderError, MAX_SNI};
 pub use server::serve;
@@ -48,11 +49,16 @@ pub struct TunnelConfig {
     pub bind: SocketAddr,
 }
 
+/// A tunnel connection without any packet from the peer for this long is dead.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 fn transport() -> Arc<quinn::TransportConfig> {
     let mut tc = quinn::TransportConfig::default();
-    tc.keep_alive_interval(Some(Duration::from_secs(5)));
+    // A cut UDP path must be noticed quickly: the idle timeout closes the
+    // connection, and new connections then fall back to TCP.
+    tc.keep_alive_interval(Some(Duration::from_secs(1)));
     tc.max_concurrent_bidi_streams(quinn::VarInt::from_u32(4096));
-    if let Ok(idle) = quinn::IdleTimeout::try_from(Duration::from_secs(30)) {
+    if let Ok(idle) = quinn::IdleTimeout::try_from(IDLE_TIMEOUT) {
         tc.max_idle_timeout(Some(idle));
     }
     Arc::new(tc)
@@ -94,6 +100,13 @@ pub fn endpoint(cfg: TunnelConfig, cert: &CertReceiver) -> Result<quinn::Endpoin
 }
 
 /// Opens tunnel streams; one QUIC connection per peer, reused.
+///
+/// Falling back never costs a request more than [`FIRST_WAIT`]: the first
+/// handshake to a peer is awaited that long (a healthy path answers in one
+/// round trip), after which the caller uses TCP while the handshake goes on
+/// in the background. A peer whose handshake failed is reached over TCP for
+/// [`RETRY_AFTER`]; then one background handshake probes QUIC again while
+/// connections keep using TCP.
 #[derive(Debug, Clone)]
 pub struct TunnelClient {
     endpoint: quinn::Endpoint,
@@ -103,6 +116,13 @@ pub struct TunnelClient {
 #[derive(Debug, Clone)]
 enum Peer {
     Up(quinn::Connection),
+    /// A handshake is running; its result arrives on the channel. Callers
+    /// wait for it (at most [`FIRST_WAIT`]) only when `wait`: not while
+    /// re-probing a peer known to be down.
+    Connecting {
+        rx: watch::Receiver<Option<Result<quinn::Connection, String>>>,
+        wait: bool,
+    },
     /// The last handshake failed; use TCP until then instead of paying the
     /// handshake timeout on every connection.
     DownUntil(tokio::time::Instant),
@@ -110,6 +130,10 @@ enum Peer {
 
 /// How long a peer whose tunnel handshake failed is reached over TCP only.
 const RETRY_AFTER: Duration = Duration::from_secs(10);
+
+/// How long a connection waits for a peer's first QUIC handshake before
+/// taking TCP.
+pub const FIRST_WAIT: Duration = Duration::from_millis(500);
 
 impl TunnelClient {
     pub fn new(endpoint: quinn::Endpoint) -> Self {
@@ -124,30 +148,94 @@ impl TunnelClient {
         peer: SocketAddr,
         timeout: Duration,
     ) -> Result<quinn::Connection, TunnelError> {
-        let cached = {
-            let conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-            conns.get(&peer).cloned()
-        };
-        match cached {
-            Some(Peer::Up(c)) if c.close_reason().is_none() => return Ok(c),
-            Some(Peer::DownUntil(t)) if tokio::time::Instant::now() < t => {
-                return Err(TunnelError::Connect(
-                    peer,
-                    "tunnel recently unreachable".into(),
-                ))
+        let (mut pending, wait) = {
+            let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
+            match conns.get(&peer).cloned() {
+                Some(Peer::Up(c)) if c.close_reason().is_none() => return Ok(c),
+                Some(Peer::DownUntil(t)) if tokio::time::Instant::now() < t => {
+                    return Err(TunnelError::Connect(
+                        peer,
+                        "tunnel recently unreachable".into(),
+                    ))
+                }
+                Some(Peer::Connecting { rx, wait }) => (rx, wait),
+                // Known down: probe in the background only.
+                Some(Peer::DownUntil(_)) => {
+                    let rx = self.spawn_handshake(peer, timeout);
+                    conns.insert(
+                        peer,
+                        Peer::Connecting {
+                            rx: rx.clone(),
+                            wait: false,
+                        },
+                    );
+                    (rx, false)
+                }
+                // Never tried, or the connection died (e.g. UDP was cut
+                // and the idle timeout closed it).
+                _ => {
+                    let rx = self.spawn_handshake(peer, timeout);
+                    conns.insert(
+                        peer,
+                        Peer::Connecting {
+                            rx: rx.clone(),
+                            wait: true,
+                        },
+                    );
+                    (rx, true)
+                }
             }
-            _ => {}
-        }
-        let result = self.handshake(peer, timeout).await;
-        let entry = match &result {
-            Ok(c) => Peer::Up(c.clone()),
-            Err(_) => Peer::DownUntil(tokio::time::Instant::now() + RETRY_AFTER),
         };
-        self.conns
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .insert(peer, entry);
-        result
+        if !wait {
+            return Err(TunnelError::Connect(
+                peer,
+                "probing the tunnel in the background".into(),
+            ));
+        }
+        let waited = tokio::time::timeout(FIRST_WAIT.min(timeout), async {
+            match pending.wait_for(|r| r.is_some()).await {
+                Ok(r) => r.clone(),
+                Err(_) => Some(Err("handshake task ended".to_string())),
+            }
+        })
+        .await;
+        match waited {
+            Ok(Some(Ok(c))) => Ok(c),
+            Ok(Some(Err(e))) => Err(TunnelError::Connect(peer, e)),
+            Ok(None) | Err(_) => Err(TunnelError::Connect(
+                peer,
+                format!(
+                    "no QUIC handshake within {:?}; using TCP while it continues",
+                    FIRST_WAIT.min(timeout)
+                ),
+            )),
+        }
+    }
+
+    /// Starts a handshake whose outcome updates the peer table.
+    fn spawn_handshake(
+        &self,
+        peer: SocketAddr,
+        timeout: Duration,
+    ) -> watch::Receiver<Option<Result<quinn::Connection, String>>> {
+        let (tx, rx) = watch::channel(None);
+        let this = self.clone();
+        tokio::spawn(async move {
+            let result = this.handshake(peer, timeout).await;
+            let entry = match &result {
+                Ok(c) => Peer::Up(c.clone()),
+                Err(e) => {
+                    tracing::warn!(%peer, error = %e, retry_in = ?RETRY_AFTER, "QUIC tunnel unavailable; using TCP to this peer");
+                    Peer::DownUntil(tokio::time::Instant::now() + RETRY_AFTER)
+                }
+            };
+            this.conns
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(peer, entry);
+            tx.send_replace(Some(result.map_err(|e| e.to_string())));
+        });
+        rx
     }
 
     async fn handshake(

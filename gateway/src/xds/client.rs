@@ -52,6 +52,9 @@ pub struct XdsClient {
     pub(super) ready_tx: watch::Sender<bool>,
     pub(super) metrics: std::sync::Arc<Metrics>,
     pub(super) mode: XdsMode,
+    /// Plaintext or mutual TLS; `None` until [`XdsClient::with_target`]
+    /// (then the address is dialed as plaintext, as before).
+    pub(super) target: Option<super::XdsTarget>,
 }
 
 /// Initial and maximum reconnect delays.
@@ -85,7 +88,32 @@ impl XdsClient {
             ready_tx,
             metrics,
             mode,
+            target: None,
         }
+    }
+
+    /// Connect as `target` says (plaintext or mutual TLS).
+    pub fn with_target(mut self, target: super::XdsTarget) -> Self {
+        self.target = Some(target);
+        self
+    }
+
+    /// A fresh gRPC channel to the control plane.
+    pub(super) async fn channel(&self) -> Result<tonic::transport::Channel, XdsError> {
+        match &self.target {
+            Some(t) => t.connect(&self.address).await,
+            None => tonic::transport::Endpoint::from_shared(self.address.clone())
+                .map_err(|e| XdsError::Address(self.address.clone(), e.to_string()))?
+                .connect()
+                .await
+                .map_err(|e| XdsError::Connect(self.address.clone(), e.to_string())),
+        }
+    }
+
+    /// Also subscribes to the name table (the DNS proxy runs).
+    pub fn with_name_table(mut self) -> Self {
+        self.subs.insert(TypeKind::NameTable, Sub::default());
+        self
     }
 
     /// Runs until `stop` is cancelled.
@@ -119,9 +147,16 @@ impl XdsClient {
                 }
             }
             let jitter = rand::rng().random_range(0.8..1.2);
-            tokio::select! {
-                _ = stop.cancelled() => return,
-                _ = tokio::time::sleep(backoff.mul_f64(jitter)) => {}
+            let pause = tokio::time::sleep(backoff.mul_f64(jitter));
+            tokio::pin!(pause);
+            loop {
+                tokio::select! {
+                    _ = stop.cancelled() => return,
+                    _ = &mut pause => break,
+                    // Without a control plane, DNS clusters still follow
+                    // their names (static stability).
+                    () = self.applier.resolution_changed() => self.apply_resolved().await,
+                }
             }
             backoff = (backoff * 2).min(BACKOFF_MAX);
         }
@@ -151,22 +186,18 @@ impl XdsClient {
 
     /// One ADS stream. Returns whether any response was accepted.
     async fn stream_once(&mut self) -> Result<bool, (XdsError, bool)> {
-        let mut client = AggregatedDiscoveryServiceClient::connect(self.address.clone())
-            .await
-            .map_err(|e| {
-                (
-                    XdsError::Connect(self.address.clone(), e.to_string()),
-                    false,
-                )
-            })?;
+        let mut client =
+            AggregatedDiscoveryServiceClient::new(self.channel().await.map_err(|e| (e, false))?);
         let (tx, rx) = mpsc::channel::<DiscoveryRequest>(32);
         // A new stream forgets nonces; versions are kept so the server can
         // skip resending what we have.
         for sub in self.subs.values_mut() {
             sub.nonce.clear();
         }
-        for kind in [TypeKind::Cluster, TypeKind::Listener] {
-            send(&tx, self.request(kind, None)).await?;
+        for kind in [TypeKind::Cluster, TypeKind::Listener, TypeKind::NameTable] {
+            if self.subs.contains_key(&kind) {
+                send(&tx, self.request(kind, None)).await?;
+            }
         }
         for kind in [TypeKind::Endpoint, TypeKind::Secret, TypeKind::Route] {
             if !self.subs[&kind].names.is_empty() {
@@ -181,7 +212,15 @@ impl XdsClient {
         let mut progress = false;
         let _connected = self.metrics.health.xds_connection();
         loop {
-            let resp = match inbound.message().await {
+            // DNS cluster re-resolutions are applied by this same owner,
+            // between responses.
+            let msg = loop {
+                tokio::select! {
+                    m = inbound.message() => break m,
+                    () = self.applier.resolution_changed() => self.apply_resolved().await,
+                }
+            };
+            let resp = match msg {
                 Ok(Some(r)) => r,
                 Ok(None) => return Ok(progress),
                 Err(e) => return Err((XdsError::Stream(e.to_string()), progress)),
@@ -189,6 +228,14 @@ impl XdsClient {
             if self.handle(&tx, resp).await.map_err(|e| (e, progress))? {
                 progress = true;
             }
+        }
+    }
+
+    /// Rebuilds DNS clusters after a re-resolution; a failure keeps the
+    /// previous addresses.
+    pub(super) async fn apply_resolved(&mut self) {
+        if let Err(e) = self.applier.apply_resolved().await {
+            tracing::warn!(error = %e, "applying re-resolved DNS cluster addresses failed; keeping the previous ones");
         }
     }
 
@@ -391,6 +438,13 @@ pub fn convert(
                 |r: &config::RouteTable| r.name.clone()
             ),
             keep: subscribed.to_vec(),
+        },
+        TypeKind::NameTable => match crate::dnsproxy::nametable::index_resources(resources) {
+            Ok(index) => Update::NameTable(index),
+            Err(e) => {
+                errors.extend(e);
+                Update::NameTable(Default::default())
+            }
         },
     };
     if errors.is_empty() {

@@ -45,19 +45,15 @@ impl XdsClient {
 
     /// One delta ADS stream. Returns whether any response was accepted.
     pub(super) async fn delta_once(&mut self) -> Result<bool, (XdsError, bool)> {
-        let mut client = AggregatedDiscoveryServiceClient::connect(self.address.clone())
-            .await
-            .map_err(|e| {
-                (
-                    XdsError::Connect(self.address.clone(), e.to_string()),
-                    false,
-                )
-            })?;
+        let mut client =
+            AggregatedDiscoveryServiceClient::new(self.channel().await.map_err(|e| (e, false))?);
         let (tx, rx) = mpsc::channel::<DeltaDiscoveryRequest>(32);
-        for kind in [TypeKind::Cluster, TypeKind::Listener] {
-            send(&tx, self.delta_subscribe(kind))
-                .await
-                .map_err(|e| (e, false))?;
+        for kind in [TypeKind::Cluster, TypeKind::Listener, TypeKind::NameTable] {
+            if self.subs.contains_key(&kind) {
+                send(&tx, self.delta_subscribe(kind))
+                    .await
+                    .map_err(|e| (e, false))?;
+            }
         }
         for kind in [TypeKind::Endpoint, TypeKind::Secret, TypeKind::Route] {
             if !self.subs[&kind].names.is_empty() {
@@ -79,7 +75,13 @@ impl XdsClient {
         let mut progress = false;
         let _connected = self.metrics.health.xds_connection();
         loop {
-            let resp = match inbound.message().await {
+            let msg = loop {
+                tokio::select! {
+                    m = inbound.message() => break m,
+                    () = self.applier.resolution_changed() => self.apply_resolved().await,
+                }
+            };
+            let resp = match msg {
                 Ok(Some(r)) => r,
                 Ok(None) => return Ok(progress),
                 Err(s) if s.code() == tonic::Code::Unimplemented && !progress => {

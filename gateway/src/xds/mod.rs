@@ -2,8 +2,10 @@
 
 pub mod client;
 mod delta;
+pub mod transport;
 
 pub use client::XdsClient;
+pub use transport::{XdsTarget, XdsTransport};
 
 /// Resource types the data plane subscribes to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -13,6 +15,8 @@ pub enum TypeKind {
     Endpoint,
     Secret,
     Route,
+    /// Istio's NDS name table, for the DNS proxy (only when it runs).
+    NameTable,
 }
 
 pub const CLUSTER_TYPE: &str = "type.googleapis.com/envoy.config.cluster.v3.Cluster";
@@ -31,6 +35,7 @@ impl TypeKind {
             TypeKind::Endpoint => ENDPOINT_TYPE,
             TypeKind::Secret => SECRET_TYPE,
             TypeKind::Route => ROUTE_TYPE,
+            TypeKind::NameTable => crate::dnsproxy::NAME_TABLE_TYPE,
         }
     }
 
@@ -41,6 +46,7 @@ impl TypeKind {
             TypeKind::Endpoint,
             TypeKind::Secret,
             TypeKind::Route,
+            TypeKind::NameTable,
         ]
         .into_iter()
         .find(|k| k.type_url() == url)
@@ -48,7 +54,10 @@ impl TypeKind {
 
     /// CDS and LDS are wildcard subscriptions; EDS, SDS and RDS are by name.
     pub fn wildcard(self) -> bool {
-        matches!(self, TypeKind::Cluster | TypeKind::Listener)
+        matches!(
+            self,
+            TypeKind::Cluster | TypeKind::Listener | TypeKind::NameTable
+        )
     }
 
     pub fn short(self) -> &'static str {
@@ -58,6 +67,7 @@ impl TypeKind {
             TypeKind::Endpoint => "eds",
             TypeKind::Secret => "sds",
             TypeKind::Route => "rds",
+            TypeKind::NameTable => "nds",
         }
     }
 
@@ -68,6 +78,7 @@ impl TypeKind {
             TypeKind::Endpoint => "ClusterLoadAssignment",
             TypeKind::Secret => "Secret",
             TypeKind::Route => "RouteConfiguration",
+            TypeKind::NameTable => "NameTable",
         }
     }
 }
@@ -89,6 +100,8 @@ pub enum XdsError {
     DeltaUnsupported,
     #[error("cannot connect to the control plane at {0}: {1} (check the xDS address and that the control plane is up)")]
     Connect(String, String),
+    #[error("xDS address {0:?}: {1}")]
+    Address(String, String),
     #[error("ADS stream: {0}")]
     Stream(String),
 }

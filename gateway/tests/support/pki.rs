@@ -104,3 +104,32 @@ impl Ca {
         watch::channel(Arc::new(wc))
     }
 }
+
+impl Ca {
+    /// A leaf as the identity crate holds it (e.g. the control plane's own
+    /// serving certificate); `self` must be an intermediate directly under `root`.
+    pub fn identity_cert(&self, root: &Ca, spiffe: &str) -> isthmus_identity::WorkloadCert {
+        let key = KeyPair::generate().expect("key");
+        let mut p = CertificateParams::new(Vec::<String>::new()).expect("params");
+        p.subject_alt_names = vec![SanType::URI(spiffe.try_into().expect("ia5"))];
+        p.distinguished_name = DistinguishedName::new();
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        p.extended_key_usages = vec![
+            ExtendedKeyUsagePurpose::ServerAuth,
+            ExtendedKeyUsagePurpose::ClientAuth,
+        ];
+        let issuer = Issuer::from_params(&self.params, &self.key);
+        let cert = p.signed_by(&key, &issuer).expect("sign leaf");
+        let id = isthmus_identity::SpiffeId::parse(spiffe).expect("spiffe id");
+        isthmus_identity::WorkloadCert::from_issued(
+            &id,
+            key.serialize_der(),
+            key.public_key_raw(),
+            &[cert.pem(), self.pem.clone(), root.pem.clone()],
+        )
+        .expect("identity cert")
+    }
+}

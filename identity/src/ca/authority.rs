@@ -47,8 +47,14 @@ pub struct IssuedLeaf {
 /// A cluster's issuing CA: the intermediate's key plus the chain up to the root.
 pub struct Authority {
     issuer: Issuer<'static, KeyPair>,
-    /// PEM of the intermediate, any further intermediates, and the root last.
+    /// PEM of the intermediate, any further intermediates, the signing root,
+    /// then the other roots of root-cert.pem (what a leaf response carries).
     chain_pem: Vec<String>,
+    intermediate_pem: String,
+    /// The root the intermediate chains to.
+    root_pem: String,
+    /// Every root of root-cert.pem (the cluster's trust bundle), in file order.
+    roots_pem: Vec<String>,
     trust_domain: String,
     ca_not_before: OffsetDateTime,
     ca_not_after: OffsetDateTime,
@@ -88,6 +94,15 @@ impl Authority {
             })?;
         let ca_not_before = parsed.validity().not_before.to_datetime();
         let ca_not_after = parsed.validity().not_after.to_datetime();
+        let now = OffsetDateTime::now_utc();
+        if now >= ca_not_after {
+            return Err(CaError::CaExpired(ca_not_after.to_string()));
+        }
+        if ca_not_before > now + CLOCK_SKEW {
+            return Err(CaError::BadValidity(format!(
+                "CA certificate (ca-cert.pem) is not valid before {ca_not_before}; check this host's clock"
+            )));
+        }
 
         let mut chain: Vec<Vec<u8>> = certs_from_pem(cert_chain_pem, "cert-chain.pem")?
             .into_iter()
@@ -96,16 +111,68 @@ impl Authority {
         if chain.first().map(Vec::as_slice) != Some(ca_der.as_ref()) {
             chain.insert(0, ca_der.to_vec());
         }
-        for root in certs_from_pem(root_cert_pem, "root-cert.pem")? {
-            if !chain.iter().any(|c| c.as_slice() == root.as_ref()) {
-                chain.push(root.to_vec());
+        // The chain ends at its first self-signed certificate; anything after
+        // it is not part of the path (older tools appended every root there).
+        if let Some(end) = chain
+            .iter()
+            .skip(1)
+            .position(|c| is_self_signed(c))
+            .map(|i| i + 2)
+        {
+            chain.truncate(end);
+        }
+        // root-cert.pem is a trust bundle: during a root rotation it holds
+        // the old and the new root, and only one of them signs this chain.
+        let roots: Vec<Vec<u8>> = certs_from_pem(root_cert_pem, "root-cert.pem")?
+            .into_iter()
+            .map(|c| c.to_vec())
+            .collect();
+        for (i, root) in roots.iter().enumerate() {
+            check_root(root, &format!("root-cert.pem (certificate #{})", i + 1))?;
+        }
+        let top = chain.last().cloned().unwrap_or_default();
+        if is_self_signed(&top) {
+            if !roots.contains(&top) {
+                return Err(CaError::BrokenChain(format!(
+                    "cert-chain.pem ends in the root `{}`, which is not in root-cert.pem",
+                    subject_of(&top)
+                )));
             }
+        } else {
+            let signer = roots.iter().find(|r| signs(r, &top)).ok_or_else(|| {
+                CaError::BrokenChain(format!(
+                    "no root in root-cert.pem signed `{}`",
+                    subject_of(&top)
+                ))
+            })?;
+            chain.push(signer.clone());
         }
         check_chain_links(&chain)?;
+        for (i, der) in chain.iter().enumerate().skip(1) {
+            check_not_expired(
+                der,
+                now,
+                &format!("cert-chain.pem (certificate #{})", i + 1),
+            )?;
+        }
         let issuer = Issuer::from_ca_cert_der(ca_der, key)?;
+        let chain_pem: Vec<String> = chain.iter().map(|d| cert_to_pem(d)).collect();
+        let roots_pem: Vec<String> = roots.iter().map(|d| cert_to_pem(d)).collect();
+        let root_pem = chain_pem.last().cloned().unwrap_or_default();
+        // Leaves carry every trusted root after the signing one, so a workload
+        // learns the whole bundle from its CA (as Istio's CA does).
+        let mut response_chain = chain_pem.clone();
+        for (der, pem) in roots.iter().zip(&roots_pem) {
+            if !chain.contains(der) {
+                response_chain.push(pem.clone());
+            }
+        }
         Ok(Self {
             issuer,
-            chain_pem: chain.iter().map(|d| cert_to_pem(d)).collect(),
+            chain_pem: response_chain,
+            intermediate_pem: chain_pem.first().cloned().unwrap_or_default(),
+            root_pem,
+            roots_pem,
             trust_domain: trust_domain.to_owned(),
             ca_not_before,
             ca_not_after,
@@ -121,25 +188,31 @@ impl Authority {
         &self.policy
     }
 
-    /// The CA chain handed out with every leaf (intermediate first, root last).
+    /// The CA chain handed out with every leaf: intermediate first, then the
+    /// signing root, then any further roots of root-cert.pem.
     pub fn ca_chain_pem(&self) -> &[String] {
         &self.chain_pem
     }
 
     /// The issuing intermediate, as published into the federation registry.
     pub fn intermediate_pem(&self) -> &str {
-        self.chain_pem
-            .first()
-            .map(String::as_str)
-            .unwrap_or_default()
+        &self.intermediate_pem
     }
 
-    /// The root this cluster's chain ends in, as published into the federation registry.
+    /// The root this cluster's intermediate chains to.
     pub fn root_pem(&self) -> &str {
-        self.chain_pem
-            .last()
-            .map(String::as_str)
-            .unwrap_or_default()
+        &self.root_pem
+    }
+
+    /// Every root of root-cert.pem, as published into the federation
+    /// registry: during a root rotation, the old and the new root.
+    pub fn roots_pem(&self) -> &[String] {
+        &self.roots_pem
+    }
+
+    /// When the intermediate expires.
+    pub fn not_after(&self) -> OffsetDateTime {
+        self.ca_not_after
     }
 
     /// Signs the public key of `csr_pem` for `caller`, who has already been
@@ -230,6 +303,71 @@ impl Authority {
             not_after: params.not_after,
         })
     }
+}
+
+fn parse(der: &[u8]) -> Option<X509Certificate<'_>> {
+    X509Certificate::from_der(der).ok().map(|(_, c)| c)
+}
+
+fn is_self_signed(der: &[u8]) -> bool {
+    parse(der).is_some_and(|c| c.subject() == c.issuer() && c.verify_signature(None).is_ok())
+}
+
+fn signs(parent: &[u8], child: &[u8]) -> bool {
+    match (parse(parent), parse(child)) {
+        (Some(p), Some(c)) => {
+            c.issuer() == p.subject() && c.verify_signature(Some(p.public_key())).is_ok()
+        }
+        _ => false,
+    }
+}
+
+fn subject_of(der: &[u8]) -> String {
+    parse(der)
+        .map(|c| c.subject().to_string())
+        .unwrap_or_else(|| "unparseable certificate".to_owned())
+}
+
+/// A trusted root must be a self-signed CA certificate that is still valid.
+fn check_root(der: &[u8], what: &str) -> Result<(), CaError> {
+    let cert = parse(der).ok_or_else(|| CaError::BadCertificate {
+        what: what.to_owned(),
+        reason: "unparseable".to_owned(),
+    })?;
+    let is_ca = cert
+        .basic_constraints()
+        .ok()
+        .flatten()
+        .is_some_and(|bc| bc.value.ca);
+    if !is_ca {
+        return Err(CaError::NotCa {
+            what: what.to_owned(),
+        });
+    }
+    if !is_self_signed(der) {
+        return Err(CaError::BrokenChain(format!(
+            "{what} (`{}`) is not a self-signed root",
+            cert.subject()
+        )));
+    }
+    check_not_expired(der, OffsetDateTime::now_utc(), what)
+}
+
+fn check_not_expired(der: &[u8], now: OffsetDateTime, what: &str) -> Result<(), CaError> {
+    let Some(cert) = parse(der) else {
+        return Err(CaError::BadCertificate {
+            what: what.to_owned(),
+            reason: "unparseable".to_owned(),
+        });
+    };
+    let not_after = cert.validity().not_after.to_datetime();
+    if now >= not_after {
+        return Err(CaError::BadValidity(format!(
+            "{what} (`{}`) expired at {not_after}",
+            cert.subject()
+        )));
+    }
+    Ok(())
 }
 
 /// Each certificate must be signed by the next, and the last must be a

@@ -165,7 +165,7 @@ impl Generator for TestGenerator {
                     Resource::new(n, pack_any(rc))
                 })
                 .collect(),
-            TypeUrl::Secret => Vec::new(),
+            TypeUrl::Secret | TypeUrl::NameTable => Vec::new(),
         })
     }
 }

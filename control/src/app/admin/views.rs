@@ -234,6 +234,7 @@ pub fn parse_type(word: &str) -> Option<TypeUrl> {
         "listeners" | "listener" | "lds" => TypeUrl::Listener,
         "routes" | "route" | "rds" => TypeUrl::RouteConfiguration,
         "secrets" | "secret" | "sds" => TypeUrl::Secret,
+        "names" | "nametable" | "nds" => TypeUrl::NameTable,
         _ => return None,
     })
 }
@@ -354,7 +355,7 @@ fn summarize(t: TypeUrl, body: &envoy_types::pb::google::protobuf::Any) -> Vec<S
                     .collect()
             })
             .unwrap_or_default(),
-        TypeUrl::Secret => Vec::new(),
+        TypeUrl::Secret | TypeUrl::NameTable => Vec::new(),
     }
 }
 
@@ -387,13 +388,40 @@ pub fn config_dump(
                     summary: summarize(t, &r.body),
                     config: {
                         let text = render_any(&r.body);
-                        super::debug_json::to_json(&text).unwrap_or(serde_json::Value::String(text))
+                        let mut v = super::debug_json::to_json(&text)
+                            .unwrap_or(serde_json::Value::String(text));
+                        // Gateway credentials carry private keys: never on the admin port.
+                        if t == TypeUrl::Secret {
+                            redact_private_keys(&mut v);
+                        }
+                        v
                     },
                 },
             );
         }
     }
     Some(out.into_values().collect())
+}
+
+/// Replaces every `private_key` in a dumped resource; a dump that is not
+/// structured JSON is withheld whole rather than risk printing a key.
+fn redact_private_keys(v: &mut serde_json::Value) {
+    match v {
+        serde_json::Value::Object(m) => {
+            for (k, val) in m.iter_mut() {
+                if k == "private_key" || k == "privateKey" {
+                    *val = serde_json::Value::String("[redacted]".into());
+                } else {
+                    redact_private_keys(val);
+                }
+            }
+        }
+        serde_json::Value::Array(a) => a.iter_mut().for_each(redact_private_keys),
+        serde_json::Value::String(s) if s.contains("PRIVATE KEY") => {
+            *s = "[withheld: contains a private key]".into();
+        }
+        _ => {}
+    }
 }
 
 #[cfg(test)]

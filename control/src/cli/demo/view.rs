@@ -57,7 +57,7 @@ pub fn table(f: &Frame<'_>) -> String {
     let w = f.window;
     let _ = writeln!(
         s,
-        "isthmus demo — productpage (us-west) → reviews      t = {:>4}s",
+        "isthmus demo — ingress (us-west) → productpage → reviews   t = {:>4}s",
         f.elapsed.as_secs()
     );
     let _ = writeln!(s, "curl {}\n", f.url);
@@ -182,7 +182,7 @@ mod tests {
             leases: &leases,
             events: &events,
             printed_events: 0,
-            url: "http://127.12.3.1:9080/",
+            url: "http://127.12.0.3:8080/",
         };
         let t = table(&f);
         assert!(t.contains("eu-central   v1"), "{t}");

@@ -376,6 +376,14 @@ pub fn custom_resource(
     if let Some(spec) = obj.data.get("spec") {
         doc["spec"] = spec.clone();
     }
+    if kind == Kind::Secret {
+        // A Secret has no spec: its payload is top-level.
+        for field in ["type", "data", "stringData", "immutable"] {
+            if let Some(v) = obj.data.get(field).filter(|v| !v.is_null()) {
+                doc[field] = v.clone();
+            }
+        }
+    }
     // The same wording and codes as for a file (positions are meaningless
     // here: the object has no file).
     let schema_error = |message: String| {

@@ -19,6 +19,7 @@
 
 pub mod convert;
 mod events;
+pub mod gateway_address;
 pub mod state;
 pub mod token_review;
 pub mod watch;

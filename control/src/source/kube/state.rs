@@ -99,7 +99,7 @@ impl KubeState {
                 // A type the API server does not serve is empty, not broken:
                 // the control plane must not wait for CRDs that are optional.
                 if not_found && source.optional() && !self.synced.contains(&source) {
-                    tracing::info!(%source, "not served by the API server (CRD not installed); treating it as empty until it appears");
+                    tracing::info!(%source, "not served (CRD not installed) or not readable by this control plane; treating it as empty until that changes");
                     self.synced.insert(source);
                 }
                 self.last_errors.insert(source, message);
@@ -154,7 +154,18 @@ impl KubeState {
     pub fn layer(&self) -> (BTreeMap<ResourceKey, StoredResource>, Vec<Diagnostic>) {
         let mut resources = BTreeMap::new();
         let mut diagnostics = Vec::new();
+        // Credentials only where a Gateway may use them (credentialName
+        // names a Secret of the Gateway's namespace).
+        let gateway_namespaces: BTreeSet<&str> = self
+            .custom
+            .iter()
+            .filter(|(k, e)| k.kind == Kind::Gateway && e.good.is_some())
+            .map(|(k, _)| k.namespace.as_str())
+            .collect();
         for (key, entry) in &self.custom {
+            if key.kind == Kind::Secret && !gateway_namespaces.contains(key.namespace.as_str()) {
+                continue;
+            }
             diagnostics.extend(entry.diagnostics.iter().cloned());
             if let Some(good) = &entry.good {
                 resources.insert(key.clone(), good.clone());
@@ -266,6 +277,11 @@ impl KubeState {
             Obj::Custom(obj) => {
                 let Watched::Custom(i) = source else { return };
                 let Some(t) = CUSTOM_TYPES.get(i) else { return };
+                if t.kind == Kind::Secret && !super::watch::is_credential_secret(&obj) {
+                    // Not a credential (or no longer one): not our business.
+                    self.remove(source, &key);
+                    return;
+                }
                 let rkey = convert::derived_key(t.kind, &key.0, &key.1);
                 let rv = obj.metadata.resource_version.clone();
                 let entry = self.custom.entry(rkey.clone()).or_default();

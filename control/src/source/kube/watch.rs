@@ -31,7 +31,12 @@ pub struct CustomType {
 
 impl CustomType {
     pub fn api_version(&self) -> String {
-        format!("{}/{}", self.group, self.version)
+        if self.group.is_empty() {
+            // The core group: `v1`, not `/v1`.
+            self.version.to_string()
+        } else {
+            format!("{}/{}", self.group, self.version)
+        }
     }
 
     pub fn api_resource(&self) -> ApiResource {
@@ -56,8 +61,10 @@ const fn custom(
     }
 }
 
-/// Istio's storage versions since 1.22 (`v1`) and the MCS API's only one.
-pub const CUSTOM_TYPES: [CustomType; 10] = [
+/// Istio's storage versions since 1.22 (`v1`), the MCS API's only one, and
+/// core Secrets (Gateway `credentialName`; the state keeps only TLS ones,
+/// and publishes only those in namespaces that have a Gateway).
+pub const CUSTOM_TYPES: [CustomType; 11] = [
     custom(
         Kind::VirtualService,
         "networking.istio.io",
@@ -108,7 +115,23 @@ pub const CUSTOM_TYPES: [CustomType; 10] = [
         "v1alpha1",
         "serviceexports",
     ),
+    custom(Kind::Secret, "", "v1", "secrets"),
 ];
+
+/// Whether a Secret can be a Gateway credential: type `kubernetes.io/tls`,
+/// or any type carrying `tls.crt`, `ca.crt` or `cacert` (Istio's generic
+/// and `NAME-cacert` forms). Other Secrets never enter the store.
+pub fn is_credential_secret(obj: &DynamicObject) -> bool {
+    use crate::config::{CA_CERT_ALT_KEY, CA_CERT_KEY, TLS_CERT_KEY};
+    if obj.data["type"].as_str() == Some("kubernetes.io/tls") {
+        return true;
+    }
+    ["data", "stringData"].iter().any(|field| {
+        [TLS_CERT_KEY, CA_CERT_KEY, CA_CERT_ALT_KEY]
+            .iter()
+            .any(|k| obj.data[field].get(k).is_some())
+    })
+}
 
 /// Which stream an update came from.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -138,6 +161,12 @@ impl Watched {
     /// Custom resources may legitimately be absent (CRD not installed).
     pub fn optional(self) -> bool {
         matches!(self, Watched::Custom(_))
+    }
+
+    /// Secrets may legitimately be forbidden: an operator who uses no
+    /// Gateway `credentialName` may deny the control plane all Secrets.
+    pub fn may_be_forbidden(self) -> bool {
+        matches!(self, Watched::Custom(i) if CUSTOM_TYPES.get(i).is_some_and(|t| t.kind == Kind::Secret))
     }
 }
 
@@ -306,8 +335,11 @@ async fn run<K>(
             Ok(watcher::Event::Apply(o)) => Ev::Apply(strip(o)),
             Ok(watcher::Event::Delete(o)) => Ev::Delete(strip(o)),
             Err(e) => {
-                let not_found = is_not_found(&e);
-                if not_found && source.optional() {
+                let forbidden = source.may_be_forbidden() && is_status(&e, 403);
+                let not_found = is_status(&e, 404) || forbidden;
+                if forbidden {
+                    warn!(%source, error = %e, "the control plane may not read Secrets; Gateway credentialName cannot be served (grant get/list/watch on secrets to use it); retrying with backoff");
+                } else if not_found && source.optional() {
                     debug!(%source, error = %e, "resource type not served by the API server (CRD not installed?); retrying with backoff");
                 } else {
                     warn!(%source, error = %e, "watch failed; retrying with backoff (check the API server address and this control plane's RBAC)");
@@ -324,13 +356,13 @@ async fn run<K>(
     }
 }
 
-fn is_not_found(e: &watcher::Error) -> bool {
+fn is_status(e: &watcher::Error, code: u16) -> bool {
     let client_error = match e {
         watcher::Error::InitialListFailed(c)
         | watcher::Error::WatchStartFailed(c)
         | watcher::Error::WatchFailed(c) => c,
-        watcher::Error::WatchError(s) => return s.code == 404,
+        watcher::Error::WatchError(s) => return s.code == code,
         _ => return false,
     };
-    matches!(client_error, kube::Error::Api(s) if s.code == 404)
+    matches!(client_error, kube::Error::Api(s) if s.code == code)
 }

@@ -28,16 +28,18 @@ pub fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
         .collect();
     chains.sort_by(|a, b| a.name.cmp(&b.name));
     chains.dedup_by(|a, b| a.name == b.name);
+    let mut out = Vec::new();
     // Envoy rejects a listener without filter chains; nothing exported yet
     // means nothing to listen for.
-    if chains.is_empty() {
-        return Vec::new();
+    if !chains.is_empty() {
+        out.push(Listener {
+            name: EASTWEST_LISTENER.to_string(),
+            address: Some(socket_address(&ctx.proxy.ip.to_string(), EASTWEST_PORT)),
+            listener_filters: vec![tls_inspector()],
+            filter_chains: chains,
+            ..Default::default()
+        });
     }
-    vec![Listener {
-        name: EASTWEST_LISTENER.to_string(),
-        address: Some(socket_address(&ctx.proxy.ip.to_string(), EASTWEST_PORT)),
-        listener_filters: vec![tls_inspector()],
-        filter_chains: chains,
-        ..Default::default()
-    }]
+    out.extend(super::super::tunnel::listener(ctx));
+    out
 }

@@ -130,7 +130,15 @@ pub fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
                 Kind::Https => {
                     let tls = s.server.tls.as_ref().map(gateway_downstream);
                     let tls = match tls {
-                        Some(Ok(Some(tls))) => tls,
+                        Some(Ok(Some(mut tls))) => {
+                            // Istio offers HTTP/2 and HTTP/1.1 on HTTPS servers.
+                            if let Some(c) = tls.common_tls_context.as_mut() {
+                                if c.alpn_protocols.is_empty() {
+                                    c.alpn_protocols = vec!["h2".into(), "http/1.1".into()];
+                                }
+                            }
+                            tls
+                        }
                         Some(Err(e)) => {
                             tracing::warn!(gateway = %format!("{}/{}", s.gateway.namespace(), s.gateway.name()), port, error = %e, "Gateway server skipped");
                             continue;

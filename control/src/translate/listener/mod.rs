@@ -1,10 +1,12 @@
 //! LDS (and the RDS names listeners refer to): one module per proxy kind.
 //! Shared here: the network filters and listener filters every kind uses.
 
+pub mod capture;
 pub mod eastwest;
 pub mod gateway;
 pub mod grpc;
 pub mod sidecar;
+pub mod sniff;
 
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::envoy::config::listener::v3::{

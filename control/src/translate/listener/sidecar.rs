@@ -17,7 +17,7 @@ use super::super::authn;
 use super::super::naming::{
     inbound_cluster, inbound_listener, outbound_cluster, outbound_listener, outbound_route,
 };
-use super::super::proto::{any, secs, socket_address, tls_transport_socket};
+use super::super::proto::{any, secs, socket_address, tls_transport_socket, u32v};
 use super::super::rbac;
 use super::super::route::{destination_cluster, outbound_route_configs};
 use super::super::scope::mtls_mode;
@@ -27,12 +27,14 @@ use super::super::Context;
 use super::{hcm_filter, hcm_inline, hcm_rds, tcp_proxy_filter, tls_inspector};
 
 /// What one outbound port carries.
-struct OutboundPort<'a> {
-    http: bool,
-    services: Vec<&'a Service>,
+pub(super) struct OutboundPort<'a> {
+    pub(super) http: bool,
+    pub(super) services: Vec<&'a Service>,
 }
 
-fn outbound_ports<'a>(ctx: &Context<'a>) -> BTreeMap<u16, OutboundPort<'a>> {
+/// Every port of every reachable service (with capture, listeners are not
+/// bound, so they never collide with inbound ones).
+pub(super) fn all_outbound_ports<'a>(ctx: &Context<'a>) -> BTreeMap<u16, OutboundPort<'a>> {
     let mut ports: BTreeMap<u16, OutboundPort<'a>> = BTreeMap::new();
     for svc in ctx.reachable_services() {
         for p in &svc.ports {
@@ -44,6 +46,11 @@ fn outbound_ports<'a>(ctx: &Context<'a>) -> BTreeMap<u16, OutboundPort<'a>> {
             entry.services.push(svc);
         }
     }
+    ports
+}
+
+fn outbound_ports<'a>(ctx: &Context<'a>) -> BTreeMap<u16, OutboundPort<'a>> {
+    let mut ports = all_outbound_ports(ctx);
     // An outbound listener must not take the address of an inbound one
     // (the workload IP, or the wildcard address, as the outbound bind).
     let bind = ctx.proxy.outbound_bind;
@@ -55,9 +62,14 @@ fn outbound_ports<'a>(ctx: &Context<'a>) -> BTreeMap<u16, OutboundPort<'a>> {
     ports
 }
 
-/// The service ports served by this workload: mesh-internal services in its
-/// namespace whose selector matches its labels, or that list its IP.
+/// The service ports served by this workload: the `ingress` listeners of
+/// the Sidecar resource that applies to it if it has any, else the ports of
+/// mesh-internal services in its namespace whose selector matches its
+/// labels, or that list its IP.
 pub fn inbound_ports(ctx: &Context<'_>) -> Vec<ServicePort> {
+    if let Some(ports) = super::capture::sidecar_ingress_ports(ctx) {
+        return ports;
+    }
     let ip = ctx.proxy.ip.to_string();
     let mut seen = BTreeSet::new();
     let mut out = Vec::new();
@@ -87,6 +99,9 @@ pub fn inbound_ports(ctx: &Context<'_>) -> Vec<ServicePort> {
 }
 
 pub fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
+    if super::capture::captures(ctx) {
+        return super::capture::listeners(ctx);
+    }
     let bind = ctx.proxy.outbound_bind.to_string();
     let mut out = Vec::new();
     for (port, info) in outbound_ports(ctx) {
@@ -122,7 +137,7 @@ pub fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
 
 /// A TCP service's destination: the first TCP route of its VirtualService
 /// that applies to the port, else the service itself.
-fn tcp_destination(ctx: &Context<'_>, svc: &Service, port: u16) -> String {
+pub(super) fn tcp_destination(ctx: &Context<'_>, svc: &Service, port: u16) -> String {
     if let Some(vs) = ctx.scope.virtual_service_for(&svc.hostname) {
         let route = vs.spec.tcp.iter().find(|r| {
             r.matches.is_empty()
@@ -151,54 +166,7 @@ fn inbound_listeners(ctx: &Context<'_>) -> Vec<Listener> {
         .map(|p| {
             let port = p.target_port;
             let name = inbound_listener(&ip, port);
-            let cluster = inbound_cluster(port);
-            let app_filter = if p.protocol.is_http() {
-                let mut hcm =
-                    rbac::with_http_rbac(hcm_inline(&name, inbound_routes(&cluster, port)), &authz);
-                // jwt_authn before RBAC, local_ratelimit after it.
-                authn::add_inbound_filters(ctx, port, &mut hcm);
-                hcm_filter(hcm)
-            } else {
-                tcp_proxy_filter(&name, &cluster)
-            };
-            let filters = rbac::chain_filters(&authz, app_filter, p.protocol.is_http());
-            let mode = mtls_mode(
-                &ctx.inputs.config,
-                root,
-                &ctx.proxy.namespace,
-                &ctx.proxy.labels,
-                port,
-            );
-            let tls_chain = |protocol: &str| FilterChain {
-                name: format!("{name}_mtls"),
-                filter_chain_match: (!protocol.is_empty()).then(|| FilterChainMatch {
-                    transport_protocol: protocol.to_string(),
-                    ..Default::default()
-                }),
-                transport_socket: Some(tls_transport_socket(any(istio_mutual_downstream()))),
-                filters: filters.clone(),
-                ..Default::default()
-            };
-            let plain_chain = |protocol: &str| FilterChain {
-                name: format!("{name}_plaintext"),
-                filter_chain_match: (!protocol.is_empty()).then(|| FilterChainMatch {
-                    transport_protocol: protocol.to_string(),
-                    ..Default::default()
-                }),
-                filters: filters.clone(),
-                ..Default::default()
-            };
-            let (chains, listener_filters) = match mode {
-                MtlsMode::Strict => (vec![tls_chain("")], Vec::new()),
-                // DISABLE still terminates mesh mTLS: traffic from other
-                // clusters always arrives as mTLS through the east-west
-                // gateway, and mesh clients originate ISTIO_MUTUAL unless a
-                // DestinationRule says otherwise (docs/security.md).
-                MtlsMode::Permissive | MtlsMode::Unset | MtlsMode::Disable => (
-                    vec![tls_chain("tls"), plain_chain("raw_buffer")],
-                    vec![tls_inspector()],
-                ),
-            };
+            let (chains, listener_filters) = inbound_chains(ctx, &authz, &p, &name, None);
             Listener {
                 name,
                 address: Some(socket_address(&ip, port)),
@@ -208,6 +176,78 @@ fn inbound_listeners(ctx: &Context<'_>) -> Vec<Listener> {
             }
         })
         .collect()
+}
+
+/// The filter chains serving one inbound port, mTLS as PeerAuthentication
+/// says, and the listener filters they need. With `match_port` (one
+/// `virtualInbound` listener for every port) each chain also matches the
+/// destination port.
+pub(super) fn inbound_chains(
+    ctx: &Context<'_>,
+    authz: &[&crate::config::Object<crate::config::AuthorizationPolicySpec>],
+    p: &ServicePort,
+    name: &str,
+    match_port: Option<u16>,
+) -> (
+    Vec<FilterChain>,
+    Vec<envoy_types::pb::envoy::config::listener::v3::ListenerFilter>,
+) {
+    let root = &ctx.inputs.local.root_namespace;
+    {
+        {
+            let port = p.target_port;
+            let name = name.to_string();
+            let cluster = inbound_cluster(port);
+            let app_filter = if p.protocol.is_http() {
+                let mut hcm =
+                    rbac::with_http_rbac(hcm_inline(&name, inbound_routes(&cluster, port)), authz);
+                // jwt_authn before RBAC, local_ratelimit after it.
+                authn::add_inbound_filters(ctx, port, &mut hcm);
+                hcm_filter(hcm)
+            } else {
+                tcp_proxy_filter(&name, &cluster)
+            };
+            let filters = rbac::chain_filters(authz, app_filter, p.protocol.is_http());
+            let mode = mtls_mode(
+                &ctx.inputs.config,
+                root,
+                &ctx.proxy.namespace,
+                &ctx.proxy.labels,
+                port,
+            );
+            let chain_match = |protocol: &str| {
+                (!protocol.is_empty() || match_port.is_some()).then(|| FilterChainMatch {
+                    destination_port: match_port.map(|p| u32v(u32::from(p))),
+                    transport_protocol: protocol.to_string(),
+                    ..Default::default()
+                })
+            };
+            let tls_chain = |protocol: &str| FilterChain {
+                name: format!("{name}_mtls"),
+                filter_chain_match: chain_match(protocol),
+                transport_socket: Some(tls_transport_socket(any(istio_mutual_downstream()))),
+                filters: filters.clone(),
+                ..Default::default()
+            };
+            let plain_chain = |protocol: &str| FilterChain {
+                name: format!("{name}_plaintext"),
+                filter_chain_match: chain_match(protocol),
+                filters: filters.clone(),
+                ..Default::default()
+            };
+            match mode {
+                MtlsMode::Strict => (vec![tls_chain("")], Vec::new()),
+                // DISABLE still terminates mesh mTLS: traffic from other
+                // clusters always arrives as mTLS through the east-west
+                // gateway, and mesh clients originate ISTIO_MUTUAL unless a
+                // DestinationRule says otherwise (docs/security.md).
+                MtlsMode::Permissive | MtlsMode::Unset | MtlsMode::Disable => (
+                    vec![tls_chain("tls"), plain_chain("raw_buffer")],
+                    vec![tls_inspector()],
+                ),
+            }
+        }
+    }
 }
 
 fn inbound_routes(cluster: &str, port: u16) -> RouteConfiguration {
@@ -238,10 +278,17 @@ fn inbound_routes(cluster: &str, port: u16) -> RouteConfiguration {
 }
 
 pub fn route_configs(ctx: &Context<'_>) -> Vec<RouteConfiguration> {
-    let http_ports: BTreeSet<u16> = outbound_ports(ctx)
+    let ports = if super::capture::captures(ctx) {
+        all_outbound_ports(ctx)
+    } else {
+        outbound_ports(ctx)
+    };
+    let http_ports: BTreeSet<u16> = ports
         .into_iter()
         .filter(|(_, info)| info.http)
         .map(|(port, _)| port)
         .collect();
-    outbound_route_configs(ctx, &http_ports)
+    let mut out = outbound_route_configs(ctx, &http_ports);
+    super::capture::add_unknown_host_routes(ctx, &mut out);
+    out
 }

@@ -2,14 +2,17 @@
 //! peer's certificate to the node id it claims, then deliver its messages.
 
 use super::auth::{PeerAuthorizer, PeerDirection, PeerIdentity};
-use super::wire::{self, Hello, SnapshotAck, StreamKind, HELLO_LEN, SNAPSHOT_CHUNK};
+use super::wire::{
+    self, Hello, SnapshotAck, StreamKind, HELLO_LEN, MAX_REQUEST_BYTES, SNAPSHOT_CHUNK,
+};
+use super::RequestHandler;
 use crate::metrics::Metrics;
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use rustls_pki_types::CertificateDer;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -17,6 +20,9 @@ use tokio::sync::mpsc;
 const HELLO_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long a received snapshot may wait for room in the node's queue.
 const SNAPSHOT_ENQUEUE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a request may take to arrive and to be answered (a join that
+/// is forwarded to the leader and committed there fits well within it).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub(super) struct Acceptor {
     pub authorize: PeerAuthorizer,
@@ -24,6 +30,9 @@ pub(super) struct Acceptor {
     pub max_snapshot: usize,
     pub inbound: mpsc::Sender<Message>,
     pub metrics: Metrics,
+    /// Answers request streams once the node is running (set later than
+    /// the acceptor starts; requests before that are refused).
+    pub requests: Arc<OnceLock<RequestHandler>>,
 }
 
 /// One accepted connection: its verified chain and the node id it was bound
@@ -81,7 +90,7 @@ impl Acceptor {
                 bi = conn.accept_bi() => {
                     let Ok((send, recv)) = bi else { return };
                     let (this, state, conn) = (self.clone(), state.clone(), conn.clone());
-                    tokio::spawn(async move { this.snapshot(conn, state, send, recv).await });
+                    tokio::spawn(async move { this.bidirectional(conn, state, send, recv).await });
                 }
             }
         }
@@ -94,8 +103,8 @@ impl Acceptor {
         conn: &quinn::Connection,
         state: &Conn,
         recv: &mut quinn::RecvStream,
-        want: StreamKind,
-    ) -> Option<u64> {
+        want: &[StreamKind],
+    ) -> Option<(u64, StreamKind)> {
         let remote = state.remote;
         let mut buf = [0u8; HELLO_LEN];
         match tokio::time::timeout(HELLO_TIMEOUT, recv.read_exact(&mut buf)).await {
@@ -109,7 +118,7 @@ impl Acceptor {
             }
         }
         let hello = match Hello::decode(&buf) {
-            Ok(h) if h.kind == want => h,
+            Ok(h) if want.contains(&h.kind) => h,
             Ok(h) => {
                 self.refused("hello");
                 tracing::warn!(%remote, kind = ?h.kind, "federation peer opened a stream of the wrong kind; closing the connection");
@@ -127,7 +136,7 @@ impl Acceptor {
         let bound = state.bound.load(Ordering::Relaxed);
         if bound != 0 {
             if bound == hello.node_id {
-                return Some(bound);
+                return Some((bound, hello.kind));
             }
             self.refused("identity");
             tracing::warn!(%remote, bound, claimed = hello.node_id, "federation peer claimed a second node id on one connection; closing it");
@@ -149,8 +158,8 @@ impl Acceptor {
             .bound
             .compare_exchange(0, hello.node_id, Ordering::Relaxed, Ordering::Relaxed)
         {
-            Ok(_) => Some(hello.node_id),
-            Err(other) if other == hello.node_id => Some(other),
+            Ok(_) => Some((hello.node_id, hello.kind)),
+            Err(other) if other == hello.node_id => Some((other, hello.kind)),
             Err(other) => {
                 self.refused("identity");
                 tracing::warn!(%remote, bound = other, claimed = hello.node_id, "federation peer claimed a second node id on one connection; closing it");
@@ -182,8 +191,8 @@ impl Acceptor {
         mut stream: quinn::RecvStream,
     ) {
         let remote = state.remote;
-        let Some(node) = self
-            .hello(&conn, &state, &mut stream, StreamKind::Messages)
+        let Some((node, _)) = self
+            .hello(&conn, &state, &mut stream, &[StreamKind::Messages])
             .await
         else {
             return;
@@ -227,7 +236,7 @@ impl Acceptor {
         }
     }
 
-    async fn snapshot(
+    async fn bidirectional(
         self: Arc<Self>,
         conn: quinn::Connection,
         state: Arc<Conn>,
@@ -235,17 +244,59 @@ impl Acceptor {
         mut recv: quinn::RecvStream,
     ) {
         let remote = state.remote;
-        let Some(node) = self
-            .hello(&conn, &state, &mut recv, StreamKind::Snapshot)
+        let Some((node, kind)) = self
+            .hello(
+                &conn,
+                &state,
+                &mut recv,
+                &[StreamKind::Snapshot, StreamKind::Request],
+            )
             .await
         else {
             return;
         };
+        if kind == StreamKind::Request {
+            self.request(remote, node, send, recv).await;
+            return;
+        }
         let ack = self.receive_snapshot(remote, node, &mut recv).await;
         let _ = send.write_all(&[ack as u8]).await;
         let _ = send.finish();
         // Keep the stream open until the ack is delivered (or the peer left).
         let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+    }
+
+    /// One membership request: read it, let the handler answer, write the
+    /// answer. A node without a handler yet answers with an empty body,
+    /// which the caller reports as "not ready".
+    async fn request(
+        &self,
+        remote: SocketAddr,
+        node: u64,
+        mut send: quinn::SendStream,
+        mut recv: quinn::RecvStream,
+    ) {
+        let body = match tokio::time::timeout(REQUEST_TIMEOUT, read_frame(&mut recv)).await {
+            Ok(Ok(b)) => b,
+            Ok(Err(reason)) => {
+                self.metrics.transport_malformed.inc();
+                tracing::warn!(%remote, node, %reason, "federation peer sent a malformed request");
+                let _ = recv.stop(quinn::VarInt::from_u32(3));
+                return;
+            }
+            Err(_) => return,
+        };
+        let answer = match self.requests.get() {
+            // A handler that overruns answers nothing; the caller times out.
+            Some(handler) => tokio::time::timeout(REQUEST_TIMEOUT, handler(node, body))
+                .await
+                .unwrap_or_default(),
+            None => Vec::new(),
+        };
+        if write_frame(&mut send, &answer).await.is_ok() {
+            let _ = send.finish();
+            let _ = tokio::time::timeout(Duration::from_secs(5), send.stopped()).await;
+        }
     }
 
     async fn receive_snapshot(
@@ -297,4 +348,36 @@ impl Acceptor {
             }
         }
     }
+}
+
+/// Reads one length-prefixed request or reply body.
+pub(super) async fn read_frame(recv: &mut quinn::RecvStream) -> Result<Vec<u8>, String> {
+    let mut len = [0u8; 4];
+    recv.read_exact(&mut len)
+        .await
+        .map_err(|e| format!("reading the length: {e}"))?;
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_REQUEST_BYTES {
+        return Err(format!(
+            "{len}-byte body exceeds the {MAX_REQUEST_BYTES}-byte limit"
+        ));
+    }
+    let mut buf = vec![0u8; len];
+    recv.read_exact(&mut buf)
+        .await
+        .map_err(|e| format!("reading the body: {e}"))?;
+    Ok(buf)
+}
+
+pub(super) async fn write_frame(send: &mut quinn::SendStream, body: &[u8]) -> Result<(), String> {
+    if body.len() > MAX_REQUEST_BYTES {
+        return Err(format!(
+            "{}-byte body exceeds the {MAX_REQUEST_BYTES}-byte limit",
+            body.len()
+        ));
+    }
+    let mut frame = Vec::with_capacity(4 + body.len());
+    frame.extend_from_slice(&(body.len() as u32).to_be_bytes());
+    frame.extend_from_slice(body);
+    send.write_all(&frame).await.map_err(|e| e.to_string())
 }

@@ -188,6 +188,29 @@ pub fn node_issuer_authorizer(
     })
 }
 
+/// Like [`node_issuer_authorizer`], for members not known in advance (a
+/// cluster joining with a join token): `rule(node_id, issuer_cn)` decides
+/// whether the CA named `issuer_cn` may speak for `node_id`, e.g. because
+/// the node id is derived from the cluster name inside the CA's name. The
+/// chain has been verified against the trust bundle before, so only the
+/// federation's root can have issued that CA.
+pub fn node_issuer_rule_authorizer(
+    spiffe_id: &str,
+    rule: impl Fn(u64, &str) -> Result<(), String> + Send + Sync + 'static,
+) -> PeerAuthorizer {
+    let want_id = spiffe_id.to_string();
+    Arc::new(move |peer: &PeerIdentity<'_>| {
+        let presented = peer.spiffe_id()?;
+        if presented != want_id {
+            return Err(format!(
+                "peer presented {presented}; federation members must present {want_id}"
+            ));
+        }
+        let got = peer.leaf_issuer_common_name()?;
+        rule(peer.node_id, &got)
+    })
+}
+
 /// [`node_identity_authorizer`] over a fixed table node id -> SPIFFE id.
 pub fn node_identity_map(trust_domain: &str, ids: HashMap<u64, String>) -> PeerAuthorizer {
     node_identity_authorizer(trust_domain, move |n| ids.get(&n).cloned())
@@ -295,6 +318,35 @@ mod tests {
             "spiffe://fed.test/ns/shop/sa/reviews",
         )];
         assert!(check(1, &workload).is_err(), "a workload is not a member");
+    }
+
+    #[test]
+    fn an_issuer_rule_can_admit_members_not_listed_in_advance() {
+        const CP: &str = "spiffe://fed.test/ns/istio-system/sa/isthmus-control";
+        // Node id = length of the cluster name in the CA's common name.
+        let a = node_issuer_rule_authorizer(CP, |n, cn| {
+            match cn.strip_prefix("Isthmus intermediate CA ") {
+                Some(name) if name.len() as u64 == n => Ok(()),
+                _ => Err(format!("`{cn}` may not speak for node {n}")),
+            }
+        });
+        let check = |node_id: u64, chain: &[CertificateDer<'static>]| {
+            a(&PeerIdentity {
+                node_id,
+                direction: PeerDirection::Inbound,
+                chain,
+            })
+        };
+        let north = vec![issued_by("Isthmus intermediate CA north", CP)];
+        assert!(check(5, &north).is_ok());
+        assert!(check(4, &north)
+            .unwrap_err()
+            .contains("may not speak for node 4"));
+        let workload = vec![issued_by(
+            "Isthmus intermediate CA north",
+            "spiffe://fed.test/ns/shop/sa/reviews",
+        )];
+        assert!(check(5, &workload).is_err(), "a workload is not a member");
     }
 
     #[test]

@@ -15,8 +15,9 @@ mod auth;
 pub mod wire;
 
 pub use auth::{
-    node_identity_authorizer, node_identity_map, node_issuer_authorizer, trust_domain_authorizer,
-    PeerAuthorizer, PeerDirection, PeerIdentity,
+    node_identity_authorizer, node_identity_map, node_issuer_authorizer,
+    node_issuer_rule_authorizer, trust_domain_authorizer, PeerAuthorizer, PeerDirection,
+    PeerIdentity,
 };
 
 use super::{Transport, INBOUND_QUEUE};
@@ -26,7 +27,7 @@ use raft::eraftpb::{Message, MessageType};
 use rustls_pki_types::CertificateDer;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 use tokio::sync::{mpsc, watch};
 use wire::{Hello, SnapshotAck, StreamKind};
@@ -115,6 +116,11 @@ pub enum QuicError {
     BadPeerAddr { addr: String, reason: String },
 }
 
+/// Answers a request stream: called with the authenticated node id of the
+/// sender and the request body, returns the reply body.
+pub type RequestHandler =
+    Arc<dyn Fn(u64, Vec<u8>) -> futures::future::BoxFuture<'static, Vec<u8>> + Send + Sync>;
+
 /// What every peer task shares.
 struct Shared {
     id: u64,
@@ -149,6 +155,9 @@ impl Shared {
 pub struct QuicTransport {
     shared: Arc<Shared>,
     queues: watch::Sender<HashMap<u64, mpsc::Sender<Message>>>,
+    /// Where each peer lives, for requests and for telling joining members.
+    addrs: watch::Sender<HashMap<u64, PeerAddr>>,
+    requests: Arc<OnceLock<RequestHandler>>,
     peer_queue: usize,
     default_server_name: String,
     runtime: tokio::runtime::Handle,
@@ -194,9 +203,12 @@ impl QuicTransport {
             inbound: in_tx.clone(),
             metrics: metrics.clone(),
         });
+        let requests = Arc::new(OnceLock::new());
         let transport = Arc::new(QuicTransport {
             shared,
             queues: watch::channel(HashMap::new()).0,
+            addrs: watch::channel(HashMap::new()).0,
+            requests: requests.clone(),
             peer_queue: cfg.peer_queue.max(1),
             default_server_name: cfg.default_server_name.clone(),
             runtime: runtime.clone(),
@@ -210,6 +222,7 @@ impl QuicTransport {
             max_snapshot: cfg.max_snapshot_bytes,
             inbound: in_tx,
             metrics,
+            requests,
         };
         runtime.spawn(accept.run(endpoint));
         Ok((transport, in_rx))
@@ -225,9 +238,23 @@ impl QuicTransport {
         if id == self.shared.id {
             return;
         }
+        // Membership changes announce every member again; keep a running
+        // connection when nothing changed.
+        let unchanged = self.addrs.borrow().get(&id) == Some(&addr)
+            && self
+                .queues
+                .borrow()
+                .get(&id)
+                .is_some_and(|q| !q.is_closed());
+        if unchanged {
+            return;
+        }
         let (tx, rx) = mpsc::channel(self.peer_queue);
         self.queues.send_modify(|q| {
             q.insert(id, tx);
+        });
+        self.addrs.send_modify(|a| {
+            a.insert(id, addr.clone());
         });
         let peer = PeerSender {
             id,
@@ -241,6 +268,73 @@ impl QuicTransport {
         self.queues.send_modify(|q| {
             q.remove(&id);
         });
+        self.addrs.send_modify(|a| {
+            a.remove(&id);
+        });
+    }
+
+    /// Every known peer as `server_name@host:port` (what `set_peer` parses).
+    pub fn peer_addrs(&self) -> Vec<(u64, String)> {
+        let mut out: Vec<(u64, String)> = self
+            .addrs
+            .borrow()
+            .iter()
+            .map(|(id, a)| (*id, format!("{}@{}", a.server_name, a.addr)))
+            .collect();
+        out.sort();
+        out
+    }
+
+    /// Installs the answerer of request streams (membership requests). Only
+    /// the first call takes effect; until then requests get an empty reply.
+    pub fn set_request_handler(&self, handler: RequestHandler) {
+        if self.requests.set(handler).is_err() {
+            tracing::warn!("a federation request handler is already installed; ignoring another");
+        }
+    }
+
+    /// Sends one request to peer `id` on a connection of its own (requests
+    /// are rare: joins and membership changes) and returns the reply body.
+    /// The peer must prove it is node `id`, as for Raft messages.
+    pub async fn request(
+        &self,
+        id: u64,
+        body: &[u8],
+        timeout: Duration,
+    ) -> Result<Vec<u8>, String> {
+        let addr = self
+            .addrs
+            .borrow()
+            .get(&id)
+            .cloned()
+            .ok_or_else(|| format!("no address known for federation node {id}"))?;
+        let shared = self.shared.clone();
+        let body = body.to_vec();
+        let exchange = async move {
+            let conn = shared
+                .endpoint
+                .connect(addr.addr, &addr.server_name)
+                .map_err(|e| e.to_string())?
+                .await
+                .map_err(|e| format!("cannot connect to {}: {e}", addr.addr))?;
+            check_outbound(&shared, id, &addr, &conn)?;
+            let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
+            let hello = Hello {
+                node_id: shared.id,
+                kind: StreamKind::Request,
+            };
+            send.write_all(&hello.encode())
+                .await
+                .map_err(|e| e.to_string())?;
+            accept::write_frame(&mut send, &body).await?;
+            let _ = send.finish();
+            let reply = accept::read_frame(&mut recv).await;
+            conn.close(quinn::VarInt::from_u32(0), b"done");
+            reply
+        };
+        tokio::time::timeout(timeout, exchange)
+            .await
+            .map_err(|_| format!("no answer from federation node {id} within {timeout:?}"))?
     }
 
     /// Closes every connection; peers see the node as gone.
@@ -399,28 +493,7 @@ impl PeerSender {
     /// The server we reached must hold the certificate of the node we meant
     /// to reach (an address pointing at the wrong member is refused too).
     fn authorized(&self, conn: &quinn::Connection) -> bool {
-        let chain = conn
-            .peer_identity()
-            .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
-            .map(|b| *b)
-            .unwrap_or_default();
-        let peer = PeerIdentity {
-            node_id: self.id,
-            direction: PeerDirection::Outbound,
-            chain: &chain,
-        };
-        match (self.shared.authorize)(&peer) {
-            Ok(()) => true,
-            Err(reason) => {
-                self.shared
-                    .metrics
-                    .transport_refused_peers
-                    .with_label_values(&["outbound_identity"])
-                    .inc();
-                tracing::warn!(peer = self.id, addr = %self.addr.addr, %reason, "federation peer at this address is not the node configured for it; not sending to it");
-                false
-            }
-        }
+        check_outbound(&self.shared, self.id, &self.addr, conn).is_ok()
     }
 
     async fn open_messages(&self, conn: &quinn::Connection) -> Result<quinn::SendStream, String> {
@@ -447,6 +520,35 @@ impl PeerSender {
             .map_err(|_| "connect timed out".to_string())?
             .map_err(|e| e.to_string())
     }
+}
+
+/// The server we reached must hold the certificate of the node we meant
+/// to reach (an address pointing at the wrong member is refused too).
+fn check_outbound(
+    shared: &Shared,
+    id: u64,
+    addr: &PeerAddr,
+    conn: &quinn::Connection,
+) -> Result<(), String> {
+    let chain = conn
+        .peer_identity()
+        .and_then(|any| any.downcast::<Vec<CertificateDer<'static>>>().ok())
+        .map(|b| *b)
+        .unwrap_or_default();
+    let peer = PeerIdentity {
+        node_id: id,
+        direction: PeerDirection::Outbound,
+        chain: &chain,
+    };
+    (shared.authorize)(&peer).map_err(|reason| {
+        shared
+            .metrics
+            .transport_refused_peers
+            .with_label_values(&["outbound_identity"])
+            .inc();
+        tracing::warn!(peer = id, addr = %addr.addr, %reason, "federation peer at this address is not the node configured for it; not talking to it");
+        format!("the peer at {} is not federation node {id}: {reason}", addr.addr)
+    })
 }
 
 /// Sends one snapshot on its own stream and reports the outcome to the node

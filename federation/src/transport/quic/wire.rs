@@ -10,6 +10,9 @@
 //!   message, read in bounded chunks; the receiver answers one status byte
 //!   once the snapshot is queued for its node, so the leader learns whether it
 //!   arrived.
+//! - request stream (bidirectional, one per request): hello, a 4-byte
+//!   big-endian length and a JSON membership request (at most
+//!   `MAX_REQUEST_BYTES`), answered the same way (see `membership`).
 
 use raft::eraftpb::MessageType;
 
@@ -25,7 +28,11 @@ pub const SNAPSHOT_CHUNK: usize = 256 << 10;
 pub enum StreamKind {
     Messages,
     Snapshot,
+    Request,
 }
+
+/// Largest membership request or reply on a request stream.
+pub const MAX_REQUEST_BYTES: usize = 64 << 10;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Hello {
@@ -41,6 +48,7 @@ impl Hello {
         out[5] = match self.kind {
             StreamKind::Messages => 0,
             StreamKind::Snapshot => 1,
+            StreamKind::Request => 2,
         };
         out[6..].copy_from_slice(&self.node_id.to_be_bytes());
         out
@@ -61,6 +69,7 @@ impl Hello {
         let kind = match b[5] {
             0 => StreamKind::Messages,
             1 => StreamKind::Snapshot,
+            2 => StreamKind::Request,
             k => return Err(format!("unknown stream kind {k}")),
         };
         let mut id = [0u8; 8];

@@ -1,0 +1,9 @@
+#!/bin/sh
+# xDS at scale: three real control planes, 1,000 services x 10 endpoints,
+# 1,000 simulated sidecars; writes docs/benchmarks.md, section
+# "xDS at scale (three clusters, real control planes)". Scale with
+# XDS_SCALE_SERVICES, XDS_SCALE_ENDPOINTS, XDS_SCALE_PROXIES,
+# XDS_SCALE_ROUNDS and XDS_SCALE_FULL_PUSHES.
+set -eu
+cd "$(dirname "$0")/../.."
+exec cargo test -p isthmus-multicluster-tests --test xds_scale_bench -- --ignored --nocapture xds_scale_benchmark
