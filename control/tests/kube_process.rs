@@ -23,7 +23,7 @@ use bytes::Bytes;
 use fake_apiserver::FakeApiServer;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
-use peers::{free_tcp, free_udp, mesh_config, path_str, Ca, Ports, Proc, BIN};
+use peers::{free_tcp_ports, free_udp, mesh_config, path_str, Ca, Ports, Proc, BIN};
 use serde_json::{json, Value};
 
 const WAIT: Duration = Duration::from_secs(60);
@@ -165,14 +165,14 @@ impl KubeControl {
         let server = FakeApiServer::start().await;
         load_fixtures(&server, block);
         let ca = Ca::new(dir);
+        let [grpc, plaintext, admin, webhook] = free_tcp_ports();
         let ports = Ports {
             id: id.to_string(),
             federation: free_udp(),
-            grpc: free_tcp(),
-            plaintext: free_tcp(),
-            admin: free_tcp(),
+            grpc,
+            plaintext,
+            admin,
         };
-        let webhook = free_tcp();
         let home = dir.join(id);
         let config_dir = home.join("config");
         std::fs::create_dir_all(&config_dir).expect("config dir");

@@ -92,6 +92,15 @@ pub fn free_tcp() -> u16 {
         .expect("bind a TCP port")
 }
 
+/// `N` distinct free TCP ports, all held while they are chosen so that no
+/// two of them can be the same port.
+pub fn free_tcp_ports<const N: usize>() -> [u16; N] {
+    let held: Vec<TcpListener> = (0..N)
+        .map(|_| TcpListener::bind("127.0.0.1:0").expect("bind a TCP port"))
+        .collect();
+    std::array::from_fn(|i| held[i].local_addr().expect("local address").port())
+}
+
 pub fn free_udp() -> u16 {
     UdpSocket::bind("127.0.0.1:0")
         .and_then(|s| s.local_addr())
