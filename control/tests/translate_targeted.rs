@@ -367,3 +367,50 @@ fn gateway_virtual_services_merge_per_host_and_redirect_to_https() {
         .iter()
         .all(|v| v.require_tls == TlsRequirementType::All as i32));
 }
+
+#[test]
+fn unnamed_ports_get_protocol_sniffing_named_ones_do_not() {
+    let l = case("sidecar-sniffing");
+    let sniffed = listener(&l, "outbound_127.0.0.1_7000");
+    let filters: Vec<&str> = sniffed
+        .listener_filters
+        .iter()
+        .map(|f| f.name.as_str())
+        .collect();
+    assert_eq!(
+        filters,
+        [
+            "envoy.filters.listener.tls_inspector",
+            "envoy.filters.listener.http_inspector"
+        ]
+    );
+    let chains: Vec<(&str, Vec<String>)> = sniffed
+        .filter_chains
+        .iter()
+        .map(|c| {
+            (
+                c.name.as_str(),
+                c.filter_chain_match
+                    .as_ref()
+                    .map(|m| m.application_protocols.clone())
+                    .unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        chains,
+        [
+            (
+                "outbound_127.0.0.1_7000_http",
+                vec!["http/1.0".into(), "http/1.1".into(), "h2c".into()]
+            ),
+            ("outbound_127.0.0.1_7000_tcp", vec![]),
+        ]
+    );
+    assert!(names(&l, TypeUrl::RouteConfiguration).contains("7000"));
+    for named in ["outbound_127.0.0.1_7001", "outbound_127.0.0.1_7002"] {
+        let l = listener(&l, named);
+        assert!(l.listener_filters.is_empty(), "{named}");
+        assert_eq!(l.filter_chains.len(), 1, "{named}");
+    }
+}

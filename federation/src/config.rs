@@ -59,6 +59,13 @@ pub struct NodeConfig {
     pub snapshot_timeout: Duration,
     pub max_inflight_msgs: usize,
     pub lease: LeaseConfig,
+    /// Least time between two views published to watchers (and to
+    /// `Handle::snapshot_stale`). Publishing shares the view, so the next
+    /// change copies the whole registry: under a stream of writes that copy
+    /// is the node's main cost, and this bound makes it one per interval
+    /// instead of one per commit. A change after a quiet interval is
+    /// published at once; linearizable reads never wait for it.
+    pub view_publish_interval: Duration,
     /// A witness votes and stores the log but applies no registry command
     /// and keeps no registry data (see `witness`). It never serves snapshots
     /// and hands leadership to a replica whenever it wins an election.
@@ -83,6 +90,7 @@ impl NodeConfig {
             snapshot_timeout: Duration::from_secs(180),
             max_inflight_msgs: 256,
             lease: LeaseConfig::default(),
+            view_publish_interval: Duration::from_millis(10),
             witness: false,
         }
     }

@@ -120,11 +120,27 @@ impl Membership {
 
     /// Answers request streams from now on.
     pub fn install(&self) {
-        let this = self.clone();
+        // The transport owns the handler, so the handler holds the transport
+        // weakly: a strong reference would be a cycle that keeps the QUIC
+        // endpoint (and its UDP port) alive after the node is closed, and a
+        // restart on the same address would fail with "address in use".
+        let transport = Arc::downgrade(&self.transport);
+        let handle = self.handle.clone();
+        let advertise = self.advertise.clone();
         self.transport
             .set_request_handler(Arc::new(move |from: u64, body: Vec<u8>| {
-                let this = this.clone();
-                Box::pin(async move { this.answer(from, &body).await })
+                let this = transport.upgrade().map(|transport| Membership {
+                    handle: handle.clone(),
+                    transport,
+                    advertise: advertise.clone(),
+                });
+                Box::pin(async move {
+                    match this {
+                        Some(this) => this.answer(from, &body).await,
+                        // Closing: an empty answer reads as "retry".
+                        None => Vec::new(),
+                    }
+                })
             }));
     }
 

@@ -153,6 +153,17 @@ pub struct Registry {
     history_limit: usize,
     /// Events with a revision <= this are no longer in `history`.
     compacted_revision: u64,
+    /// The view changed since `take_changed` was last called.
+    changed: bool,
+}
+
+/// The view, unshared (cloned if a reader still holds it), marked changed.
+fn view_mut<'a>(
+    view: &'a mut Arc<RegistrySnapshot>,
+    changed: &mut bool,
+) -> &'a mut RegistrySnapshot {
+    *changed = true;
+    Arc::make_mut(view)
 }
 
 /// The requested revision is older than the retained history.
@@ -172,11 +183,34 @@ impl Registry {
             history: VecDeque::new(),
             history_limit: history_limit.max(1),
             compacted_revision: 0,
+            changed: true,
         }
     }
 
     pub fn view(&self) -> Arc<RegistrySnapshot> {
         self.view.clone()
+    }
+
+    /// Whether the view changed since `take_changed` was last called.
+    pub fn is_changed(&self) -> bool {
+        self.changed
+    }
+
+    /// Whether the view changed since the last call (what the node
+    /// publishes to watchers).
+    pub fn take_changed(&mut self) -> bool {
+        std::mem::take(&mut self.changed)
+    }
+
+    /// Gives the registry a private copy of the view if a reader (the
+    /// published view) shares it, without marking a change. The copy costs
+    /// O(registry) however it is done; the node calls this while it waits
+    /// for the network rather than let the next commit pay for it before
+    /// answering its writer.
+    pub fn detach_view(&mut self) {
+        if Arc::strong_count(&self.view) > 1 {
+            Arc::make_mut(&mut self.view);
+        }
     }
 
     pub fn revision(&self) -> u64 {
@@ -194,7 +228,7 @@ impl Registry {
     /// Records a member's peer address (from a membership change entry;
     /// `None` removes it). Deterministic: driven by the log.
     pub fn set_member(&mut self, id: u64, addr: Option<String>) {
-        let view = Arc::make_mut(&mut self.view);
+        let view = view_mut(&mut self.view, &mut self.changed);
         match addr {
             Some(a) => view.members.insert(id, a),
             None => view.members.remove(&id),
@@ -205,7 +239,7 @@ impl Registry {
     /// entries, configuration changes).
     pub fn set_applied_index(&mut self, index: u64) {
         if index > self.view.applied_index {
-            Arc::make_mut(&mut self.view).applied_index = index;
+            view_mut(&mut self.view, &mut self.changed).applied_index = index;
         }
     }
 
@@ -240,7 +274,7 @@ impl Registry {
         }
         let mut events = Vec::new();
         let result = self.apply_inner(index, cmd, &mut events);
-        let view = Arc::make_mut(&mut self.view);
+        let view = view_mut(&mut self.view, &mut self.changed);
         view.applied_index = view.applied_index.max(index);
         match result {
             Err(rejected) => Applied::Rejected(rejected),
@@ -283,7 +317,7 @@ impl Registry {
                     return Err(Rejected::EmptyClusterId);
                 }
                 let id = info.id.clone();
-                let view = Arc::make_mut(&mut self.view);
+                let view = view_mut(&mut self.view, &mut self.changed);
                 if view.clusters.get(&id) != Some(&info) {
                     view.clusters.insert(id.clone(), info.clone());
                     events.push(EventKind::ClusterUpserted(info));
@@ -293,7 +327,7 @@ impl Registry {
                 Ok(())
             }
             Command::DeregisterCluster { cluster } => {
-                let view = Arc::make_mut(&mut self.view);
+                let view = view_mut(&mut self.view, &mut self.changed);
                 if view.clusters.remove(&cluster).is_none() {
                     return Ok(());
                 }
@@ -329,7 +363,7 @@ impl Registry {
                     // A renewal committed after the leader decided: it wins.
                     return Ok(());
                 }
-                let view = Arc::make_mut(&mut self.view);
+                let view = view_mut(&mut self.view, &mut self.changed);
                 view.leases.insert(
                     cluster.clone(),
                     LeaseState {
@@ -347,7 +381,7 @@ impl Registry {
     }
 
     fn renew(&mut self, cluster: &str, index: u64, events: &mut Vec<EventKind>) {
-        let view = Arc::make_mut(&mut self.view);
+        let view = view_mut(&mut self.view, &mut self.changed);
         let was_expired = view.leases.get(cluster).is_some_and(|l| l.expired);
         view.leases.insert(
             cluster.to_string(),
@@ -383,7 +417,7 @@ impl Registry {
         }
         let expired = self.view.leases.get(&cluster).is_some_and(|l| l.expired);
         let published = self.published.entry(cluster.clone()).or_default();
-        let view = Arc::make_mut(&mut self.view);
+        let view = view_mut(&mut self.view, &mut self.changed);
         let shown = view.services.entry(cluster.clone()).or_default();
         for key in diff.removals {
             if published.remove(&key).is_some() {
@@ -416,7 +450,7 @@ impl Registry {
         let Some(published) = self.published.get(cluster) else {
             return;
         };
-        let view = Arc::make_mut(&mut self.view);
+        let view = view_mut(&mut self.view, &mut self.changed);
         let shown = view.services.entry(cluster.to_string()).or_default();
         for (key, svc) in published {
             let effective = effective(svc, expired);

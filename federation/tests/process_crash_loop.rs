@@ -214,7 +214,6 @@ impl Seen {
 }
 
 #[test]
-#[ignore = "found a liveness bug (issue 3 note): after some crashes the two survivors stay Follower/PreCandidate for over 10 s"]
 fn random_kill_9_of_three_processes_loses_no_acknowledged_write() {
     assert_eq!(
         FAILOVER_LIMIT,

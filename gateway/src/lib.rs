@@ -87,6 +87,12 @@ pub struct GatewayConfig {
     /// answering from the control plane's name table and forwarding the
     /// rest to `resolver.upstream`.
     pub dns_proxy: Option<SocketAddr>,
+    /// Gets the roots of every accepted SDS `ROOTCA` (for the proxy's CA
+    /// client and xDS trust during a root rotation).
+    pub mesh_roots: Option<tls::mesh_roots::MeshRootsSender>,
+    /// How long readiness waits for a secret the config references (an
+    /// ingress `credentialName`) before going ahead without it.
+    pub secret_warm_timeout: Duration,
 }
 
 impl GatewayConfig {
@@ -108,6 +114,8 @@ impl GatewayConfig {
             trace_export: trace::ExportOptions::default(),
             resolver: resolve::ResolverOptions::default(),
             dns_proxy: None,
+            mesh_roots: None,
+            secret_warm_timeout: xds::SECRET_WARM_TIMEOUT,
         }
     }
 }
@@ -200,6 +208,9 @@ impl Gateway {
             }
             None => None,
         };
+        if let Some(tx) = config.mesh_roots.clone() {
+            tokio::spawn(tls::mesh_roots::publish(dump_rx.clone(), tx));
+        }
         let admin_state = admin::AdminState {
             metrics: metrics.clone(),
             ready: ready_rx.clone(),
@@ -237,9 +248,15 @@ impl Gateway {
             metrics,
             config.xds_mode,
         )
-        .with_target(xds_target);
+        .with_target(xds_target)
+        .with_secret_warm_timeout(config.secret_warm_timeout);
         let client = if dns_proxy.is_some() {
             client.with_name_table()
+        } else {
+            client
+        };
+        let client = if config.cert.is_some() {
+            client.with_mesh_roots()
         } else {
             client
         };

@@ -12,6 +12,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use base64::Engine;
 use bytes::Bytes;
@@ -431,6 +432,45 @@ fn sds(secrets: Vec<Secret>) -> Vec<(String, Any)> {
 }
 
 /// `curl` as an independent TLS client: the body, or its error output.
+/// A scripted control plane serving the translated ingress config, with
+/// the terminated hosts' clusters on `web` and passthrough on `secure`.
+async fn serve(
+    listeners: &BTreeMap<u32, Listener>,
+    routes: &[RouteConfiguration],
+    secrets: Vec<Secret>,
+    web: SocketAddr,
+    secure: SocketAddr,
+) -> ScriptedAds {
+    let lds: Vec<Listener> = listeners.values().cloned().collect();
+    let clusters = referenced_clusters(&lds, routes);
+    assert!(
+        clusters.len() >= 2,
+        "routes and passthrough name clusters: {clusters:?}"
+    );
+    let ads = ScriptedAds::start().await;
+    ads.set(
+        CDS,
+        clusters.iter().map(|c| named(c, eds_cluster(c))).collect(),
+    );
+    ads.set(
+        EDS,
+        clusters
+            .iter()
+            .map(|name| {
+                let to = if name.contains("secure") { secure } else { web };
+                named(name, cla(name, &[(0, &[to])]))
+            })
+            .collect(),
+    );
+    ads.set(
+        RDS,
+        routes.iter().map(|r| named(&r.name, r.clone())).collect(),
+    );
+    ads.set(SDS, sds(secrets));
+    ads.set(LDS, lds.iter().map(|l| named(&l.name, l.clone())).collect());
+    ads
+}
+
 async fn curl(at: SocketAddr, host: &str, ca_file: &Path) -> Result<String, String> {
     let out = tokio::process::Command::new("curl")
         .args(["--silent", "--show-error", "--max-time", "5", "--cacert"])
@@ -485,37 +525,7 @@ async fn ingress_tls_sni_mutual_passthrough_and_redirect_from_control_translatio
     // Backends: HTTP for the terminated hosts, TLS for passthrough.
     let web = HttpBackend::start("web").await;
     let (secure, secure_task) = tls_backend(&c).await;
-    let lds: Vec<Listener> = listeners.values().cloned().collect();
-    let clusters = referenced_clusters(&lds, &routes);
-    assert!(
-        clusters.len() >= 2,
-        "routes and passthrough name clusters: {clusters:?}"
-    );
-    let ads = ScriptedAds::start().await;
-    ads.set(
-        CDS,
-        clusters.iter().map(|c| named(c, eds_cluster(c))).collect(),
-    );
-    ads.set(
-        EDS,
-        clusters
-            .iter()
-            .map(|name| {
-                let to = if name.contains("secure") {
-                    secure
-                } else {
-                    web.addr
-                };
-                named(name, cla(name, &[(0, &[to])]))
-            })
-            .collect(),
-    );
-    ads.set(
-        RDS,
-        routes.iter().map(|r| named(&r.name, r.clone())).collect(),
-    );
-    ads.set(SDS, sds(secrets));
-    ads.set(LDS, lds.iter().map(|l| named(&l.name, l.clone())).collect());
+    let ads = serve(&listeners, &routes, secrets, web.addr, secure).await;
     let gw = gateway(&ads, "ingress", None).await;
     assert!(
         gw.wait_ready(WAIT).await,
@@ -652,4 +662,66 @@ async fn ingress_tls_sni_mutual_passthrough_and_redirect_from_control_translatio
     );
     drop(gw);
     secure_task.abort();
+}
+
+/// A Gateway server whose `credentialName` Secret does not exist: as with
+/// Envoy's SDS initial fetch timeout, the gateway still becomes ready,
+/// serves the hosts whose credentials exist, and fails only the handshakes
+/// that need the missing one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_credential_does_not_keep_the_ingress_unready() {
+    let server_ca = UserCa::new("ingress test server CA");
+    let client_ca = UserCa::new("ingress test client CA");
+    let a = server_ca.leaf("a.example.com", false);
+    let b = server_ca.leaf("b.example.com", false);
+    let c = server_ca.leaf("c.example.com", false);
+    let inputs = Inputs::new(
+        Arc::new(config(&gateway_yaml(&a, &b, &client_ca))),
+        Arc::new(RegistrySnapshot::default()),
+        LocalSettings::default(),
+    );
+    let listeners = rebind(translated(&inputs, TypeUrl::Listener, &Names::All));
+    let routes: Vec<RouteConfiguration> =
+        translated(&inputs, TypeUrl::RouteConfiguration, &Names::All);
+    // b-cred's Secret is gone: only a-cred is served.
+    let secrets: Vec<Secret> = translated(&inputs, TypeUrl::Secret, &credential_names())
+        .into_iter()
+        .filter(|s: &Secret| s.name == "a-cred")
+        .collect();
+    let web = HttpBackend::start("web").await;
+    let (secure, _secure_task) = tls_backend(&c).await;
+    let ads = serve(&listeners, &routes, secrets, web.addr, secure).await;
+
+    init();
+    let mut cfg = isthmus_gateway::GatewayConfig::new(
+        ads.url(),
+        node(
+            "ingress~127.0.0.1~x.default~default.svc.cluster.local",
+            "ingress",
+        ),
+        "127.0.0.1:0".parse().expect("addr"),
+    );
+    cfg.secret_warm_timeout = Duration::from_secs(1);
+    let gw = isthmus_gateway::Gateway::start(cfg)
+        .await
+        .expect("gateway start");
+    assert!(
+        gw.wait_ready(WAIT).await,
+        "a missing credential kept the ingress gateway unready"
+    );
+    let https = gw
+        .listener_address(&listeners[&443].name)
+        .expect("443 bound");
+    let (status, body, presented) = https_get(https, "a.example.com", &server_ca.pem, None)
+        .await
+        .expect("the host with a credential is served");
+    assert_eq!(
+        (status, body.as_str(), presented.as_str()),
+        (200, "web", "a.example.com")
+    );
+    let missing = https_get(https, "b.example.com", &server_ca.pem, None).await;
+    assert!(
+        missing.is_err(),
+        "the host without its credential must fail its handshake: {missing:?}"
+    );
 }

@@ -315,3 +315,71 @@ async fn control_plane_identity_is_verified() {
         .expect_err("https without a certificate");
     assert!(err.to_string().contains("certificate"), "{err}");
 }
+
+/// The control plane restarts after the proxy's certificate rotated: while
+/// it is down the proxy keeps serving its last config, and it reconnects
+/// presenting the rotated certificate (the TLS client configuration is
+/// rebuilt per connection, never kept from the first handshake).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reconnects_to_a_restarted_control_plane_with_the_rotated_certificate() {
+    let root = Arc::new(Ca::root());
+    let ica = Arc::new(root.intermediate("cluster-a"));
+    let backend = Backend::start("httpbin").await;
+    // The first control plane runs on a runtime of its own, so that
+    // shutting that runtime down kills it like a process: listener, xDS
+    // stream and all.
+    let first_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let first = {
+        let (ica, root, backend) = (ica.clone(), root.clone(), backend.addr);
+        first_rt
+            .spawn(async move { control(&ica, &root, any_port(), backend).await })
+            .await
+            .expect("first control plane")
+    };
+    let at = first.addr;
+    let (cert_tx, cert) = ica.workload(&root, HTTPBIN_ID);
+    let gw = start(&first, httpbin_node("httpbin"), cert, CONTROL_ID).await;
+    let bound = gw
+        .wait_listener("out", Duration::from_secs(20))
+        .await
+        .expect("listener from xDS over mTLS");
+    eventually_reply(bound, "before", "httpbin").await;
+
+    let (rotated_tx, rotated) = ica.workload(&root, HTTPBIN_ID);
+    let rotated_leaf = rotated.borrow().certified_key().cert[0].clone();
+    cert_tx.send_replace(rotated.borrow().clone());
+    drop(rotated_tx);
+
+    first_rt.shutdown_background();
+    drop(first);
+    // Static stability: no control plane, same config, still serving.
+    eventually_reply(bound, "control plane down", "httpbin").await;
+    assert!(
+        ready(&gw).await,
+        "a proxy with config stays ready without its control plane"
+    );
+
+    let second = control(&ica, &root, at, backend.addr).await;
+    let moved = *second.listener_tx.borrow();
+    wait_for("config from the restarted control plane", || {
+        gw.listener_address("out").map(|a| a.port()) == Some(moved.port())
+    })
+    .await;
+    eventually_reply(
+        gw.listener_address("out").expect("listener"),
+        "after restart",
+        "httpbin",
+    )
+    .await;
+    let leaves = second.seen.leaves.lock().expect("lock").clone();
+    assert!(!leaves.is_empty(), "the proxy reconnected over TLS");
+    assert!(
+        leaves.iter().all(|l| l.as_ref() == Some(&rotated_leaf)),
+        "every reconnect presented the rotated certificate"
+    );
+    assert!(second.seen.refusals.lock().expect("lock").is_empty());
+}

@@ -20,6 +20,7 @@
 pub mod auth;
 pub mod bundle;
 pub mod ca;
+pub mod ca_trust;
 pub mod cli;
 pub mod client;
 pub mod files;
@@ -37,6 +38,7 @@ pub mod workload;
 pub use auth::{AuthError, Authenticator, CallerContext, FileAuthenticator, TokenTable};
 pub use bundle::{BundleDiff, Fingerprint, TrustBundle};
 pub use ca::{Authority, CaError, CaMaterial, KeyAlgorithm, LeafPolicy};
+pub use ca_trust::{control_plane_trust, follow_control_plane_trust, renew_on_bundle_change};
 pub use cli::{run, CaCommand};
 pub use client::{CaClient, CaClientConfig, CaClientTls, ClientError};
 pub use manager::{

@@ -17,6 +17,8 @@ use crate::spec::{Block, ConfigSource, FederationSpec, EASTWEST_PORT, FEDERATION
 use crate::udpproxy::UdpFaultProxy;
 use crate::witness::WitnessPlan;
 
+pub mod join;
+
 /// One direction of a federation peer link, through a UDP fault proxy.
 pub struct Link {
     pub from: String,
@@ -194,45 +196,9 @@ impl Federation {
         };
         let mut running = Vec::with_capacity(n);
         for (c, block, dir, config_dir, control, wan) in clusters {
-            let tunnel = crate::tunnel::start_link(&c, block).await?;
-            let eastwest = Managed::start(Cluster::eastwest_spec(&c, block, &dir, &launch))?;
-            let mut apps = Vec::new();
-            let mut sidecars = Vec::new();
-            for k in 1..=c.workloads.len() {
-                let k = u8::try_from(k)
-                    .map_err(|_| HarnessError::Spec("more than 255 workloads".into()))?;
-                let app = Cluster::app_spec(&c, block, &dir, &launch, k).ok_or_else(|| {
-                    HarnessError::Spec(format!(
-                        "workload {} of {} names a service the cluster does not define",
-                        c.workloads[usize::from(k) - 1].name,
-                        c.name
-                    ))
-                })?;
-                apps.push(Managed::start(app)?);
-                if let Some(s) = Cluster::sidecar_spec(&c, block, &dir, &launch, k) {
-                    sidecars.push(Managed::start(s)?);
-                }
-            }
-            let ingress = if c.ingress {
-                Some(Managed::start(Cluster::ingress_spec(
-                    &c, block, &dir, &launch,
-                ))?)
-            } else {
-                None
-            };
-            running.push(Cluster {
-                spec: c,
-                block,
-                dir,
-                config_dir,
-                control,
-                eastwest,
-                apps,
-                sidecars,
-                wan,
-                tunnel,
-                ingress,
-            });
+            running.push(
+                join::start_data_plane(c, block, dir, config_dir, control, wan, &launch).await?,
+            );
         }
         Ok(Federation {
             clusters: running,

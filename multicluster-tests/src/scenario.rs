@@ -9,6 +9,10 @@ use crate::federation::Federation;
 use crate::load::{Load, Outcome};
 use crate::stats::{around_fault, settled_in, FaultReport, Summary};
 
+/// Calls in a row that must land in the restarted primary for failback to
+/// count as done.
+const FAILBACK_RUN: usize = 100;
+
 /// Who calls whom in the disaster-recovery scenario.
 #[derive(Debug, Clone)]
 pub struct DrPlan {
@@ -85,7 +89,11 @@ pub async fn disaster_recovery(
     fed.restart_cluster(&plan.primary).await?;
     fed.wait_lease(cc, &plan.primary, false, Duration::from_secs(30))
         .await?;
-    // Failback: requests land in the primary again.
+    // Failback: requests land in the primary again and stay there. While
+    // the restarted cluster's workloads come up one by one, a request
+    // reset there is retried in the backup cluster: that is failback in
+    // progress, not done, so wait for a run of calls that all land in the
+    // primary.
     let deadline = Instant::now() + Duration::from_secs(20);
     let mut outcomes: Vec<Outcome> = Vec::new();
     let mut load = load;
@@ -96,11 +104,10 @@ pub async fn disaster_recovery(
             .filter(|o| o.start >= restarted)
             .cloned()
             .collect();
-        let back = after
-            .iter()
-            .filter(|o| matches!(&o.result, Ok(l) if l.cluster == plan.primary))
-            .count();
-        if back >= 20 || Instant::now() >= deadline {
+        let settled = settled_in(&after, &plan.primary)
+            .map(|t| after.iter().filter(|o| o.start >= t).count())
+            .unwrap_or(0);
+        if settled >= FAILBACK_RUN || Instant::now() >= deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;

@@ -33,6 +33,7 @@ fn section(runs: &[DrReport], rate: f64) -> String {
     let in_flight: usize = runs.iter().map(|r| r.fault.failed_in_flight).sum();
     let total: usize = runs.iter().map(|r| r.total.total).sum();
     let leader_runs = runs.iter().filter(|r| r.primary_was_leader).count();
+    let no_failback = runs.iter().filter(|r| r.failback_after.is_none()).count();
     let mut s = String::new();
     let _ = writeln!(s, "{HEADING}\n");
     let _ = writeln!(
@@ -68,7 +69,10 @@ fn section(runs: &[DrReport], rate: f64) -> String {
         "\nRequests: {total} in all; failed after the kill: {failed_after}; failed among those in \
          flight at the kill (cut by the crash; the retry policy re-sends them): {in_flight}. \
          us-east led the federation when it died in {leader_runs} of {} runs (an election comes \
-         before the lease can expire; see \"Leases\" in docs/federation.md).",
+         before the lease can expire; see \"Leases\" in docs/federation.md). Traffic did not \
+         settle back in us-east within the run in {no_failback} of {} runs (the failback row \
+         covers the others).",
+        runs.len(),
         runs.len()
     );
     s

@@ -46,9 +46,9 @@ impl Cache {
         }
     }
 
-    /// The proxy's shape key per resource type, computed once per stream.
+    /// The proxy's shape key per resource type (streams ask once per push).
     pub(crate) fn shapes(&self, proxy: &Proxy) -> [u64; TypeUrl::ALL.len()] {
-        TypeUrl::ALL.map(|t| self.generator.shape_for(proxy, t))
+        self.generator.shapes(proxy)
     }
 
     /// The resources of `type_url` named by `names` for proxies of `shape`

@@ -18,7 +18,9 @@ use tonic::{Status, Streaming};
 use tracing::debug;
 
 use crate::generator::Names;
-use crate::resource::{same_content, ResourceMap, SetDigest};
+use crate::held::{Held, HeldSet};
+use crate::resource::{same_content, SetDigest};
+use crate::status::SentRef;
 use crate::stream::{End, StreamCtx, Subscription};
 use crate::types::TypeUrl;
 
@@ -30,13 +32,20 @@ struct TypeState {
     /// Wildcard because the first request named nothing, not through `*`;
     /// ends as soon as the client names resources without `*`.
     legacy_wildcard: bool,
-    /// Name → version the client holds.
-    known: BTreeMap<String, String>,
-    /// Digest of `known`, reported as the stream's version in status.
+    /// What the client holds: the resources we sent (shared with the cache
+    /// and other streams) and the versions it announced on reconnecting.
+    /// Status holds a weak reference for the config dump.
+    held: Arc<HeldSet>,
+    /// Digest of `held`'s names and versions, reported as the stream's
+    /// version in status.
     digest: SetDigest,
-    /// The bodies we sent that the client still holds (config dump).
-    sent: Arc<ResourceMap>,
     nonce: Option<String>,
+}
+
+impl TypeState {
+    fn sent_ref(&self) -> SentRef {
+        SentRef::Held(Arc::downgrade(&self.held))
+    }
 }
 
 struct Delta {
@@ -88,9 +97,10 @@ impl Delta {
         let first = !self.types.contains_key(&t);
         let state = self.types.entry(t).or_default();
         if first {
-            state.known = req.initial_resource_versions.into_iter().collect();
-            for (n, v) in &state.known {
-                state.digest.add(n, v);
+            let held = Arc::make_mut(&mut state.held);
+            for (n, v) in req.initial_resource_versions {
+                state.digest.add(&n, &v);
+                held.insert(Held::announced(n, v));
             }
             // Legacy wildcard: a first request that names nothing.
             state.sub.wildcard = req.resource_names_subscribe.is_empty();
@@ -105,28 +115,41 @@ impl Delta {
             if name == "*" {
                 wildcard_added |= !state.sub.wildcard;
                 state.sub.wildcard = true;
-            } else if state.sub.names.insert(name.clone()) {
+            } else if state.sub.insert(&name) {
                 added.insert(name);
             }
         }
         let mut unsubscribed = false;
+        let mut forgotten = Vec::new();
         for name in req.resource_names_unsubscribe {
             unsubscribed = true;
             if name == "*" {
                 state.sub.wildcard = false;
             } else {
-                state.sub.names.remove(&name);
-                // The client forgets it; if it subscribes again it gets a
-                // fresh copy.
-                if let Some(v) = state.known.remove(&name) {
-                    state.digest.remove(&name, &v);
-                }
+                state.sub.remove(&name);
+                forgotten.push(name);
             }
         }
         if unsubscribed {
-            let sub = state.sub.clone();
-            Arc::make_mut(&mut state.sent).retain(|n, _| sub.contains(n));
-            self.ctx.note_sent(t, &state.sent);
+            let held = Arc::make_mut(&mut state.held);
+            // The client forgets what it unsubscribed from by name; if it
+            // subscribes again it gets a fresh copy.
+            for name in &forgotten {
+                if let Some(h) = held.take(name.as_str()) {
+                    state.digest.remove(h.name(), h.version());
+                }
+            }
+            // What only the wildcard covered stays known to the client (it
+            // keeps the version) but leaves the config dump.
+            let uncovered: Vec<Held> = held
+                .iter()
+                .filter(|h| h.sent() && !state.sub.contains(h.name()))
+                .cloned()
+                .collect();
+            for h in uncovered {
+                held.replace(Held::announced(h.name().to_owned(), h.version().to_owned()));
+            }
+            self.ctx.note_sent(t, state.sent_ref());
         }
         let nonce_matches =
             !req.response_nonce.is_empty() && state.nonce.as_deref() == Some(&req.response_nonce);
@@ -189,26 +212,34 @@ impl Delta {
             .iter()
             .filter(|(n, r)| {
                 state.sub.contains(n)
-                    && match (state.known.get(*n), state.sent.get(*n)) {
-                        (Some(v), _) if *v == r.version => false,
+                    && match state.held.get(n.as_str()) {
+                        Some(h) if h.version() == r.version => false,
                         // Same message, other map order: the client is current.
-                        (Some(v), Some(s)) if *v == s.version => !same_content(s, r),
+                        Some(h) if h.sent() => !same_content(&h.0, r),
                         _ => true,
                     }
             })
             .map(|(_, r)| r.clone())
             .collect();
-        let mut removed: Vec<String> = state
-            .known
-            .keys()
-            .filter(|n| domain.contains(n) && !generated.contains_key(*n))
-            .cloned()
-            .collect();
+        let gone = |n: &str| !generated.contains_key(n);
+        let mut removed: Vec<String> = match &domain {
+            Names::All => state
+                .held
+                .iter()
+                .filter(|h| gone(h.name()))
+                .map(|h| h.name().to_owned())
+                .collect(),
+            Names::Some(set) => set
+                .iter()
+                .filter(|n| state.held.contains(n.as_str()) && gone(n))
+                .cloned()
+                .collect(),
+        };
         if let (true, Names::Some(asked)) = (answer_missing, &domain) {
             removed.extend(
                 asked
                     .iter()
-                    .filter(|n| !generated.contains_key(*n) && !state.known.contains_key(*n))
+                    .filter(|n| gone(n) && !state.held.contains(n.as_str()))
                     .cloned(),
             );
         }
@@ -220,25 +251,24 @@ impl Delta {
             return Ok(());
         }
         // Status holds only a weak reference, so this updates in place.
-        let sent = Arc::make_mut(&mut state.sent);
+        let held = Arc::make_mut(&mut state.held);
         for name in &removed {
-            if let Some(v) = state.known.remove(name) {
-                state.digest.remove(name, &v);
+            if let Some(h) = held.take(name.as_str()) {
+                state.digest.remove(h.name(), h.version());
             }
-            sent.remove(name);
         }
         for r in &updates {
-            if let Some(v) = state.known.insert(r.name.clone(), r.version.clone()) {
-                state.digest.remove(&r.name, &v);
+            if let Some(old) = held.replace(Held(r.clone())) {
+                state.digest.remove(old.name(), old.version());
             }
             state.digest.add(&r.name, &r.version);
-            sent.insert(r.name.clone(), r.clone());
         }
         let nonce = self.ctx.next_nonce();
         state.nonce = Some(nonce.clone());
         let version = state.digest.version();
+        let sent = state.sent_ref();
         self.ctx
-            .record_sent(t, &version, &nonce, &state.sent, triggered_at);
+            .record_sent(t, &version, &nonce, sent, triggered_at);
         let response = DeltaDiscoveryResponse {
             system_version_info: self.ctx.input_version.to_string(),
             resources: updates

@@ -69,8 +69,23 @@ pub trait Generator: Send + Sync + 'static {
     /// of some types ignores properties that others read (say, EDS never
     /// reads the proxy's IP) returns a coarser key for those types. Equal
     /// keys for a type must give equal output of that type.
+    ///
+    /// The key may depend on the generator's current input as well as on
+    /// the proxy (a sidecar's clusters depend on its IP only through the
+    /// ports the input says it serves): the server asks again after every
+    /// push that may change more than endpoints, so a key only has to be
+    /// right for the input it is asked for. Keys of
+    /// `ClusterLoadAssignment` must not depend on the input, since
+    /// endpoint-only pushes reuse them.
     fn shape_for(&self, proxy: &Proxy, type_url: TypeUrl) -> u64 {
         let _ = type_url;
         self.shape(proxy)
+    }
+
+    /// [`Generator::shape_for`] of every type, indexed like [`TypeUrl::ALL`];
+    /// the server calls this once per stream and push. A generator whose
+    /// keys share an expensive part computes it once here.
+    fn shapes(&self, proxy: &Proxy) -> [u64; TypeUrl::ALL.len()] {
+        TypeUrl::ALL.map(|t| self.shape_for(proxy, t))
     }
 }

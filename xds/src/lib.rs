@@ -28,6 +28,8 @@
 mod cache;
 mod delta;
 mod generator;
+mod held;
+mod intern;
 mod metrics;
 mod proxy;
 mod push;

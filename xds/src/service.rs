@@ -124,7 +124,7 @@ impl XdsService {
         let (_, extensions, req) = request.into_parts();
         let proxy = self.parse_proxy(req.node.as_ref())?;
         self.authorize(&proxy, &extensions)?;
-        let ctx = StreamCtx::new(
+        let mut ctx = StreamCtx::new(
             self.shared.clone(),
             proxy,
             StreamKind::StateOfTheWorld,

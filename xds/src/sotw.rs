@@ -18,6 +18,7 @@ use tracing::debug;
 
 use crate::generator::Names;
 use crate::resource::{same_content, set_version, Resource, ResourceMap, SetDigest};
+use crate::status::SentRef;
 use crate::stream::{End, StreamCtx, Subscription};
 use crate::types::TypeUrl;
 
@@ -147,7 +148,7 @@ impl Sotw {
         let new_sub = subscription(req.resource_names.into_iter().collect());
         let old_sub = std::mem::replace(&mut state.sub, new_sub.clone());
         state.forget_unsubscribed();
-        self.ctx.note_sent(t, &state.sent);
+        self.ctx.note_sent(t, sent_ref(&state.sent));
         self.ctx.note_subscription(t, &new_sub);
         if t.is_full_state() {
             return self.respond(t, new_sub.names(), true, None).await;
@@ -157,8 +158,11 @@ impl Sotw {
         let domain = if new_sub.wildcard && !old_sub.wildcard {
             Names::All
         } else {
-            let added: BTreeSet<String> =
-                new_sub.names.difference(&old_sub.names).cloned().collect();
+            let added: BTreeSet<String> = new_sub
+                .names
+                .difference(&old_sub.names)
+                .map(|n| n.to_string())
+                .collect();
             if added.is_empty() {
                 return Ok(());
             }
@@ -203,7 +207,8 @@ impl Sotw {
             // A copy: the cache shares `generated`, and this map gets
             // updated in place.
             state.reset_sent((*generated).clone());
-            self.ctx.record_resumed(t, client_version, &state.sent);
+            self.ctx
+                .record_resumed(t, client_version, sent_ref(&state.sent));
         }
         true
     }
@@ -280,7 +285,7 @@ impl Sotw {
         } else if updates.is_empty() {
             // Only removals: the client drops those with their clusters or
             // listeners; nothing to send.
-            self.ctx.note_sent(t, &state.sent);
+            self.ctx.note_sent(t, sent_ref(&state.sent));
             return Ok(());
         } else {
             updates.iter().collect()
@@ -290,7 +295,7 @@ impl Sotw {
         let nonce = self.ctx.next_nonce();
         state.nonce = Some(nonce.clone());
         self.ctx
-            .record_sent(t, &version, &nonce, &state.sent, triggered_at);
+            .record_sent(t, &version, &nonce, sent_ref(&state.sent), triggered_at);
         let response = DiscoveryResponse {
             version_info: version,
             resources,
@@ -312,10 +317,18 @@ fn same_names(sub: &Subscription, names: &[String]) -> bool {
     // Requests do not repeat names; if one does, the slow path sorts it out.
     wildcard == sub.wildcard
         && named == sub.names.len()
-        && names.iter().all(|n| n == "*" || sub.names.contains(n))
+        && names
+            .iter()
+            .all(|n| n == "*" || sub.names.contains(n.as_str()))
 }
 
-fn subscription(mut names: BTreeSet<String>) -> Subscription {
-    let wildcard = names.remove("*");
-    Subscription { wildcard, names }
+fn subscription(names: BTreeSet<String>) -> Subscription {
+    let mut sub = Subscription::named(names.iter().filter(|n| *n != "*"));
+    sub.wildcard = names.contains("*");
+    sub
+}
+
+/// Status's view of what the stream sent.
+fn sent_ref(sent: &Arc<ResourceMap>) -> SentRef {
+    SentRef::Map(Arc::downgrade(sent))
 }

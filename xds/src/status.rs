@@ -5,13 +5,14 @@
 //! the registry only holds the receivers, so reading status never waits on a
 //! stream and a stream never waits on a reader.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::{Arc, Weak};
 use std::time::SystemTime;
 
 use serde::{Serialize, Serializer};
 use tokio::sync::watch;
 
+use crate::held::{sent_map, HeldSet};
 use crate::proxy::Proxy;
 use crate::resource::ResourceMap;
 use crate::types::TypeUrl;
@@ -53,8 +54,10 @@ pub struct Nack {
 #[derive(Clone, Debug, Serialize)]
 pub struct TypeStatus {
     pub wildcard: bool,
+    /// Shared with the stream (names are shared between streams too), so
+    /// status costs nothing per subscribed name.
     #[serde(serialize_with = "names_ser")]
-    pub subscribed: Arc<Vec<String>>,
+    pub subscribed: Arc<BTreeSet<Arc<str>>>,
     pub state: SyncState,
     /// Version of the last response (the SotW `version_info`; for delta, the
     /// same digest over what the client holds).
@@ -73,14 +76,37 @@ pub struct TypeStatus {
     /// [`TypeStatus::resources`]. Weak, so the stream can update its map in
     /// place instead of copying it on every push.
     #[serde(serialize_with = "resources_ser", rename = "resources")]
-    pub(crate) sent: Weak<ResourceMap>,
+    pub(crate) sent: SentRef,
+}
+
+/// Where a stream keeps what it sent: state-of-the-world streams keep a
+/// map, delta streams the compact [`HeldSet`].
+#[derive(Clone, Debug, Default)]
+pub(crate) enum SentRef {
+    #[default]
+    Nothing,
+    Map(Weak<ResourceMap>),
+    Held(Weak<HeldSet>),
+}
+
+impl SentRef {
+    fn resources(&self) -> Arc<ResourceMap> {
+        match self {
+            SentRef::Nothing => Arc::default(),
+            SentRef::Map(m) => m.upgrade().unwrap_or_default(),
+            SentRef::Held(h) => h
+                .upgrade()
+                .map(|h| Arc::new(sent_map(&h)))
+                .unwrap_or_default(),
+        }
+    }
 }
 
 impl Default for TypeStatus {
     fn default() -> Self {
         TypeStatus {
             wildcard: false,
-            subscribed: Arc::new(Vec::new()),
+            subscribed: Arc::default(),
             state: SyncState::NotSent,
             sent_version: None,
             sent_nonce: None,
@@ -90,7 +116,7 @@ impl Default for TypeStatus {
             last_nack: None,
             generate_error: None,
             responses: 0,
-            sent: Weak::new(),
+            sent: SentRef::Nothing,
         }
     }
 }
@@ -99,7 +125,12 @@ impl TypeStatus {
     /// The resources this stream last sent of this type (empty once the
     /// stream is gone).
     pub fn resources(&self) -> Arc<ResourceMap> {
-        self.sent.upgrade().unwrap_or_default()
+        self.sent.resources()
+    }
+
+    /// The names subscribed to by name, in order.
+    pub fn subscribed_names(&self) -> Vec<&str> {
+        self.subscribed.iter().map(|n| &**n).collect()
     }
 }
 
@@ -113,14 +144,14 @@ pub struct ProxyStatus {
     pub types: BTreeMap<TypeUrl, TypeStatus>,
 }
 
-fn names_ser<S: Serializer>(names: &Arc<Vec<String>>, s: S) -> Result<S::Ok, S::Error> {
-    names.as_slice().serialize(s)
+fn names_ser<S: Serializer>(names: &Arc<BTreeSet<Arc<str>>>, s: S) -> Result<S::Ok, S::Error> {
+    s.collect_seq(names.iter().map(|n| &**n))
 }
 
 /// Config dump entries as `{name: version}`; the bodies are available
 /// programmatically through [`TypeStatus::resources`].
-fn resources_ser<S: Serializer>(res: &Weak<ResourceMap>, s: S) -> Result<S::Ok, S::Error> {
-    let res = res.upgrade().unwrap_or_default();
+fn resources_ser<S: Serializer>(res: &SentRef, s: S) -> Result<S::Ok, S::Error> {
+    let res = res.resources();
     s.collect_map(res.iter().map(|(name, r)| (name, &r.version)))
 }
 

@@ -11,12 +11,15 @@ use tracing::{debug, warn};
 
 use crate::cache::Cache;
 use crate::generator::Names;
+use crate::intern::intern;
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::push::PushLog;
 use crate::resource::ResourceMap;
 use crate::server::XdsConfig;
-use crate::status::{Nack, ProxyStatus, StatusHandle, StatusRegistry, StreamKind, SyncState};
+use crate::status::{
+    Nack, ProxyStatus, SentRef, StatusHandle, StatusRegistry, StreamKind, SyncState,
+};
 use crate::types::TypeUrl;
 
 /// State shared by all streams of one server.
@@ -31,26 +34,26 @@ pub(crate) struct Shared {
     pub(crate) config: XdsConfig,
 }
 
-/// What a proxy subscribed to for one type.
+/// What a proxy subscribed to for one type. Names are interned and the set
+/// is shared with status, so a subscription costs a pointer per name.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Subscription {
     pub(crate) wildcard: bool,
-    pub(crate) names: BTreeSet<String>,
+    pub(crate) names: Arc<BTreeSet<Arc<str>>>,
 }
 
 impl Subscription {
     pub(crate) fn wildcard() -> Subscription {
         Subscription {
             wildcard: true,
-            names: BTreeSet::new(),
+            names: Arc::default(),
         }
     }
 
-    #[cfg(test)]
-    pub(crate) fn named(names: BTreeSet<String>) -> Subscription {
+    pub(crate) fn named<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> Subscription {
         Subscription {
             wildcard: false,
-            names,
+            names: Arc::new(names.into_iter().map(|n| intern(n.as_ref())).collect()),
         }
     }
 
@@ -58,11 +61,27 @@ impl Subscription {
         self.wildcard || self.names.contains(name)
     }
 
+    /// Adds a name; `true` if it was new.
+    pub(crate) fn insert(&mut self, name: &str) -> bool {
+        if self.names.contains(name) {
+            return false;
+        }
+        Arc::make_mut(&mut self.names).insert(intern(name))
+    }
+
+    /// Removes a name; `true` if it was there.
+    pub(crate) fn remove(&mut self, name: &str) -> bool {
+        if !self.names.contains(name) {
+            return false;
+        }
+        Arc::make_mut(&mut self.names).remove(name)
+    }
+
     pub(crate) fn names(&self) -> Names {
         if self.wildcard {
             Names::All
         } else {
-            Names::Some(self.names.clone())
+            Names::Some(self.names.iter().map(|n| n.to_string()).collect())
         }
     }
 }
@@ -80,8 +99,13 @@ pub(crate) enum End {
 pub(crate) struct StreamCtx {
     pub(crate) shared: Arc<Shared>,
     pub(crate) proxy: Arc<Proxy>,
-    /// Per resource type, indexed like [`TypeUrl::ALL`].
+    /// Per resource type, indexed like [`TypeUrl::ALL`]. A proxy's shape
+    /// may depend on the input (which ports it serves), so pushes that may
+    /// change more than endpoints clear `shapes_valid`; endpoint-only pushes
+    /// (the frequent kind) regenerate only EDS, whose shape never depends
+    /// on the input, and keep the shapes.
     shapes: [u64; TypeUrl::ALL.len()],
+    shapes_valid: bool,
     pub(crate) id: u64,
     nonces: u64,
     /// Set on per-type services: the only type this stream may carry.
@@ -115,7 +139,8 @@ impl StreamCtx {
             (log.seq, log.version)
         };
         StreamCtx {
-            shapes: shared.cache.shapes(&proxy),
+            shapes: [0; TypeUrl::ALL.len()],
+            shapes_valid: false,
             shared,
             proxy,
             id,
@@ -158,10 +183,14 @@ impl StreamCtx {
     /// Generates through the shared cache; a failure is recorded in status
     /// and returned so the caller keeps the proxy's last good state.
     pub(crate) async fn generate(
-        &self,
+        &mut self,
         t: TypeUrl,
         names: &Names,
     ) -> Result<Arc<ResourceMap>, Arc<str>> {
+        if !self.shapes_valid {
+            self.shapes = self.shared.cache.shapes(&self.proxy);
+            self.shapes_valid = true;
+        }
         let result = self
             .shared
             .cache
@@ -180,11 +209,11 @@ impl StreamCtx {
 
     /// Publishes a new subscription in status.
     pub(crate) fn note_subscription(&self, t: TypeUrl, sub: &Subscription) {
-        let names: Vec<String> = sub.names.iter().cloned().collect();
+        let names = sub.names.clone();
         let wildcard = sub.wildcard;
         self.status.update(t, |s| {
             s.wildcard = wildcard;
-            s.subscribed = Arc::new(names);
+            s.subscribed = names;
         });
     }
 
@@ -195,6 +224,9 @@ impl StreamCtx {
     ) -> Option<(crate::push::Affected, Option<tokio::time::Instant>)> {
         let log = self.push_log.borrow_and_update().clone();
         let affected = log.since(self.seq)?;
+        if affected.full || !affected.types.is_empty() {
+            self.shapes_valid = false;
+        }
         self.seq = log.seq;
         self.input_version = log.version;
         Some((affected, log.triggered_at))
@@ -205,7 +237,7 @@ impl StreamCtx {
         t: TypeUrl,
         version: &str,
         nonce: &str,
-        resources: &Arc<ResourceMap>,
+        resources: SentRef,
         triggered_at: Option<tokio::time::Instant>,
     ) {
         self.shared
@@ -219,15 +251,14 @@ impl StreamCtx {
             s.sent_at = Some(SystemTime::now());
             s.input_version = input_version;
             s.responses += 1;
-            s.sent = Arc::downgrade(resources);
+            s.sent = resources;
         });
     }
 
     /// Points the config dump at the stream's current map. Needed after any
     /// in-place update (`Arc::make_mut` detaches weak references).
-    pub(crate) fn note_sent(&self, t: TypeUrl, resources: &Arc<ResourceMap>) {
-        self.status
-            .update(t, |s| s.sent = Arc::downgrade(resources));
+    pub(crate) fn note_sent(&self, t: TypeUrl, resources: SentRef) {
+        self.status.update(t, |s| s.sent = resources);
     }
 
     pub(crate) fn record_ack(&self, t: TypeUrl, version: &str) {
@@ -254,14 +285,14 @@ impl StreamCtx {
     }
 
     /// A resumed stream whose client already runs the current version.
-    pub(crate) fn record_resumed(&self, t: TypeUrl, version: &str, resources: &Arc<ResourceMap>) {
+    pub(crate) fn record_resumed(&self, t: TypeUrl, version: &str, resources: SentRef) {
         let input_version = self.input_version;
         self.status.update(t, |s| {
             s.state = SyncState::Synced;
             s.acked_version = Some(version.to_owned());
             s.sent_version = Some(version.to_owned());
             s.input_version = input_version;
-            s.sent = Arc::downgrade(resources);
+            s.sent = resources;
         });
     }
 }

@@ -10,6 +10,7 @@ pub mod admin;
 pub mod dns;
 pub mod export;
 pub mod federation;
+pub mod gateway_names;
 pub mod identity;
 mod inputs;
 pub mod jwks;
@@ -108,6 +109,10 @@ pub struct ControlOptions {
     /// unless the MeshConfig sets one.
     #[arg(long, default_value_t = crate::source::kube::gateway_address::GatewayServiceRef::default())]
     pub eastwest_service: crate::source::kube::gateway_address::GatewayServiceRef,
+    /// DNS servers (repeatable) for resolving other clusters' east-west
+    /// gateway hostnames; default: the nameservers of /etc/resolv.conf.
+    #[arg(long = "dns-upstream")]
+    pub dns_upstream: Vec<SocketAddr>,
 }
 
 impl ControlOptions {
@@ -242,10 +247,21 @@ pub async fn run(
         id.bundle_tx.clone(),
     ));
 
-    // Translation and xDS.
+    // Translation and xDS. Translation reads the registry with gateway
+    // hostnames resolved to addresses (EDS carries IPs only).
+    let resolver =
+        isthmus_gateway::resolve::Resolver::new(&isthmus_gateway::resolve::ResolverOptions {
+            upstream: opts.dns_upstream.clone(),
+            timeout: None,
+        })
+        .map_err(|e| AppError::Config(e.to_string()))?;
+    let registry_rx = handle.watch_snapshot();
+    let first_view = gateway_names::rewrite(&registry_rx.borrow(), &Default::default());
+    let (resolved_tx, resolved_rx) = watch::channel(first_view);
+    tokio::spawn(gateway_names::run(registry_rx, resolved_tx, resolver));
     let (inputs_tx, inputs_rx) = watch::channel(Arc::new(inputs::build_with_roots(
         &first,
-        &handle.snapshot_stale(),
+        &resolved_rx.borrow(),
         &id.roots.borrow(),
     )));
     let generator = Arc::new(TranslateGenerator::new(inputs_rx));
@@ -262,7 +278,7 @@ pub async fn run(
     ));
     tokio::spawn(inputs::run(
         config_rx.clone(),
-        handle.watch_snapshot(),
+        resolved_rx,
         jwks_rx,
         id.roots.clone(),
         inputs_tx,

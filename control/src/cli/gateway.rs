@@ -192,11 +192,26 @@ fn node(args: &GatewayArgs) -> anyhow::Result<NodeIdentity> {
     })
 }
 
+/// The longest a proxy waits, at random, before renewing after the mesh
+/// trust bundle changed (the whole cluster sees the change at once).
+const RENEW_SPREAD: Duration = Duration::from_secs(10);
+
+/// What the data plane gets from the certificate manager.
+struct Certificates {
+    manager: CertManager,
+    cert: watch::Receiver<Arc<WorkloadCertificate>>,
+    /// Fed by the gateway with every `ROOTCA` it accepts.
+    mesh_roots: watch::Sender<Arc<TrustBundle>>,
+}
+
 /// Starts the certificate manager and returns the data plane's view of it.
-async fn certificates(
-    args: &GatewayArgs,
-    ca: &str,
-) -> anyhow::Result<(CertManager, watch::Receiver<Arc<WorkloadCertificate>>)> {
+///
+/// What the proxy trusts for its control plane (the CA and xDS over TLS) is
+/// the roots of its latest certificate plus the mesh bundle pushed as
+/// `ROOTCA`, and a change of that bundle triggers a renewal: during a root
+/// rotation the control plane's certificate can move to the new root before
+/// this proxy renewed (see `isthmus_identity::ca_trust`).
+async fn certificates(args: &GatewayArgs, ca: &str) -> anyhow::Result<Certificates> {
     let root_path = args
         .root_cert
         .as_ref()
@@ -222,15 +237,17 @@ async fn certificates(
     let mut cfg = CertManagerConfig::new(me);
     cfg.requested_lifetime = Some(args.cert_lifetime);
     let ca = ca.to_string();
+    let (mesh_tx, mesh_rx) = watch::channel(Arc::new(TrustBundle::new()));
+    let mesh_for_ca = mesh_rx.clone();
     let manager = CertManager::start_with(cfg, move |own: CertWatch| {
         // --root-cert bootstraps trust in the CA; then the roots returned
-        // with each certificate (root rotation: old and new, later new only).
-        let bundle_watch = isthmus_identity::follow_issued_roots(bundle, own.clone());
+        // with each certificate and the pushed ROOTCA.
+        let trust = isthmus_identity::follow_control_plane_trust(bundle, own.clone(), mesh_for_ca);
         // Renewals authenticate with the current certificate; the first
         // request with the bootstrap token.
         let tls = isthmus_identity::tls::client_config(
             Some(own),
-            bundle_watch,
+            trust,
             PeerPolicy::exactly([control]),
             &[b"h2"],
         );
@@ -242,35 +259,65 @@ async fn certificates(
         });
         Arc::new(CaClient::new(client))
     })?;
+    isthmus_identity::renew_on_bundle_change(
+        mesh_rx.clone(),
+        manager.renew_handle(),
+        RENEW_SPREAD.min(args.cert_lifetime / 10),
+    );
     let first = manager
         .wait_ready(Duration::from_secs(30))
         .await
         .context("no certificate from the CA")?;
-    let (tx, rx) = watch::channel(Arc::new(to_gateway(&first)?));
-    let mut certs = manager.subscribe();
-    tokio::spawn(async move {
-        while certs.changed().await.is_ok() {
-            let Some(c) = certs.borrow_and_update().clone() else {
-                continue;
-            };
-            match to_gateway(&c) {
-                Ok(wc) => {
-                    tx.send_replace(Arc::new(wc));
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "rotated certificate unusable; keeping the previous one")
-                }
-            }
-        }
-    });
-    Ok((manager, rx))
+    let (tx, rx) = watch::channel(Arc::new(to_gateway(&first, &mesh_rx.borrow())?));
+    tokio::spawn(publish_gateway_cert(manager.subscribe(), mesh_rx, tx));
+    Ok(Certificates {
+        manager,
+        cert: rx,
+        mesh_roots: mesh_tx,
+    })
 }
 
-fn to_gateway(c: &isthmus_identity::WorkloadCert) -> anyhow::Result<WorkloadCertificate> {
+/// Republishes the data plane's certificate when the certificate or the mesh
+/// bundle changes (its trust bundle serves the xDS connection's reconnects).
+async fn publish_gateway_cert(
+    mut certs: CertWatch,
+    mut mesh: watch::Receiver<Arc<TrustBundle>>,
+    tx: watch::Sender<Arc<WorkloadCertificate>>,
+) {
+    let mut mesh_open = true;
+    loop {
+        tokio::select! {
+            r = certs.changed() => if r.is_err() { return },
+            r = mesh.changed(), if mesh_open => if r.is_err() { mesh_open = false; continue },
+        }
+        let Some(c) = certs.borrow_and_update().clone() else {
+            continue;
+        };
+        let mesh_now = mesh.borrow_and_update().clone();
+        match to_gateway(&c, &mesh_now) {
+            Ok(wc) => {
+                tx.send_replace(Arc::new(wc));
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "rotated certificate unusable; keeping the previous one")
+            }
+        }
+    }
+}
+
+fn to_gateway(
+    c: &isthmus_identity::WorkloadCert,
+    mesh: &TrustBundle,
+) -> anyhow::Result<WorkloadCertificate> {
+    let mut trust = TrustBundle::new();
+    for r in c.roots() {
+        trust.add_der(r.clone())?;
+    }
+    trust.merge(mesh);
     Ok(WorkloadCertificate::new(
         c.chain().to_vec(),
         c.private_key(),
-        c.roots().to_vec(),
+        trust.certs().cloned().collect(),
     )?)
 }
 
@@ -305,9 +352,10 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     }
     let _manager = match &args.ca {
         Some(ca) => {
-            let (manager, rx) = certificates(&args, ca).await?;
-            config.cert = Some(rx);
-            Some(manager)
+            let certs = certificates(&args, ca).await?;
+            config.cert = Some(certs.cert);
+            config.mesh_roots = Some(certs.mesh_roots);
+            Some(certs.manager)
         }
         None if args.role == Role::Sidecar => {
             bail!(

@@ -43,16 +43,12 @@ impl Generator for TranslateGenerator {
     }
 
     fn shape_for(&self, proxy: &Proxy, type_url: TypeUrl) -> u64 {
-        match (flavor_of(proxy), type_url) {
-            // Envoy listeners, clusters and routes depend on the proxy's IP
-            // (inbound listeners bind it); endpoints and secrets do not, so
-            // sidecars that differ only in address share one generation.
-            (
-                ProxyFlavor::Envoy,
-                TypeUrl::Cluster | TypeUrl::Listener | TypeUrl::RouteConfiguration,
-            ) => proxy.shape_key(),
-            _ => proxy.shape_key_except_address(),
-        }
+        self.shapes(proxy)[type_url.index()]
+    }
+
+    fn shapes(&self, proxy: &Proxy) -> [u64; TypeUrl::ALL.len()] {
+        let inputs = self.inputs.borrow().clone();
+        super::shape::shapes(&inputs, proxy, flavor_of(proxy))
     }
 }
 

@@ -27,6 +27,7 @@ pub mod route;
 pub mod scope;
 pub mod secret;
 pub mod services;
+pub mod shape;
 pub mod telemetry;
 pub mod tls;
 pub mod tunnel;

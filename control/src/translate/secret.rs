@@ -230,6 +230,50 @@ mod tests {
             .collect()
     }
 
+    /// Every proxy with a certificate follows the mesh bundle for its own
+    /// control-plane trust during a root rotation, including a pure
+    /// SNI-passthrough east-west gateway whose configuration references no
+    /// secret: `ROOTCA` is served to whoever asks, whatever the role.
+    #[test]
+    fn rootca_is_served_to_every_proxy_role() {
+        let root = rcgen::generate_simple_self_signed(vec!["root".into()]).expect("cert");
+        let mut inputs = inputs("");
+        inputs.local.roots_pem = vec![root.cert.pem()];
+        let role = |r: &str| {
+            let mut fields = std::collections::BTreeMap::new();
+            fields.insert(
+                "ISTHMUS_ROLE".to_string(),
+                envoy_types::pb::google::protobuf::Value {
+                    kind: Some(envoy_types::pb::google::protobuf::value::Kind::StringValue(
+                        r.into(),
+                    )),
+                },
+            );
+            Proxy::from_node(Some(&Node {
+                id: "router~10.0.0.1~gw-1.istio-system~istio-system.svc.cluster.local".into(),
+                metadata: Some(envoy_types::pb::google::protobuf::Struct {
+                    fields: fields.into_iter().collect(),
+                }),
+                ..Default::default()
+            }))
+            .expect("node")
+        };
+        let proxies = [
+            proxy("sidecar~10.0.0.2~p.shop~shop.svc.cluster.local"),
+            role("ingress"),
+            role("egress"),
+            role("east-west"),
+        ];
+        for p in &proxies {
+            assert_eq!(
+                served(&inputs, p, &["ROOTCA"]),
+                vec!["ROOTCA"],
+                "{:?}",
+                p.role
+            );
+        }
+    }
+
     #[test]
     fn gateway_credentials_come_from_secrets_in_the_gateway_namespace() {
         let c = rcgen::generate_simple_self_signed(vec!["a.example.com".into()]).expect("cert");

@@ -61,6 +61,9 @@ pub struct ServicePort {
     pub port: u16,
     pub protocol: Protocol,
     pub target_port: u16,
+    /// No protocol declared (unnamed port, no `appProtocol`): outbound
+    /// listeners sniff HTTP and fall back to TCP (`listener::sniff`).
+    pub sniffed: bool,
 }
 
 /// One endpoint of a service, local or remote.
@@ -223,6 +226,10 @@ impl ServiceIndex {
                         port,
                         protocol: Protocol::detect(p.protocol.as_deref(), p.name.as_deref()),
                         target_port,
+                        sniffed: super::listener::sniff::is_sniffed(
+                            p.protocol.as_deref(),
+                            p.name.as_deref(),
+                        ),
                     })
                 })
                 .collect();
@@ -301,6 +308,10 @@ impl ServiceIndex {
                         } else {
                             p.target_port
                         },
+                        sniffed: super::listener::sniff::is_sniffed(
+                            Some(&p.protocol),
+                            Some(&p.name),
+                        ),
                     })
                     .collect();
                 let svc = services.entry(hostname.clone()).or_insert_with(|| Service {

@@ -279,6 +279,17 @@ pub struct ControlPlane {
 impl ControlPlane {
     /// Starts it with `config` (YAML documents) in its own config directory.
     pub fn start(ports: &Ports, ca: &Ca, dir: &Path, config: &str) -> ControlPlane {
+        Self::start_with_args(ports, ca, dir, config, &[])
+    }
+
+    /// Like [`ControlPlane::start`], with more `isthmus control` arguments.
+    pub fn start_with_args(
+        ports: &Ports,
+        ca: &Ca,
+        dir: &Path,
+        config: &str,
+        extra_args: &[String],
+    ) -> ControlPlane {
         let home = dir.join(&ports.id);
         let config_dir = home.join("config");
         std::fs::create_dir_all(&config_dir).expect("create the config dir");
@@ -302,6 +313,7 @@ impl ControlPlane {
                 "--lease-ttl",
                 "5s",
             ])
+            .args(extra_args)
             .env("RUST_LOG", "info,isthmus_xds=debug,isthmus_control=debug")
             .stdout(Stdio::null());
         let proc = Proc::spawn(&format!("control-{}", ports.id), cmd, dir);

@@ -9,7 +9,9 @@
 //! `cargo bench -p isthmus-federation --bench registry_vs_etcd`; needs
 //! `etcd` and `etcdctl` on PATH (Debian: etcd-server, etcd-client) for the
 //! etcd half. BENCH_SECS sets each load's length (default 8), BENCH_OUT a
-//! file for the Markdown table. `-- --test` only checks that it builds.
+//! file for the Markdown table. BENCH_QUICK=1 runs only Isthmus with 1
+//! writer (for profiling the write path; no table). `-- --test` only checks
+//! that it builds.
 
 mod etcd;
 mod isthmus;
@@ -84,18 +86,22 @@ fn drive(dir: &std::path::Path) -> Result<(), String> {
         .unwrap_or(8);
     let load_time = Duration::from_secs(secs);
     let mut results = Results::default();
-    let scenarios = [1usize, 1000];
+    let quick = std::env::var_os("BENCH_QUICK").is_some();
+    let scenarios: &[usize] = if quick { &[1] } else { &[1, 1000] };
 
     println!("== Isthmus federation registry (3 processes, QUIC + mTLS, fsync) ==");
     let mut isth = Vec::new();
     {
         let mut c = isthmus::Cluster::start(&dir.join("isthmus"))?;
         let leader = c.leader(Duration::from_secs(30))?;
-        for w in scenarios {
+        for &w in scenarios {
             c.start_load(leader, w, load_time)?;
             let r = c.result(leader, load_time + Duration::from_secs(120))?;
             println!("{w} writers: {}", line(&r));
             isth.push(r);
+        }
+        if quick {
+            return Ok(());
         }
         let follower = isthmus::IDS
             .into_iter()
@@ -121,7 +127,7 @@ fn drive(dir: &std::path::Path) -> Result<(), String> {
         let rt = tokio::runtime::Runtime::new().map_err(|e| e.to_string())?;
         let mut c = etcd::Cluster::start(&dir.join("etcd"), TIMING)?;
         let leader = c.leader(Duration::from_secs(30))?;
-        for w in scenarios {
+        for &w in scenarios {
             let ep = c.clients[&leader].clone();
             let r = rt.block_on(async {
                 let store = etcd::Etcd::connect(&ep, w.div_ceil(100)).await?;

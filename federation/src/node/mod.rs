@@ -38,6 +38,14 @@ pub enum StartError {
     Thread(std::io::Error),
 }
 
+/// Sleeps until `at`, or forever when there is nothing to wait for.
+async fn sleep_until_some(at: Option<Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
 /// Why a running node stopped on its own.
 #[derive(Debug, thiserror::Error)]
 pub(crate) enum NodeError {
@@ -198,6 +206,10 @@ pub(crate) struct Core {
     conf_state: ConfState,
     /// Peers a snapshot was handed to the transport for, and when.
     snapshots_in_flight: HashMap<u64, Instant>,
+    /// When the view was last published to watchers.
+    published_at: Instant,
+    /// A changed view waits for `view_publish_interval` to pass.
+    publish_due: Option<Instant>,
 }
 
 impl Core {
@@ -222,7 +234,7 @@ impl Core {
         }
         let snap = storage.latest_snapshot().clone();
         let snap_index = snap.get_metadata().index;
-        let registry = if snap_index > 0 {
+        let mut registry = if snap_index > 0 {
             let image: StateImage =
                 serde_json::from_slice(&snap.data).map_err(StartError::Image)?;
             if image.witness && !cfg.witness {
@@ -261,6 +273,7 @@ impl Core {
             .unwrap_or(0);
         let leases = LeaseClock::new(cfg.lease.ttl, cfg.lease.grace);
         view_tx.send_replace(registry.view());
+        registry.take_changed();
         let core = Core {
             cfg,
             raw,
@@ -278,6 +291,8 @@ impl Core {
             leader: 0,
             conf_state,
             snapshots_in_flight: HashMap::new(),
+            published_at: Instant::now(),
+            publish_due: None,
         };
         // Members added at run time are known from the snapshot; those in
         // the log are announced again as the log replays.
@@ -305,6 +320,7 @@ impl Core {
         let id = self.cfg.id;
         tracing::info!(node = id, "federation node started");
         loop {
+            let publish_due = self.publish_due;
             tokio::select! {
                 biased;
                 _ = &mut stop => break,
@@ -312,6 +328,7 @@ impl Core {
                     self.raw.tick();
                     self.on_tick();
                 }
+                _ = sleep_until_some(publish_due) => self.publish_view_now(),
                 msg = inbound.recv() => {
                     let Some(msg) = msg else { break };
                     self.step(msg);
@@ -337,6 +354,11 @@ impl Core {
             if let Err(e) = self.on_ready() {
                 tracing::error!(node = id, error = %e, "federation node stopping after a fatal error");
                 break;
+            }
+            if inbound.is_empty() && requests.is_empty() {
+                // Idle (typically waiting for acks): copy the published view
+                // now rather than when the next commit is applied.
+                self.registry.detach_view();
             }
         }
         self.fail_all();

@@ -1,6 +1,7 @@
-//! Ready handling in the order raft-rs requires: send leader messages, install
-//! a received snapshot, apply committed entries, persist entries and hard
-//! state (fsync), then send the messages that depend on them, advance.
+//! Ready handling in the order raft-rs requires: send leader messages (a
+//! leader replicates before its own fsync), install a received snapshot,
+//! persist entries and hard state (fsync), send the messages that depend on
+//! them, then apply committed entries and advance.
 
 use super::requests::ConfContext;
 use super::{Core, NodeError};
@@ -10,8 +11,9 @@ use crate::state::{Applied, MembersOnly, Registry, StateImage};
 use protobuf::Message as _;
 use raft::eraftpb::{ConfChange, ConfChangeV2, Entry, EntryType, Message, MessageType, Snapshot};
 use raft::StateRole;
-use std::sync::Arc;
 use tokio::time::Instant;
+
+type WriteReply = (crate::handle::Reply<u64>, Result<u64, FederationError>);
 
 impl Core {
     pub(super) fn on_ready(&mut self) -> Result<(), NodeError> {
@@ -28,14 +30,19 @@ impl Core {
             let snap = ready.snapshot().clone();
             self.install_snapshot(snap)?;
         }
-        let committed = ready.take_committed_entries();
-        self.apply(committed)?;
         let sync = ready.must_sync();
         self.raw
             .mut_store()
             .persist(ready.entries(), ready.hs(), sync)?;
+        // Acknowledge (and vote) before applying: the leader's commit waits
+        // for this, while the committed entries of this Ready were persisted
+        // by earlier ones (raft-rs hands out only persisted entries), so
+        // applying them later is as safe and keeps apply time off the
+        // commit path.
         let msgs = ready.take_persisted_messages();
         self.send(msgs);
+        let committed = ready.take_committed_entries();
+        self.apply(committed)?;
         let read_states = ready.take_read_states();
         for rs in read_states {
             self.on_read_state(rs.index, &rs.request_ctx);
@@ -135,12 +142,13 @@ impl Core {
         }
         let started = std::time::Instant::now();
         let count = entries.len() as u64;
+        let mut replies = Vec::new();
         for e in entries {
             if e.index <= self.registry.applied_index() {
                 continue;
             }
             match e.get_entry_type() {
-                EntryType::EntryNormal => self.apply_normal(e),
+                EntryType::EntryNormal => self.apply_normal(e, &mut replies),
                 EntryType::EntryConfChange | EntryType::EntryConfChangeV2 => self.apply_conf(e)?,
             }
         }
@@ -148,7 +156,6 @@ impl Core {
         self.metrics
             .apply_seconds
             .observe(started.elapsed().as_secs_f64());
-        self.publish_view();
         let now = Instant::now();
         let view = self.registry.view();
         self.leases.observe(now, &view);
@@ -157,13 +164,28 @@ impl Core {
             .into_iter()
             .partition(|(i, _)| *i <= applied);
         self.confirmed_reads = waiting;
+        if ready.is_empty() {
+            // A writer's own change reaches `snapshot_stale` and watches
+            // within `view_publish_interval`; `read_linearizable` is the
+            // way to read one's writes.
+            self.publish_view();
+        } else {
+            // A linearizable reader then also finds that state (or newer)
+            // in this node's published view.
+            self.publish_view_now();
+        }
+        for (reply, result) in replies {
+            let _ = reply.send(result);
+        }
         for (_, r) in ready {
             let _ = r.reply.send(Ok(view.clone()));
         }
         Ok(())
     }
 
-    fn apply_normal(&mut self, e: Entry) {
+    /// Applies one registry command; the answer to a local writer is
+    /// queued in `replies` (sent once the view is published).
+    fn apply_normal(&mut self, e: Entry, replies: &mut Vec<WriteReply>) {
         if e.data.is_empty() || self.cfg.witness {
             // The empty entry a new leader appends, or a witness, which
             // keeps no registry.
@@ -200,7 +222,7 @@ impl Core {
             Err(e) => Err(FederationError::Command(e)),
         };
         if let Some(reply) = w.reply {
-            let _ = reply.send(result);
+            replies.push((reply, result));
         }
     }
 
@@ -272,18 +294,38 @@ impl Core {
             return;
         };
         if self.registry.applied_index() >= index {
+            self.publish_view_now();
             let _ = read.reply.send(Ok(self.registry.view()));
         } else {
             self.confirmed_reads.push((index, read));
         }
     }
 
+    /// Publishes the view to watchers, at most once per
+    /// `view_publish_interval` (see there); a later change is published
+    /// when the interval has passed (`publish_due`).
     fn publish_view(&mut self) {
         let view = self.registry.view();
         self.metrics.applied_index.set(view.applied_index as i64);
         self.metrics.registry_revision.set(view.revision as i64);
-        if !Arc::ptr_eq(&view, &self.view_tx.borrow()) {
-            self.view_tx.send_replace(view);
+        if self.publish_due.is_some() || !self.registry.is_changed() {
+            return;
+        }
+        let due = self.published_at + self.cfg.view_publish_interval;
+        if Instant::now() >= due {
+            self.publish_view_now();
+        } else {
+            self.publish_due = Some(due);
+        }
+    }
+
+    pub(super) fn publish_view_now(&mut self) {
+        self.publish_due = None;
+        let view = self.registry.view();
+        if self.registry.take_changed() {
+            self.published_at = Instant::now();
+            // The replaced view is freed here unless a reader still holds it.
+            drop(self.view_tx.send_replace(view));
         }
     }
 

@@ -77,6 +77,8 @@ impl Core {
                 let _ = reply.send(self.status());
             }
             Request::Image { reply } => {
+                // The caller may compare it with `snapshot_stale`.
+                self.publish_view_now();
                 let _ = reply.send(self.registry.to_image());
             }
             Request::ConfChange { cc, addrs, reply } => {

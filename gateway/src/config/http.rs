@@ -46,8 +46,16 @@ pub struct HttpConfig {
     pub fault: Option<FaultConfig>,
     /// Request headers larger than this are refused with 431.
     pub max_request_headers_bytes: usize,
+    /// No activity on a stream for this long: 408 before the response
+    /// starts, a reset after (Envoy's default 5 min).
     pub stream_idle_timeout: Option<Duration>,
+    /// The whole request must be received within this (408); off by default.
     pub request_timeout: Option<Duration>,
+    /// Request headers must arrive within this (the connection is closed).
+    pub request_headers_timeout: Option<Duration>,
+    /// `common_http_protocol_options.idle_timeout`: a downstream connection
+    /// with no active request for this long is closed (Envoy's default 1 h).
+    pub idle_timeout: Option<Duration>,
     /// `upgrade_configs` (e.g. `websocket`); lower case.
     pub upgrades: Vec<String>,
     /// `envoy.filters.http.rbac` filters, in chain order (crate::rbac).
@@ -209,6 +217,18 @@ pub(crate) fn http_from_proto(
         Some(Duration::from_secs(300)),
     )?;
     let request_timeout = opt("request_timeout", h.request_timeout.as_ref(), None)?;
+    let request_headers_timeout = opt(
+        "request_headers_timeout",
+        h.request_headers_timeout.as_ref(),
+        None,
+    )?;
+    let idle_timeout = opt(
+        "common_http_protocol_options.idle_timeout",
+        h.common_http_protocol_options
+            .as_ref()
+            .and_then(|c| c.idle_timeout.as_ref()),
+        Some(Duration::from_secs(3600)),
+    )?;
     let mut upgrades = Vec::new();
     for (i, u) in h.upgrade_configs.iter().enumerate() {
         if !u.filters.is_empty() {
@@ -229,6 +249,8 @@ pub(crate) fn http_from_proto(
         max_request_headers_bytes,
         stream_idle_timeout,
         request_timeout,
+        request_headers_timeout,
+        idle_timeout,
         upgrades,
         rbac,
         jwt,

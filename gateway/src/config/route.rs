@@ -211,6 +211,9 @@ pub struct RetryPolicy {
     pub retriable_status_codes: Vec<u16>,
     /// `envoy.retry_host_predicates.previous_hosts`: retries avoid hosts already tried.
     pub previous_hosts: bool,
+    /// `envoy.retry_priorities.previous_priorities`: every `update_frequency`
+    /// attempts, retries leave the priorities already tried.
+    pub previous_priorities: Option<u32>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -7,10 +7,12 @@ use envoy_types::pb::envoy::config::core::v3::{
     header_value_option::HeaderAppendAction, HeaderValueOption,
 };
 use envoy_types::pb::envoy::config::route::v3::{
-    redirect_action, route_action, RedirectAction, RetryPolicy as PbRetryPolicy, RouteAction,
+    redirect_action, retry_policy::retry_priority, route_action, RedirectAction,
+    RetryPolicy as PbRetryPolicy, RouteAction,
 };
+use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
 
-use super::common::duration;
+use super::common::{duration, unpack};
 use super::route::{
     AppendAction, ClusterChoice, ForwardAction, HashOn, HeaderOp, HeaderOps, Mirror, Pattern,
     Redirect, RetryOn, RetryPolicy, WeightedTarget, GRPC_RETRY_CODES,
@@ -164,6 +166,8 @@ fn backrefs(s: &str) -> String {
     out
 }
 
+const PREVIOUS_PRIORITIES: &str = "envoy.retry_priorities.previous_priorities";
+
 pub(crate) fn retry_policy(
     ctx: &Ctx,
     f: &str,
@@ -208,6 +212,35 @@ pub(crate) fn retry_policy(
             ));
         }
     }
+    let previous_priorities = match &p.retry_priority {
+        None => None,
+        Some(rp) if rp.name == PREVIOUS_PRIORITIES => {
+            let freq = match &rp.config_type {
+                Some(retry_priority::ConfigType::TypedConfig(a)) => {
+                    let c: PreviousPrioritiesConfig =
+                        unpack(ctx, &format!("{f}.retry_priority.typed_config"), a)?;
+                    c.update_frequency
+                }
+                None => 0,
+            };
+            if freq <= 0 {
+                return Err(ctx.err(
+                    format!("{f}.retry_priority.typed_config.update_frequency"),
+                    "must be positive",
+                ));
+            }
+            Some(freq as u32)
+        }
+        Some(rp) => {
+            return Err(ctx.err(
+                format!("{f}.retry_priority"),
+                format!(
+                    "{:?} is not supported (only {PREVIOUS_PRIORITIES})",
+                    rp.name
+                ),
+            ))
+        }
+    };
     let mut retriable_status_codes = Vec::new();
     for c in &p.retriable_status_codes {
         retriable_status_codes.push(
@@ -240,6 +273,7 @@ pub(crate) fn retry_policy(
         per_try_timeout,
         retriable_status_codes,
         previous_hosts,
+        previous_priorities,
     })
 }
 

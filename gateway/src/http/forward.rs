@@ -1,7 +1,8 @@
 //! The router filter: builds the upstream request, picks a host, uses a
 //! pooled connection or opens one, and retries per the retry policy (other
-//! hosts first with `previous_hosts`; the balancer moves to the next
-//! priority when a whole priority is excluded or unhealthy). Bodies up to
+//! hosts first with `previous_hosts`, other priorities with
+//! `previous_priorities`; the balancer moves to the next priority when a
+//! whole priority is excluded or unhealthy). Bodies up to
 //! [`BUFFER_LIMIT`] are buffered so they can be retried and mirrored;
 //! larger or streaming bodies get one attempt once a connection is up.
 
@@ -19,6 +20,7 @@ use rand::Rng;
 
 use super::pool::{Sender, Wire};
 use super::respond::{apply_ops, local, strip_hop_by_hop, RequestLog};
+use super::timeouts::{StreamClock, Tracked};
 use super::{full, Body, BoxError};
 use crate::config::{
     ForwardAction, HashOn, HeaderOps, RetryPolicy, UpstreamProtocol, GRPC_RETRY_CODES,
@@ -50,7 +52,7 @@ pub struct Forwarding<'a> {
 
 enum ReqBody {
     Buffered(Bytes),
-    Streaming(Option<Incoming>),
+    Streaming(Option<Tracked<Incoming>>),
 }
 
 /// Why one attempt failed.
@@ -94,7 +96,9 @@ pub async fn forward(
     let upgrade = is_upgrade(&req);
     let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let version = req.version();
+    let clock = req.extensions().get::<StreamClock>().cloned();
     let (mut parts, body) = req.into_parts();
+    let body = Tracked::new(body, clock);
     strip_hop_by_hop(&mut parts.headers, upgrade);
     apply_ops(&mut parts.headers, f.header_levels.iter().copied(), true);
     if cluster.tls.is_some() && log.reporter == "source" {
@@ -150,15 +154,31 @@ pub async fn forward(
     let per_try = f.retry.and_then(|r| r.per_try_timeout);
     let overall = f.action.timeout.map(|t| tokio::time::Instant::now() + t);
     let mut tried: Vec<SocketAddr> = Vec::new();
+    let mut left_priorities: Vec<u32> = Vec::new();
     let mut attempt = 0u32;
     loop {
         attempt += 1;
         log.attempts = attempt;
-        let exclude: Vec<SocketAddr> = if f.retry.is_some_and(|r| r.previous_hosts) {
+        let mut exclude: Vec<SocketAddr> = if f.retry.is_some_and(|r| r.previous_hosts) {
             tried.clone()
         } else {
             Vec::new()
         };
+        if let Some(every) = f.retry.and_then(|r| r.previous_priorities) {
+            if attempt > 1 && (attempt - 1) % every.max(1) == 0 {
+                left_priorities = tried_priorities(&cluster, &tried);
+            }
+            // Hosts of the priorities left behind; if that is every host,
+            // the balancer falls back to all of them (Envoy resets too).
+            exclude.extend(
+                cluster
+                    .lb
+                    .hosts()
+                    .iter()
+                    .filter(|h| left_priorities.contains(&h.priority))
+                    .map(|h| h.addr),
+            );
+        }
         let one = one_attempt(
             ctx,
             &cluster,
@@ -242,6 +262,20 @@ pub async fn forward(
             }
         }
     }
+}
+
+/// The priorities of the hosts tried so far (`previous_priorities`).
+fn tried_priorities(cluster: &ClusterRuntime, tried: &[SocketAddr]) -> Vec<u32> {
+    let mut out: Vec<u32> = cluster
+        .lb
+        .hosts()
+        .iter()
+        .filter(|h| tried.contains(&h.addr))
+        .map(|h| h.priority)
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
 }
 
 fn error_response(

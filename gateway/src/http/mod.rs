@@ -1,13 +1,16 @@
 //! HTTP in the data plane (hyper 1): the connection manager (`server`), the
 //! pure routing decision (`router`), forwarding with retries, timeouts and
 //! mirrors (`forward`), upstream connection pools (`pool`), and local
-//! replies, header edits and the per-request access log (`respond`).
+//! replies, header edits and the per-request access log (`respond`), and the
+//! connection manager's request, stream-idle and connection-idle timeouts
+//! (`timeouts`).
 
 pub mod forward;
 pub mod pool;
 pub mod respond;
 pub mod router;
 pub mod server;
+pub mod timeouts;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;

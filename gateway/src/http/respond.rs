@@ -214,7 +214,7 @@ impl Logged {
         if let Some(t) = &log.telemetry {
             t.finish(&log, self.sent, ms);
         }
-        tracing::info!(
+        tracing::debug!(
             target: "isthmus_gateway::access",
             listener = %log.listener,
             method = %log.method,

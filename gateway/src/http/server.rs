@@ -16,6 +16,7 @@ use tokio::time::Instant;
 use super::forward::{forward, Forwarding};
 use super::respond::{apply_ops, grpc_status, local, Logged, RequestLog};
 use super::router::{decide, Decision, RequestMeta};
+use super::timeouts::{ConnActivity, Expired, StreamClock, Watched};
 use super::{full, Body};
 use crate::config::{AbortWith, Codec, FaultConfig, HttpConfig, RouteSource, RouteTable};
 use crate::proxy::connection::ProxyContext;
@@ -55,6 +56,7 @@ pub async fn serve(
     io: BoxIo,
     down: Downstream,
 ) -> Result<(), ServeError> {
+    let listener = down.listener.clone();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     match cfg.codec {
         Codec::Http1 => builder = builder.http1_only(),
@@ -63,24 +65,56 @@ pub async fn serve(
         Codec::Auto => {}
     }
     // hyper's minimum read buffer is 8 KiB; a head that does not fit gets 431.
+    // hyper's header timer also runs while a keep-alive connection waits for
+    // its next request, so it is bounded by the idle timeout as well.
+    let header_timeout = match (cfg.request_headers_timeout, cfg.idle_timeout) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    };
     builder
         .http1()
         .max_buf_size(cfg.max_request_headers_bytes.max(8192))
         .timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(std::time::Duration::from_secs(30));
+        .header_read_timeout(header_timeout);
     builder
         .http2()
         .max_header_list_size(u32::try_from(cfg.max_request_headers_bytes).unwrap_or(u32::MAX))
         .timer(hyper_util::rt::TokioTimer::new());
     let down = Arc::new(down);
-    let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-        let (cfg, ctx, down) = (cfg.clone(), ctx.clone(), down.clone());
-        async move { Ok::<_, Infallible>(handle(cfg, ctx, down, req).await) }
-    });
-    builder
-        .serve_connection_with_upgrades(TokioIo::new(io), svc)
-        .await
-        .map_err(|e| ServeError::Http(e.to_string()))
+    let activity = ConnActivity::default();
+    let idle_timeout = cfg.idle_timeout;
+    let svc = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let (cfg, ctx, down) = (cfg.clone(), ctx.clone(), down.clone());
+            let active = activity.begin();
+            async move {
+                let idle = cfg.stream_idle_timeout;
+                let resp = handle(cfg, ctx, down, req).await;
+                Ok::<_, Infallible>(Watched::wrap(resp, idle, Some(active)))
+            }
+        })
+    };
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => return r.map_err(|e| ServeError::Http(e.to_string())),
+            () = idle_wait(&activity, idle_timeout), if !closing => {
+                tracing::debug!(listener = %listener, "downstream connection idle timeout");
+                conn.as_mut().graceful_shutdown();
+                closing = true;
+            }
+        }
+    }
+}
+
+async fn idle_wait(activity: &ConnActivity, idle: Option<std::time::Duration>) {
+    match idle {
+        Some(d) => activity.idle_for(d).await,
+        None => std::future::pending().await,
+    }
 }
 
 fn reporter(listener: &str) -> &'static str {
@@ -136,7 +170,13 @@ async fn handle(
         .telemetry
         .as_ref()
         .map(|t| t.on_request(req.headers_mut(), if down.tls { "https" } else { "http" }));
-    let mut resp = route_request(&cfg, &ctx, &down, req, authority, &path, &mut log).await;
+    let clock = StreamClock::start();
+    req.extensions_mut().insert(clock.clone());
+    let routed = tokio::select! {
+        r = route_request(&cfg, &ctx, &down, req, authority, &path, &mut log) => Ok(r),
+        e = clock.expired(cfg.stream_idle_timeout, cfg.request_timeout) => Err(e),
+    };
+    let mut resp = routed.unwrap_or_else(|e| timed_out(e, &mut log));
     if let Some(t) = log.telemetry.as_mut() {
         t.on_response(resp.headers());
     }
@@ -337,6 +377,22 @@ async fn run_fault(
         ),
         AbortWith::Grpc(c) => grpc_status(c, "fault filter abort"),
     })
+}
+
+/// Envoy's local replies for a stream that timed out before its response
+/// started (the upstream request, if any, was dropped with the future).
+fn timed_out(e: Expired, log: &mut RequestLog) -> Response<Body> {
+    let msg = match e {
+        Expired::Request => "request timeout",
+        Expired::StreamIdle => {
+            log.flags.add("SI");
+            "stream timeout"
+        }
+    };
+    if log.grpc {
+        return grpc_status(http_to_grpc(408), msg);
+    }
+    local(StatusCode::REQUEST_TIMEOUT, msg, &log.flags)
 }
 
 fn is_grpc(h: &http::HeaderMap) -> bool {

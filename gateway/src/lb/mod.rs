@@ -294,15 +294,17 @@ impl LoadBalancer {
                 .collect(),
             Tier::Panic => group.hosts.iter().copied().filter(not_excluded).collect(),
         };
-        if candidates.is_empty() {
-            // Everything usable was excluded: any other host in any priority.
-            return self
-                .hosts
-                .iter()
-                .enumerate()
-                .find(|(i, h)| view.usable[*i] && !exclude.contains(&h.addr))
-                .map(|(_, h)| h.clone());
-        }
+        // Everything usable in the drawn priority was excluded (retries
+        // avoiding hosts or priorities already tried): the first priority,
+        // in order, that still has a usable host, balanced as usual.
+        let (group, candidates) = if candidates.is_empty() {
+            self.priorities.iter().find_map(|g| {
+                let c = self.locality_candidates(g, &ok, &mut rng);
+                (!c.is_empty()).then_some((g, c))
+            })?
+        } else {
+            (group, candidates)
+        };
         let chosen = match self.policy {
             LbPolicy::RoundRobin => self.round_robin(&candidates),
             LbPolicy::Random => self.random(&candidates, &mut rng),

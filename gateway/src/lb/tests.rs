@@ -184,6 +184,45 @@ fn exclude_skips_tried_hosts() {
 }
 
 #[test]
+fn excluding_a_whole_priority_moves_to_the_next_in_order_balanced() {
+    // Localities listed out of priority order on purpose.
+    for policy in [
+        LbPolicy::RoundRobin,
+        LbPolicy::LeastRequest,
+        LbPolicy::RingHash,
+    ] {
+        let lb = LoadBalancer::new(
+            policy,
+            &la(&[(2, None, &[9]), (0, None, &[1]), (1, None, &[5, 6])]),
+            None,
+        );
+        let mut seen = HashMap::new();
+        for i in 0..200u64 {
+            let h = lb
+                .pick(Some(ring_hash::hash64(&i.to_le_bytes())), &[addr(1)])
+                .expect("host");
+            *seen.entry(h.addr).or_insert(0) += 1;
+        }
+        assert_eq!(
+            seen.get(&addr(9)),
+            None,
+            "{policy:?}: priority 1 first: {seen:?}"
+        );
+        assert!(
+            seen.contains_key(&addr(5)) && seen.contains_key(&addr(6)),
+            "{policy:?}: balanced over priority 1: {seen:?}"
+        );
+        for _ in 0..20 {
+            let h = lb.pick(None, &[addr(1), addr(5), addr(6)]).expect("host");
+            assert_eq!(h.addr, addr(9), "{policy:?}");
+        }
+        assert!(lb
+            .pick(None, &[addr(1), addr(5), addr(6), addr(9)])
+            .is_none());
+    }
+}
+
+#[test]
 fn degraded_hosts_take_traffic_only_when_healthy_ones_cannot() {
     // 3 of 4 healthy: healthy availability 3/4 × 1.4 ≥ 100 %, so the
     // degraded host gets nothing.

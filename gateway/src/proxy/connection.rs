@@ -116,7 +116,7 @@ pub async fn handle(
         Ok(()) => log.relay_error.clone().unwrap_or_else(|| "ok".to_string()),
         Err(e) => e.to_string(),
     };
-    tracing::info!(
+    tracing::debug!(
         target: "isthmus_gateway::access",
         listener = %name,
         chain = %log.chain,
@@ -358,7 +358,7 @@ pub(crate) async fn tunnel_stream(
         Ok(()) => log.relay_error.clone().unwrap_or_else(|| "ok".to_string()),
         Err(e) => e.to_string(),
     };
-    tracing::info!(
+    tracing::debug!(
         target: "isthmus_gateway::access",
         listener = %log.listener,
         chain = %log.chain,

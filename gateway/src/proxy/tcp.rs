@@ -93,7 +93,9 @@ where
     R: AsyncRead + Unpin,
     W: AsyncWrite + Unpin,
 {
-    let mut buf = vec![0u8; 16 * 1024];
+    // 64 KiB: a bulk transfer costs a quarter of the syscalls of 16 KiB
+    // (passthrough throughput is bounded by them, not by copying).
+    let mut buf = vec![0u8; 64 * 1024];
     loop {
         let n = r.read(&mut buf).await?;
         if n == 0 {

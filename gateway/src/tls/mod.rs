@@ -3,6 +3,7 @@
 
 mod cert;
 mod credential;
+pub mod mesh_roots;
 mod origination;
 pub mod sni;
 pub mod verify;

@@ -11,6 +11,7 @@
 
 mod header;
 mod server;
+mod trust;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -22,6 +23,7 @@ use tokio::sync::watch;
 
 pub use header::{read_header, write_header, HeaderError, MAX_SNI};
 pub use server::serve;
+pub use trust::TunnelVerifier;
 
 use crate::proxy::BoxIo;
 use crate::tls::{provider, CertReceiver, SpiffeVerifier, WatchResolver};
@@ -64,27 +66,38 @@ fn transport() -> Arc<quinn::TransportConfig> {
     Arc::new(tc)
 }
 
-fn verifier(cert: &CertReceiver) -> Result<SpiffeVerifier, TunnelError> {
-    let bundle = cert.borrow().trust_bundle().to_vec();
-    SpiffeVerifier::new(&bundle, Vec::new()).map_err(|e| TunnelError::Tls(e.to_string()))
-}
-
-/// Builds the endpoint (server and client on one UDP socket).
+/// Builds the endpoint (server and client on one UDP socket). Both sides
+/// present the current certificate of `cert` and verify the peer against
+/// its current trust bundle at every handshake ([`TunnelVerifier`]), so
+/// the tunnel follows certificate and root rotations.
 pub fn endpoint(cfg: TunnelConfig, cert: &CertReceiver) -> Result<quinn::Endpoint, TunnelError> {
     let tls = |e: rustls::Error| TunnelError::Tls(e.to_string());
+    // Refuse to start with a trust bundle no handshake could use.
+    SpiffeVerifier::new(cert.borrow().trust_bundle(), Vec::new())
+        .map_err(|e| TunnelError::Tls(e.to_string()))?;
+    let verifier = Arc::new(TunnelVerifier::new(cert.clone()));
     let mut server = rustls::ServerConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls)?
-        .with_client_cert_verifier(Arc::new(verifier(cert)?))
+        .with_client_cert_verifier(verifier.clone())
         .with_cert_resolver(Arc::new(WatchResolver(cert.clone())));
     server.alpn_protocols = vec![ALPN.to_vec()];
+    // No session resumption: a resumed handshake presents and verifies no
+    // certificate, so it would carry the identity and the trust of the
+    // first handshake across rotations (a peer moved to a new root would
+    // still be seen under the old one, and a retired root would still be
+    // accepted). Tunnel connections are long-lived; a full handshake per
+    // connection costs nothing that matters.
+    server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    server.send_tls13_tickets = 0;
     let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls)?
         .dangerous()
-        .with_custom_certificate_verifier(Arc::new(verifier(cert)?))
+        .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(Arc::new(WatchResolver(cert.clone())));
     client.alpn_protocols = vec![ALPN.to_vec()];
+    client.resumption = rustls::client::Resumption::disabled();
     let server = quinn::crypto::rustls::QuicServerConfig::try_from(server)
         .map_err(|e| TunnelError::Tls(e.to_string()))?;
     let client = quinn::crypto::rustls::QuicClientConfig::try_from(client)

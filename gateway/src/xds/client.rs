@@ -55,11 +55,20 @@ pub struct XdsClient {
     /// Plaintext or mutual TLS; `None` until [`XdsClient::with_target`]
     /// (then the address is dialed as plaintext, as before).
     pub(super) target: Option<super::XdsTarget>,
+    /// Subscribe to `ROOTCA` even when no listener or cluster uses it
+    /// ([`XdsClient::with_mesh_roots`]).
+    pub(super) mesh_roots: bool,
+    /// How long readiness waits for secrets the config references.
+    pub(super) secret_warm_timeout: Duration,
+    /// Since when everything but some referenced secret is there.
+    pub(super) secrets_missing_since: Option<tokio::time::Instant>,
 }
 
 /// Initial and maximum reconnect delays.
 const BACKOFF_MIN: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(15);
+/// Envoy's default SDS `initial_fetch_timeout`.
+pub const SECRET_WARM_TIMEOUT: Duration = Duration::from_secs(15);
 
 impl XdsClient {
     pub fn new(
@@ -89,7 +98,44 @@ impl XdsClient {
             metrics,
             mode,
             target: None,
+            mesh_roots: false,
+            secret_warm_timeout: SECRET_WARM_TIMEOUT,
+            secrets_missing_since: None,
         }
+    }
+
+    /// How long readiness waits for referenced secrets before it goes
+    /// ahead without them (default [`SECRET_WARM_TIMEOUT`]).
+    pub fn with_secret_warm_timeout(mut self, timeout: Duration) -> Self {
+        self.secret_warm_timeout = timeout;
+        self
+    }
+
+    /// Always subscribes to the mesh bundle (`ROOTCA`), also when no
+    /// listener or cluster references it (a pure SNI-passthrough east-west
+    /// gateway): a proxy with a certificate needs it to follow a root
+    /// rotation for its own control-plane trust (see
+    /// `isthmus_identity::ca_trust`). Readiness still waits only for the
+    /// secrets the configuration references, so a missing `ROOTCA` never
+    /// makes such a proxy unready.
+    pub fn with_mesh_roots(mut self) -> Self {
+        self.mesh_roots = true;
+        let names = self.sds_subscription();
+        if let Some(sub) = self.subs.get_mut(&TypeKind::Secret) {
+            sub.names = names;
+        }
+        self
+    }
+
+    /// The SDS names to subscribe to: the referenced ones, plus `ROOTCA`
+    /// with [`XdsClient::with_mesh_roots`].
+    pub(super) fn sds_subscription(&self) -> Vec<String> {
+        let mut names = self.applier.resources().sds_names();
+        if self.mesh_roots && !names.iter().any(|n| n == config::ROOT_CA_SECRET) {
+            names.push(config::ROOT_CA_SECRET.to_string());
+            names.sort();
+        }
+        names
     }
 
     /// Connect as `target` says (plaintext or mutual TLS).
@@ -215,9 +261,11 @@ impl XdsClient {
             // DNS cluster re-resolutions are applied by this same owner,
             // between responses.
             let msg = loop {
+                let warm = self.secrets_warm_deadline();
                 tokio::select! {
                     m = inbound.message() => break m,
                     () = self.applier.resolution_changed() => self.apply_resolved().await,
+                    () = sleep_until_some(warm) => self.update_ready(),
                 }
             };
             let resp = match msg {
@@ -289,7 +337,7 @@ impl XdsClient {
     async fn resubscribe(&mut self, tx: &mpsc::Sender<DiscoveryRequest>) -> Result<(), XdsError> {
         let wanted = [
             (TypeKind::Endpoint, self.applier.resources().eds_names()),
-            (TypeKind::Secret, self.applier.resources().sds_names()),
+            (TypeKind::Secret, self.sds_subscription()),
             (TypeKind::Route, self.applier.resources().rds_names()),
         ];
         for (kind, names) in wanted {
@@ -306,22 +354,54 @@ impl XdsClient {
         Ok(())
     }
 
-    pub(super) fn update_ready(&self) {
+    /// Ready once listeners, clusters and everything they reference are
+    /// there. A referenced secret that never arrives (an ingress
+    /// `credentialName` whose Secret does not exist) holds readiness back
+    /// only for `secret_warm_timeout`, as Envoy's SDS initial fetch
+    /// timeout does: one missing certificate must not keep the whole
+    /// gateway out of service; that host's handshakes fail until it
+    /// arrives.
+    pub(super) fn update_ready(&mut self) {
+        if *self.ready_tx.borrow() {
+            return;
+        }
         let has = |k: TypeKind| self.subs.get(&k).is_some_and(|s| s.received);
         let set = self.applier.resources();
         let eds_ok = set
             .eds_names()
             .iter()
             .all(|n| set.endpoints.contains_key(n));
-        let sds_ok = set.sds_names().iter().all(|n| set.secrets.contains_key(n));
         let rds_ok = set.rds_names().iter().all(|n| set.routes.contains_key(n));
-        if has(TypeKind::Cluster) && has(TypeKind::Listener) && eds_ok && sds_ok && rds_ok {
-            self.ready_tx.send_if_modified(|r| {
-                let changed = !*r;
-                *r = true;
-                changed
-            });
+        if !(has(TypeKind::Cluster) && has(TypeKind::Listener) && eds_ok && rds_ok) {
+            return;
         }
+        let missing: Vec<String> = set
+            .sds_names()
+            .into_iter()
+            .filter(|n| !set.secrets.contains_key(n))
+            .collect();
+        if !missing.is_empty() {
+            let since = *self
+                .secrets_missing_since
+                .get_or_insert_with(tokio::time::Instant::now);
+            if since.elapsed() < self.secret_warm_timeout {
+                return;
+            }
+            tracing::warn!(
+                ?missing,
+                waited = ?self.secret_warm_timeout,
+                "secrets the config references never arrived; ready without them (TLS that needs them fails until they do)"
+            );
+        }
+        self.secrets_missing_since = None;
+        self.ready_tx.send_replace(true);
+    }
+
+    /// When readiness stops waiting for missing secrets, if it waits.
+    pub(super) fn secrets_warm_deadline(&self) -> Option<tokio::time::Instant> {
+        self.secrets_missing_since
+            .filter(|_| !*self.ready_tx.borrow())
+            .map(|since| since + self.secret_warm_timeout)
     }
 
     async fn convert_and_apply(
@@ -336,6 +416,14 @@ impl XdsClient {
                 .join("; ")
         })?;
         self.applier.apply(update).await.map_err(|e| e.to_string())
+    }
+}
+
+/// Sleeps until `t`; never resolves for `None`.
+pub(super) async fn sleep_until_some(t: Option<tokio::time::Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 

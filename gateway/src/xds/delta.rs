@@ -76,9 +76,11 @@ impl XdsClient {
         let _connected = self.metrics.health.xds_connection();
         loop {
             let msg = loop {
+                let warm = self.secrets_warm_deadline();
                 tokio::select! {
                     m = inbound.message() => break m,
                     () = self.applier.resolution_changed() => self.apply_resolved().await,
+                    () = super::client::sleep_until_some(warm) => self.update_ready(),
                 }
             };
             let resp = match msg {
@@ -182,7 +184,7 @@ impl XdsClient {
     async fn delta_resubscribe(&mut self, tx: &Tx) -> Result<(), XdsError> {
         let wanted = [
             (TypeKind::Endpoint, self.applier.resources().eds_names()),
-            (TypeKind::Secret, self.applier.resources().sds_names()),
+            (TypeKind::Secret, self.sds_subscription()),
             (TypeKind::Route, self.applier.resources().rds_names()),
         ];
         for (kind, names) in wanted {

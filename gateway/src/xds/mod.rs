@@ -4,7 +4,7 @@ pub mod client;
 mod delta;
 pub mod transport;
 
-pub use client::XdsClient;
+pub use client::{XdsClient, SECRET_WARM_TIMEOUT};
 pub use transport::{XdsTarget, XdsTransport};
 
 /// Resource types the data plane subscribes to.

@@ -112,7 +112,19 @@ impl SimProxy {
         endpoint: tonic::transport::Endpoint,
         events: &mpsc::UnboundedSender<Event>,
     ) -> Result<(), String> {
-        let channel = endpoint.connect().await.map_err(|e| e.to_string())?;
+        // 1,000 proxies dial at once on two shared cores: the accept queue
+        // may overflow, so retry the dial as Envoy does (with backoff).
+        let mut attempt = 0;
+        let channel = loop {
+            match endpoint.connect().await {
+                Ok(c) => break c,
+                Err(e) if attempt >= 5 => return Err(format!("connecting: {e}")),
+                Err(_) => {
+                    attempt += 1;
+                    tokio::time::sleep(std::time::Duration::from_millis(250 << attempt)).await;
+                }
+            }
+        };
         let mut client =
             AggregatedDiscoveryServiceClient::new(channel).max_decoding_message_size(64 << 20);
         let (tx, rx) = mpsc::unbounded_channel();

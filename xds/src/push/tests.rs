@@ -8,17 +8,14 @@ fn names(v: &[&str]) -> BTreeSet<String> {
 fn endpoint_scope_narrows_to_watched_clusters() {
     let mut a = Affected::default();
     a.add(&PushScope::Endpoints(names(&["c1", "c2"])));
-    let sub = Subscription::named(names(&["c2", "c3"]));
+    let sub = Subscription::named(["c2", "c3"]);
     let all = Subscription::wildcard();
     assert_eq!(
         a.names_for(TypeUrl::ClusterLoadAssignment, &sub),
         Some(Names::Some(names(&["c2"])))
     );
     assert_eq!(
-        a.names_for(
-            TypeUrl::ClusterLoadAssignment,
-            &Subscription::named(names(&["c9"]))
-        ),
+        a.names_for(TypeUrl::ClusterLoadAssignment, &Subscription::named(["c9"])),
         None
     );
     assert_eq!(a.names_for(TypeUrl::Cluster, &all), None);

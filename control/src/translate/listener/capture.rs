@@ -41,15 +41,15 @@ use isthmus_xds::ProxyRole;
 
 use crate::config::{MtlsMode, OutboundMode};
 
-use super::super::naming::{inbound_cluster, inbound_listener, outbound_listener, outbound_route};
+use super::super::naming::{inbound_cluster, inbound_listener, outbound_listener};
 use super::super::proto::{any, duration, secs, socket_address, tls_transport_socket};
 use super::super::rbac;
 use super::super::scope::mtls_mode;
 use super::super::services::{Protocol, ServicePort};
 use super::super::tls::istio_mutual_downstream;
 use super::super::{Context, ProxyFlavor};
-use super::sidecar::{all_outbound_ports, inbound_chains, inbound_ports, tcp_destination};
-use super::{hcm_filter, hcm_rds, tcp_proxy_filter, tls_inspector};
+use super::sidecar::{all_outbound_ports, inbound_chains, inbound_ports, outbound_port_listener};
+use super::{tcp_proxy_filter, tls_inspector};
 
 pub const VIRTUAL_OUTBOUND: &str = "virtualOutbound";
 pub const VIRTUAL_INBOUND: &str = "virtualInbound";
@@ -121,31 +121,12 @@ pub fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
     let mut out = vec![virtual_outbound(ctx)];
     for (port, info) in all_outbound_ports(ctx) {
         let name = outbound_listener("0.0.0.0", port);
-        let filter = if info.http {
-            hcm_filter(hcm_rds(&name, &outbound_route(port)))
-        } else {
-            if info.services.len() > 1 {
-                tracing::warn!(
-                    port,
-                    services = ?info.services.iter().map(|s| s.hostname.as_str()).collect::<Vec<_>>(),
-                    "several TCP services share an outbound port and none has a cluster IP; captured connections to the port go to the first"
-                );
-            }
-            let Some(svc) = info.services.first() else {
-                continue;
-            };
-            tcp_proxy_filter(&name, &tcp_destination(ctx, svc, port))
-        };
-        out.push(Listener {
-            name,
-            address: Some(socket_address("0.0.0.0", port)),
-            bind_to_port: Some(BoolValue { value: false }),
-            filter_chains: vec![FilterChain {
-                filters: vec![filter],
-                ..Default::default()
-            }],
-            ..Default::default()
-        });
+        if let Some(l) = outbound_port_listener(ctx, name, "0.0.0.0", port, &info) {
+            out.push(Listener {
+                bind_to_port: Some(BoolValue { value: false }),
+                ..l
+            });
+        }
     }
     out.push(virtual_inbound(ctx));
     out
@@ -303,6 +284,10 @@ pub fn sidecar_ingress_ports(ctx: &Context<'_>) -> Option<Vec<ServicePort>> {
             port: number,
             protocol: Protocol::detect(ing.port.protocol.as_deref(), ing.port.name.as_deref()),
             target_port: number,
+            sniffed: super::sniff::is_sniffed(
+                ing.port.protocol.as_deref(),
+                ing.port.name.as_deref(),
+            ),
         });
     }
     Some(out)

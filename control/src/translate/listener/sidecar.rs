@@ -29,6 +29,9 @@ use super::{hcm_filter, hcm_inline, hcm_rds, tcp_proxy_filter, tls_inspector};
 /// What one outbound port carries.
 pub(super) struct OutboundPort<'a> {
     pub(super) http: bool,
+    /// A service declares no protocol on this port (and none declares
+    /// HTTP): the listener sniffs HTTP and falls back to TCP.
+    pub(super) sniffed: bool,
     pub(super) services: Vec<&'a Service>,
 }
 
@@ -40,13 +43,75 @@ pub(super) fn all_outbound_ports<'a>(ctx: &Context<'a>) -> BTreeMap<u16, Outboun
         for p in &svc.ports {
             let entry = ports.entry(p.port).or_insert_with(|| OutboundPort {
                 http: false,
+                sniffed: false,
                 services: Vec::new(),
             });
             entry.http |= p.protocol.is_http();
+            entry.sniffed |= p.sniffed;
             entry.services.push(svc);
         }
     }
+    for info in ports.values_mut() {
+        info.sniffed &= !info.http;
+    }
     ports
+}
+
+/// The outbound listener of one service port: HTTP routes (RDS), a TCP
+/// proxy, or, for a port without a declared protocol, both behind
+/// protocol sniffing (Istio's outbound behaviour for unnamed ports).
+pub(super) fn outbound_port_listener(
+    ctx: &Context<'_>,
+    name: String,
+    address: &str,
+    port: u16,
+    info: &OutboundPort<'_>,
+) -> Option<Listener> {
+    let http_chain = || FilterChain {
+        filters: vec![hcm_filter(hcm_rds(&name, &outbound_route(port)))],
+        ..Default::default()
+    };
+    let tcp_chain = || -> Option<FilterChain> {
+        if info.services.len() > 1 {
+            tracing::warn!(
+                port,
+                services = ?info.services.iter().map(|s| s.hostname.as_str()).collect::<Vec<_>>(),
+                "several TCP services share an outbound port; without a cluster IP per service the listener can only forward raw TCP to the first"
+            );
+        }
+        let svc = info.services.first()?;
+        Some(FilterChain {
+            filters: vec![tcp_proxy_filter(&name, &tcp_destination(ctx, svc, port))],
+            ..Default::default()
+        })
+    };
+    let listener = Listener {
+        name: name.clone(),
+        address: Some(socket_address(address, port)),
+        ..Default::default()
+    };
+    if info.http {
+        return Some(Listener {
+            filter_chains: vec![http_chain()],
+            ..listener
+        });
+    }
+    let tcp = tcp_chain()?;
+    if info.sniffed {
+        let http = FilterChain {
+            name: format!("{name}_http"),
+            ..http_chain()
+        };
+        let tcp = FilterChain {
+            name: format!("{name}_tcp"),
+            ..tcp
+        };
+        return Some(super::sniff::sniffing(listener, http, tcp));
+    }
+    Some(Listener {
+        filter_chains: vec![tcp],
+        ..listener
+    })
 }
 
 fn outbound_ports<'a>(ctx: &Context<'a>) -> BTreeMap<u16, OutboundPort<'a>> {
@@ -106,30 +171,7 @@ pub fn listeners(ctx: &Context<'_>) -> Vec<Listener> {
     let mut out = Vec::new();
     for (port, info) in outbound_ports(ctx) {
         let name = outbound_listener(&bind, port);
-        let filter = if info.http {
-            hcm_filter(hcm_rds(&name, &outbound_route(port)))
-        } else {
-            if info.services.len() > 1 {
-                tracing::warn!(
-                    port,
-                    services = ?info.services.iter().map(|s| s.hostname.as_str()).collect::<Vec<_>>(),
-                    "several TCP services share an outbound port; without traffic capture the listener can only forward to the first"
-                );
-            }
-            let Some(svc) = info.services.first() else {
-                continue;
-            };
-            tcp_proxy_filter(&name, &tcp_destination(ctx, svc, port))
-        };
-        out.push(Listener {
-            name,
-            address: Some(socket_address(&bind, port)),
-            filter_chains: vec![FilterChain {
-                filters: vec![filter],
-                ..Default::default()
-            }],
-            ..Default::default()
-        });
+        out.extend(outbound_port_listener(ctx, name, &bind, port, &info));
     }
     out.extend(inbound_listeners(ctx));
     out
@@ -285,7 +327,7 @@ pub fn route_configs(ctx: &Context<'_>) -> Vec<RouteConfiguration> {
     };
     let http_ports: BTreeSet<u16> = ports
         .into_iter()
-        .filter(|(_, info)| info.http)
+        .filter(|(_, info)| info.http || info.sniffed)
         .map(|(port, _)| port)
         .collect();
     let mut out = outbound_route_configs(ctx, &http_ports);

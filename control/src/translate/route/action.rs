@@ -6,11 +6,14 @@ use envoy_types::pb::envoy::config::core::v3::{
     HeaderValueOption, RuntimeFractionalPercent,
 };
 use envoy_types::pb::envoy::config::route::v3::{
-    redirect_action, route, route_action, weighted_cluster, DirectResponseAction, RedirectAction,
-    RetryPolicy, RouteAction, WeightedCluster,
+    redirect_action, retry_policy as pb_retry, route, route_action, weighted_cluster,
+    DirectResponseAction, RedirectAction, RetryPolicy, RouteAction, WeightedCluster,
 };
+use envoy_types::pb::envoy::extensions::retry::host::previous_hosts::v3::PreviousHostsPredicate;
+use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3::PreviousPrioritiesConfig;
 use envoy_types::pb::envoy::r#type::matcher::v3::RegexMatchAndSubstitute;
 use envoy_types::pb::envoy::r#type::v3::{fractional_percent::DenominatorType, FractionalPercent};
+use envoy_types::util::pack_any;
 
 use crate::config::host::resolve_fqdn;
 use crate::config::{
@@ -282,6 +285,18 @@ pub(super) fn retry_policy(retry: Option<&HttpRetry>) -> Option<RetryPolicy> {
         policy.retry_on = conditions.join(",");
         policy.retriable_status_codes = codes;
     }
+    if r.retry_remote_localities == Some(true) {
+        // Istio: each retry may leave the priorities already tried, so a
+        // request survives the loss of its whole local cluster.
+        policy.retry_priority = Some(pb_retry::RetryPriority {
+            name: "envoy.retry_priorities.previous_priorities".to_string(),
+            config_type: Some(pb_retry::retry_priority::ConfigType::TypedConfig(pack_any(
+                PreviousPrioritiesConfig {
+                    update_frequency: i32::try_from(attempts).unwrap_or(i32::MAX),
+                },
+            ))),
+        });
+    }
     Some(policy)
 }
 
@@ -358,6 +373,15 @@ pub(super) fn default_retry_policy() -> RetryPolicy {
             .to_string(),
         num_retries: Some(u32v(2)),
         retriable_status_codes: vec![503],
+        // As Istio: retries prefer hosts not tried yet; host selection is
+        // redone at most 5 times to find one.
+        retry_host_predicate: vec![pb_retry::RetryHostPredicate {
+            name: "envoy.retry_host_predicates.previous_hosts".to_string(),
+            config_type: Some(pb_retry::retry_host_predicate::ConfigType::TypedConfig(
+                pack_any(PreviousHostsPredicate {}),
+            )),
+        }],
+        host_selection_retry_max_attempts: 5,
         ..Default::default()
     }
 }
@@ -379,5 +403,21 @@ mod tests {
         let p = retry_policy(Some(&codes)).expect("retries on");
         assert_eq!(p.retry_on, "gateway-error,retriable-status-codes");
         assert_eq!(p.retriable_status_codes, vec![503]);
+        assert_eq!(
+            p.retry_host_predicate
+                .iter()
+                .map(|h| h.name.as_str())
+                .collect::<Vec<_>>(),
+            ["envoy.retry_host_predicates.previous_hosts"],
+            "Istio always avoids hosts already tried"
+        );
+        assert_eq!(p.retry_priority, None);
+        let remote: HttpRetry =
+            serde_yaml_ng::from_str("attempts: 3\nretryRemoteLocalities: true").expect("parses");
+        let p = retry_policy(Some(&remote)).expect("retries on");
+        assert_eq!(
+            p.retry_priority.map(|r| r.name).as_deref(),
+            Some("envoy.retry_priorities.previous_priorities")
+        );
     }
 }

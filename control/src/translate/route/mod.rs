@@ -44,7 +44,10 @@ pub fn outbound_route_configs(ctx: &Context<'_>, ports: &BTreeSet<u16>) -> Vec<R
             let mut seen = BTreeSet::new();
             let mut hosts: Vec<VirtualHost> = ctx
                 .reachable_services()
-                .filter(|s| s.port(port).is_some_and(|p| p.protocol.is_http()))
+                .filter(|s| {
+                    s.port(port)
+                        .is_some_and(|p| p.protocol.is_http() || p.sniffed)
+                })
                 .filter_map(|svc| service_virtual_host(ctx, svc, port, &mut seen))
                 .collect();
             hosts.sort_by(|a, b| a.name.cmp(&b.name));

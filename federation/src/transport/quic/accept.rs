@@ -2,6 +2,7 @@
 //! peer's certificate to the node id it claims, then deliver its messages.
 
 use super::auth::{PeerAuthorizer, PeerDirection, PeerIdentity};
+use super::incarnation::Incarnations;
 use super::wire::{
     self, Hello, SnapshotAck, StreamKind, HELLO_LEN, MAX_REQUEST_BYTES, SNAPSHOT_CHUNK,
 };
@@ -33,6 +34,7 @@ pub(super) struct Acceptor {
     /// Answers request streams once the node is running (set later than
     /// the acceptor starts; requests before that are refused).
     pub requests: Arc<OnceLock<RequestHandler>>,
+    pub incarnations: Incarnations,
 }
 
 /// One accepted connection: its verified chain and the node id it was bound
@@ -96,8 +98,9 @@ impl Acceptor {
         }
     }
 
-    /// Reads and authorizes a stream's hello. On refusal the whole
-    /// connection is closed: its certificate is not good for that node id.
+    /// Reads and authorizes a stream's hello, and records the peer's
+    /// incarnation (only once authorized, so nobody else can make us drop
+    /// our connection to a member).
     async fn hello(
         &self,
         conn: &quinn::Connection,
@@ -105,6 +108,21 @@ impl Acceptor {
         recv: &mut quinn::RecvStream,
         want: &[StreamKind],
     ) -> Option<(u64, StreamKind)> {
+        let hello = self.authorized_hello(conn, state, recv, want).await?;
+        self.incarnations
+            .note(hello.node_id, hello.incarnation, state.remote);
+        Some((hello.node_id, hello.kind))
+    }
+
+    /// Reads and authorizes a stream's hello. On refusal the whole
+    /// connection is closed: its certificate is not good for that node id.
+    async fn authorized_hello(
+        &self,
+        conn: &quinn::Connection,
+        state: &Conn,
+        recv: &mut quinn::RecvStream,
+        want: &[StreamKind],
+    ) -> Option<Hello> {
         let remote = state.remote;
         let mut buf = [0u8; HELLO_LEN];
         match tokio::time::timeout(HELLO_TIMEOUT, recv.read_exact(&mut buf)).await {
@@ -136,7 +154,7 @@ impl Acceptor {
         let bound = state.bound.load(Ordering::Relaxed);
         if bound != 0 {
             if bound == hello.node_id {
-                return Some((bound, hello.kind));
+                return Some(hello);
             }
             self.refused("identity");
             tracing::warn!(%remote, bound, claimed = hello.node_id, "federation peer claimed a second node id on one connection; closing it");
@@ -158,8 +176,8 @@ impl Acceptor {
             .bound
             .compare_exchange(0, hello.node_id, Ordering::Relaxed, Ordering::Relaxed)
         {
-            Ok(_) => Some((hello.node_id, hello.kind)),
-            Err(other) if other == hello.node_id => Some((other, hello.kind)),
+            Ok(_) => Some(hello),
+            Err(other) if other == hello.node_id => Some(hello),
             Err(other) => {
                 self.refused("identity");
                 tracing::warn!(%remote, bound = other, claimed = hello.node_id, "federation peer claimed a second node id on one connection; closing it");

@@ -12,6 +12,7 @@
 
 mod accept;
 mod auth;
+mod incarnation;
 pub mod wire;
 
 pub use auth::{
@@ -22,6 +23,7 @@ pub use auth::{
 
 use super::{Transport, INBOUND_QUEUE};
 use crate::metrics::Metrics;
+use incarnation::{Incarnations, PeerRun};
 use protobuf::Message as _;
 use raft::eraftpb::{Message, MessageType};
 use rustls_pki_types::CertificateDer;
@@ -124,6 +126,10 @@ pub type RequestHandler =
 /// What every peer task shares.
 struct Shared {
     id: u64,
+    /// This run of the transport, sent in every hello.
+    incarnation: u64,
+    /// Every peer's latest run, learned from its hellos.
+    incarnations: Incarnations,
     endpoint: quinn::Endpoint,
     authorize: PeerAuthorizer,
     max_snapshot: usize,
@@ -135,6 +141,14 @@ struct Shared {
 impl Shared {
     /// Tells the node whether a snapshot reached `peer`, as raft-rs wants
     /// (`MsgSnapStatus` stepped locally; never accepted from the network).
+    fn hello(&self, kind: StreamKind) -> Hello {
+        Hello {
+            node_id: self.id,
+            kind,
+            incarnation: self.incarnation,
+        }
+    }
+
     fn report_snapshot(&self, peer: u64, delivered: bool) {
         if !delivered {
             self.metrics.snapshots_failed.inc();
@@ -195,8 +209,11 @@ impl QuicTransport {
 
         let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
         let runtime = tokio::runtime::Handle::current();
+        let incarnations = Incarnations::new();
         let shared = Arc::new(Shared {
             id: cfg.id,
+            incarnation: new_incarnation(),
+            incarnations: incarnations.clone(),
             endpoint: endpoint.clone(),
             authorize: cfg.authorize.clone(),
             max_snapshot: cfg.max_snapshot_bytes,
@@ -223,6 +240,7 @@ impl QuicTransport {
             inbound: in_tx,
             metrics,
             requests,
+            incarnations,
         };
         runtime.spawn(accept.run(endpoint));
         Ok((transport, in_rx))
@@ -319,10 +337,7 @@ impl QuicTransport {
                 .map_err(|e| format!("cannot connect to {}: {e}", addr.addr))?;
             check_outbound(&shared, id, &addr, &conn)?;
             let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-            let hello = Hello {
-                node_id: shared.id,
-                kind: StreamKind::Request,
-            };
+            let hello = shared.hello(StreamKind::Request);
             send.write_all(&hello.encode())
                 .await
                 .map_err(|e| e.to_string())?;
@@ -376,9 +391,33 @@ impl Transport for QuicTransport {
     }
 }
 
+const MIN_BACKOFF: Duration = Duration::from_millis(50);
+const MAX_BACKOFF: Duration = Duration::from_secs(2);
+
+/// A random incarnation for this run of the transport (never 0).
+fn new_incarnation() -> u64 {
+    loop {
+        let n: u64 = rand::random();
+        if n != 0 {
+            return n;
+        }
+    }
+}
+
+/// Why a peer sender stopped using a connection.
+enum Streamed {
+    /// The peer was removed (its queue closed).
+    QueueClosed,
+    /// A new run of the peer said hello: this connection may lead to the
+    /// dead one (see `incarnation`).
+    PeerRestarted,
+    Broken,
+}
+
 /// Owns the connection to one peer: connect with backoff, check that the
-/// peer is who its node id says, stream frames, reconnect on error. Messages
-/// lost on a broken connection are Raft's to resend.
+/// peer is who its node id says, stream frames, reconnect on error or as
+/// soon as the peer restarted. Messages lost on a broken connection are
+/// Raft's to resend.
 struct PeerSender {
     id: u64,
     addr: PeerAddr,
@@ -409,85 +448,135 @@ impl PeerSender {
 
     async fn run(self, mut rx: mpsc::Receiver<Message>) {
         let mut backoff = Duration::from_millis(50);
-        let peer_label = self.id.to_string();
+        let mut run = self.shared.incarnations.follow(self.id);
         loop {
-            let conn = match self.connect().await {
+            run.dialing();
+            let connected = tokio::select! {
+                c = self.connect() => c,
+                // A new run came up while we were dialing: dial it now.
+                _ = run.restarted() => continue,
+            };
+            let conn = match connected {
                 Ok(c) => c,
                 Err(e) => {
                     tracing::debug!(peer = self.id, addr = %self.addr.addr, error = %e, "cannot reach federation peer; retrying");
-                    if !self.drain_for(&mut rx, backoff).await {
-                        return;
+                    tokio::select! {
+                        open = self.drain_for(&mut rx, backoff) => {
+                            if !open {
+                                return;
+                            }
+                            backoff = (backoff * 2).min(MAX_BACKOFF);
+                        }
+                        // The peer just came (back) up: no reason to wait.
+                        _ = run.restarted() => backoff = MIN_BACKOFF,
                     }
-                    backoff = (backoff * 2).min(Duration::from_secs(2));
                     continue;
                 }
             };
             if !self.authorized(&conn) {
                 conn.close(quinn::VarInt::from_u32(1), b"unexpected identity");
-                if !self.drain_for(&mut rx, Duration::from_secs(2)).await {
+                if !self.drain_for(&mut rx, MAX_BACKOFF).await {
                     return;
                 }
                 continue;
             }
-            backoff = Duration::from_millis(50);
-            let mut stream = match self.open_messages(&conn).await {
+            backoff = MIN_BACKOFF;
+            match self.stream_messages(&conn, &mut rx, &mut run).await {
+                Streamed::QueueClosed => {
+                    conn.close(quinn::VarInt::from_u32(0), b"peer removed");
+                    return;
+                }
+                Streamed::PeerRestarted => {
+                    conn.close(quinn::VarInt::from_u32(0), b"peer restarted");
+                }
+                Streamed::Broken => {}
+            }
+        }
+    }
+
+    /// Writes queued messages on one connection until it breaks, the peer
+    /// turns out to have restarted, or the queue closes.
+    async fn stream_messages(
+        &self,
+        conn: &quinn::Connection,
+        rx: &mut mpsc::Receiver<Message>,
+        run: &mut PeerRun,
+    ) -> Streamed {
+        let peer_label = self.id.to_string();
+        let mut stream = tokio::select! {
+            s = self.open_messages(conn) => match s {
                 Ok(s) => s,
                 Err(e) => {
                     tracing::debug!(peer = self.id, error = %e, "cannot open stream to federation peer");
+                    return Streamed::Broken;
+                }
+            },
+            _ = run.restarted() => return Streamed::PeerRestarted,
+        };
+        let mut rtt = tokio::time::interval(Duration::from_secs(5));
+        loop {
+            let msg = tokio::select! {
+                m = rx.recv() => m,
+                _ = rtt.tick() => {
+                    self.shared.metrics.peer_rtt_seconds.with_label_values(&[&peer_label]).set(conn.rtt().as_secs_f64());
                     continue;
                 }
+                _ = run.restarted() => return Streamed::PeerRestarted,
             };
-            let mut rtt = tokio::time::interval(Duration::from_secs(5));
-            loop {
-                let msg = tokio::select! {
-                    m = rx.recv() => m,
-                    _ = rtt.tick() => {
-                        self.shared.metrics.peer_rtt_seconds.with_label_values(&[&peer_label]).set(conn.rtt().as_secs_f64());
-                        continue;
-                    }
-                };
-                let Some(msg) = msg else {
-                    conn.close(quinn::VarInt::from_u32(0), b"peer removed");
-                    return;
-                };
-                if msg.get_msg_type() == MessageType::MsgSnapshot {
-                    tokio::spawn(send_snapshot(
-                        self.shared.clone(),
-                        self.id,
-                        conn.clone(),
-                        msg,
-                    ));
-                    continue;
-                }
-                let bytes = match msg.write_to_bytes() {
-                    Ok(b) => b,
-                    Err(e) => {
-                        tracing::warn!(peer = self.id, error = %e, "cannot encode raft message");
-                        continue;
-                    }
-                };
-                let Ok(len) = u32::try_from(bytes.len()) else {
-                    self.shared
-                        .metrics
-                        .transport_dropped
-                        .with_label_values(&["too_large"])
-                        .inc();
-                    continue;
-                };
-                let mut frame = Vec::with_capacity(4 + bytes.len());
-                frame.extend_from_slice(&len.to_be_bytes());
-                frame.extend_from_slice(&bytes);
-                if let Err(e) = stream.write_all(&frame).await {
-                    tracing::debug!(peer = self.id, error = %e, "federation peer connection broke; reconnecting");
-                    self.shared
-                        .metrics
-                        .transport_dropped
-                        .with_label_values(&["connection_lost"])
-                        .inc();
-                    break;
-                }
+            let Some(msg) = msg else {
+                return Streamed::QueueClosed;
+            };
+            if msg.get_msg_type() == MessageType::MsgSnapshot {
+                tokio::spawn(send_snapshot(
+                    self.shared.clone(),
+                    self.id,
+                    conn.clone(),
+                    msg,
+                ));
+                continue;
+            }
+            let Some(frame) = self.frame(&msg) else {
+                continue;
+            };
+            // A write blocks once a dead peer stops acknowledging; a new
+            // run of that peer must not wait for it.
+            let written = tokio::select! {
+                w = stream.write_all(&frame) => w,
+                _ = run.restarted() => return Streamed::PeerRestarted,
+            };
+            if let Err(e) = written {
+                tracing::debug!(peer = self.id, error = %e, "federation peer connection broke; reconnecting");
+                self.shared
+                    .metrics
+                    .transport_dropped
+                    .with_label_values(&["connection_lost"])
+                    .inc();
+                return Streamed::Broken;
             }
         }
+    }
+
+    /// Encodes one message as a length-prefixed frame (`None`: dropped).
+    fn frame(&self, msg: &Message) -> Option<Vec<u8>> {
+        let bytes = match msg.write_to_bytes() {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::warn!(peer = self.id, error = %e, "cannot encode raft message");
+                return None;
+            }
+        };
+        let Ok(len) = u32::try_from(bytes.len()) else {
+            self.shared
+                .metrics
+                .transport_dropped
+                .with_label_values(&["too_large"])
+                .inc();
+            return None;
+        };
+        let mut frame = Vec::with_capacity(4 + bytes.len());
+        frame.extend_from_slice(&len.to_be_bytes());
+        frame.extend_from_slice(&bytes);
+        Some(frame)
     }
 
     /// The server we reached must hold the certificate of the node we meant
@@ -498,10 +587,7 @@ impl PeerSender {
 
     async fn open_messages(&self, conn: &quinn::Connection) -> Result<quinn::SendStream, String> {
         let mut stream = conn.open_uni().await.map_err(|e| e.to_string())?;
-        let hello = Hello {
-            node_id: self.shared.id,
-            kind: StreamKind::Messages,
-        };
+        let hello = self.shared.hello(StreamKind::Messages);
         stream
             .write_all(&hello.encode())
             .await
@@ -583,10 +669,7 @@ async fn snapshot_exchange(
         ));
     }
     let (mut send, mut recv) = conn.open_bi().await.map_err(|e| e.to_string())?;
-    let hello = Hello {
-        node_id: shared.id,
-        kind: StreamKind::Snapshot,
-    };
+    let hello = shared.hello(StreamKind::Snapshot);
     send.write_all(&hello.encode())
         .await
         .map_err(|e| e.to_string())?;

@@ -1,6 +1,10 @@
 //! Bytes on a peer stream. Every stream opens with a hello naming the
-//! sender's Raft node id and the stream's kind, so the receiver can bind the
-//! TLS identity to that id before reading any Raft message.
+//! sender's Raft node id, the stream's kind and the sender's incarnation (a
+//! random number drawn each time its transport starts), so the receiver can
+//! bind the TLS identity to that id before reading any Raft message, and
+//! learns when a peer restarted: its own connection to that peer then
+//! belongs to the dead process and is replaced at once, instead of swallowing
+//! messages until QUIC's idle timeout (see `PeerSender`).
 //!
 //! - message stream (unidirectional): hello, then frames of a 4-byte
 //!   big-endian length and a protobuf `raft::eraftpb::Message`, each at most
@@ -17,8 +21,9 @@
 use raft::eraftpb::MessageType;
 
 const MAGIC: &[u8; 4] = b"IRFT";
-const VERSION: u8 = 1;
-pub const HELLO_LEN: usize = 14;
+/// Version 2 added the incarnation.
+const VERSION: u8 = 2;
+pub const HELLO_LEN: usize = 22;
 
 /// Read size while assembling a snapshot: memory grows with the bytes that
 /// actually arrived, never with what a header claims.
@@ -38,6 +43,8 @@ pub const MAX_REQUEST_BYTES: usize = 64 << 10;
 pub struct Hello {
     pub node_id: u64,
     pub kind: StreamKind,
+    /// Differs between two runs of the same node; never 0.
+    pub incarnation: u64,
 }
 
 impl Hello {
@@ -50,7 +57,8 @@ impl Hello {
             StreamKind::Snapshot => 1,
             StreamKind::Request => 2,
         };
-        out[6..].copy_from_slice(&self.node_id.to_be_bytes());
+        out[6..14].copy_from_slice(&self.node_id.to_be_bytes());
+        out[14..].copy_from_slice(&self.incarnation.to_be_bytes());
         out
     }
 
@@ -73,12 +81,22 @@ impl Hello {
             k => return Err(format!("unknown stream kind {k}")),
         };
         let mut id = [0u8; 8];
-        id.copy_from_slice(&b[6..]);
+        id.copy_from_slice(&b[6..14]);
         let node_id = u64::from_be_bytes(id);
         if node_id == 0 {
             return Err("hello names node id 0".into());
         }
-        Ok(Hello { node_id, kind })
+        let mut inc = [0u8; 8];
+        inc.copy_from_slice(&b[14..]);
+        let incarnation = u64::from_be_bytes(inc);
+        if incarnation == 0 {
+            return Err("hello names incarnation 0".into());
+        }
+        Ok(Hello {
+            node_id,
+            kind,
+            incarnation,
+        })
     }
 }
 
@@ -125,18 +143,28 @@ mod tests {
         let h = Hello {
             node_id: u64::MAX - 3,
             kind: StreamKind::Snapshot,
+            incarnation: 0x0102_0304_0506_0708,
         };
         assert_eq!(Hello::decode(&h.encode()), Ok(h));
         let mut bad = h.encode();
         bad[0] = b'X';
         assert!(Hello::decode(&bad).is_err());
-        let mut v2 = h.encode();
-        v2[4] = 2;
-        assert!(Hello::decode(&v2).unwrap_err().contains("version 2"));
+        let mut v1 = h.encode();
+        v1[4] = 1;
+        assert!(Hello::decode(&v1).unwrap_err().contains("version 1"));
         let zero = Hello {
             node_id: 0,
             kind: StreamKind::Messages,
+            incarnation: 1,
         };
         assert!(Hello::decode(&zero.encode()).is_err());
+        let no_incarnation = Hello {
+            node_id: 1,
+            kind: StreamKind::Messages,
+            incarnation: 0,
+        };
+        assert!(Hello::decode(&no_incarnation.encode())
+            .unwrap_err()
+            .contains("incarnation"));
     }
 }
