@@ -88,8 +88,13 @@ async fn start_bound(
     for (p, a) in peers {
         transport.add_peer(*p, PeerAddr::parse(a, SERVER_NAME).unwrap());
     }
+    let mut config = fast_config(id, dir.join(format!("node-{id}")), voters);
+    // Nothing renews c1's lease here: the restored registry must compare
+    // equal to the original whenever the comparison runs, so the lease
+    // never expires within the test.
+    config.lease.ttl = Duration::from_secs(3600);
     let node = Node::start(
-        fast_config(id, dir.join(format!("node-{id}")), voters),
+        config,
         transport.clone(),
         inbound,
         Metrics::unregistered().unwrap(),

@@ -137,6 +137,20 @@ impl Load {
         let _ = (&mut self.driver).await;
         v
     }
+
+    /// Runs until `n` requests completed (or `limit` passed), stops, and
+    /// returns the first `n` outcomes (fewer if the limit came first).
+    pub async fn first(mut self, n: usize, limit: std::time::Duration) -> Vec<Outcome> {
+        let mut v = Vec::new();
+        let deadline = tokio::time::Instant::now() + limit;
+        while v.len() < n && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+            v.extend(self.drain());
+        }
+        v.extend(self.finish().await);
+        v.truncate(n);
+        v
+    }
 }
 
 impl Drop for Load {

@@ -92,36 +92,23 @@ async fn a_90_10_split_across_clusters_holds_within_3_points() {
     let fed = common::start(spec(), "us-east").await.unwrap();
     // Both subsets reachable before counting (eu-central's endpoints and
     // certificates may arrive a little after us-east's).
-    let cfg = fed
-        .load("us-west", "productpage-v1", "reviews", 1.0)
-        .unwrap();
-    isthmus_multicluster_tests::wait::until(
-        "a request to land in eu-central (subset v2)",
+    fed.wait_lands(
+        "us-west",
+        "productpage-v1",
+        "reviews",
+        "eu-central",
         Duration::from_secs(30),
-        || async {
-            match isthmus_multicluster_tests::load::request(&cfg).await {
-                Ok(l) if l.cluster == "eu-central" => Ok(()),
-                Ok(l) => Err(format!("landed in {}", l.cluster)),
-                Err(e) => Err(e.to_string()),
-            }
-        },
     )
     .await
     .unwrap();
 
     let rate = 150.0;
-    let mut load = Load::start(
+    let outcomes = Load::start(
         fed.load("us-west", "productpage-v1", "reviews", rate)
             .unwrap(),
-    );
-    let mut outcomes = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
-    while outcomes.len() < REQUESTS && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        outcomes.extend(load.drain());
-    }
-    outcomes.extend(load.finish().await);
-    outcomes.truncate(REQUESTS);
+    )
+    .first(REQUESTS, Duration::from_secs(40))
+    .await;
     let s = Summary::of(&outcomes);
     eprintln!("{s:#?}");
     assert_eq!(

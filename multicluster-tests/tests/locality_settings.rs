@@ -54,18 +54,12 @@ const FAILOVER_PRIORITY: &str = r#"        failoverPriority:
 
 /// `REQUESTS` calls from productpage in us-west.
 async fn measure(fed: &isthmus_multicluster_tests::Federation) -> Summary {
-    let mut load = Load::start(
+    let outcomes = Load::start(
         fed.load("us-west", "productpage-v1", "reviews", 150.0)
             .unwrap(),
-    );
-    let mut outcomes = Vec::new();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(40);
-    while outcomes.len() < REQUESTS && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(200)).await;
-        outcomes.extend(load.drain());
-    }
-    outcomes.extend(load.finish().await);
-    outcomes.truncate(REQUESTS);
+    )
+    .first(REQUESTS, Duration::from_secs(40))
+    .await;
     let s = Summary::of(&outcomes);
     eprintln!("{s:#?}");
     assert_eq!(
@@ -114,19 +108,12 @@ async fn distribute_and_failover_priority_change_the_split_as_configured() {
 
     fed.write_config("us-west", "traffic.yaml", &rule(DISTRIBUTE))
         .unwrap();
-    isthmus_multicluster_tests::wait::until(
-        "a call to land in eu-central under `distribute`",
+    fed.wait_lands(
+        "us-west",
+        "productpage-v1",
+        "reviews",
+        "eu-central",
         Duration::from_secs(30),
-        || async {
-            let cfg = fed
-                .load("us-west", "productpage-v1", "reviews", 1.0)
-                .map_err(|e| e.to_string())?;
-            match isthmus_multicluster_tests::load::request(&cfg).await {
-                Ok(l) if l.cluster == "eu-central" => Ok(()),
-                Ok(l) => Err(format!("landed in {}", l.cluster)),
-                Err(e) => Err(e.to_string()),
-            }
-        },
     )
     .await
     .unwrap();
