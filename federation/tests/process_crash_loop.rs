@@ -15,9 +15,7 @@ mod common;
 use common::pki::{tls_from_files, Ca};
 use isthmus_federation::fixtures::{cluster, key, service, upsert};
 use isthmus_federation::testing::{fast_config, TestCluster};
-use isthmus_federation::transport::quic::{
-    trust_domain_authorizer, PeerAddr, QuicConfig, QuicTransport,
-};
+use isthmus_federation::transport::quic::{trust_domain_authorizer, QuicConfig, QuicTransport};
 use isthmus_federation::{Metrics, Node, Role, Transport};
 use rand::Rng;
 use std::collections::{BTreeMap, BTreeSet};
@@ -87,23 +85,7 @@ fn loop_child() {
         };
         let say = sayer(out.clone());
         say(format!("PORT {}", transport.local_addr().unwrap().port()));
-        let peers_file = base.join("peers");
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while !peers_file.exists() {
-            assert!(Instant::now() < deadline, "no peers file");
-            tokio::time::sleep(Duration::from_millis(10)).await;
-        }
-        for line in std::fs::read_to_string(&peers_file).unwrap().lines() {
-            let (pid, port) = line.split_once(' ').unwrap();
-            let pid: u64 = pid.parse().unwrap();
-            if pid != id {
-                transport.add_peer(
-                    pid,
-                    PeerAddr::parse(&format!("127.0.0.1:{port}"), common::pki::SERVER_NAME)
-                        .unwrap(),
-                );
-            }
-        }
+        common::add_peers_from_file(&base, id, &transport).await;
         let t: Arc<dyn Transport> = transport.clone();
         let node = Node::start(
             fast_config(id, base.join(format!("data-{id}")), vec![1, 2, 3]),

@@ -39,3 +39,33 @@ pub fn init_logs() {
             .try_init();
     }
 }
+
+/// A process test's child: waits for the parent's `peers` file in `base`
+/// (one `ID PORT` line per node, written once every child printed its
+/// port) and adds every other node to `transport`.
+pub async fn add_peers_from_file(
+    base: &std::path::Path,
+    id: u64,
+    transport: &isthmus_federation::transport::quic::QuicTransport,
+) {
+    let peers_file = base.join("peers");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while !peers_file.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "no peers file");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    for line in std::fs::read_to_string(&peers_file).unwrap().lines() {
+        let (pid, port) = line.split_once(' ').unwrap();
+        let pid: u64 = pid.parse().unwrap();
+        if pid != id {
+            transport.add_peer(
+                pid,
+                isthmus_federation::transport::quic::PeerAddr::parse(
+                    &format!("127.0.0.1:{port}"),
+                    pki::SERVER_NAME,
+                )
+                .unwrap(),
+            );
+        }
+    }
+}
