@@ -539,7 +539,8 @@ fn registry(
             },
         )
     };
-    let mut west = BTreeMap::from([svc("reviews", 9080, west_reviews_protocol)]);
+    let mut west =
+        isthmus_federation::ServiceMap::from_iter([svc("reviews", 9080, west_reviews_protocol)]);
     if with_details {
         west.extend([svc("details", 9080, "HTTP")]);
     }

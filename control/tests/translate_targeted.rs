@@ -133,20 +133,27 @@ fn the_local_cluster_comes_from_local_config_not_the_registry() {
     );
 }
 
+fn set_health(services: &mut isthmus_federation::ServiceMap, health: Health) {
+    *services = services
+        .iter()
+        .map(|(k, svc)| {
+            let mut svc = svc.clone();
+            for e in &mut svc.endpoints {
+                e.health = health;
+            }
+            (k.clone(), svc)
+        })
+        .collect();
+}
+
 #[test]
 fn a_lease_expiry_removes_the_cluster_and_a_recovery_brings_it_back() {
     let l = case("mc-other-network");
     let mut registry = (*l.inputs.registry).clone();
-    for svc in registry
-        .services
-        .get_mut("c2")
-        .expect("c2 publishes")
-        .values_mut()
-    {
-        for e in &mut svc.endpoints {
-            e.health = Health::Unavailable;
-        }
-    }
+    set_health(
+        registry.services.get_mut("c2").expect("c2 publishes"),
+        Health::Unavailable,
+    );
     let expired = Inputs::new(
         l.inputs.config.clone(),
         Arc::new(registry.clone()),
@@ -157,16 +164,10 @@ fn a_lease_expiry_removes_the_cluster_and_a_recovery_brings_it_back() {
         !eps.iter().any(|e| e.0 == "192.0.2.10"),
         "expired cluster gone: {eps:?}"
     );
-    for svc in registry
-        .services
-        .get_mut("c2")
-        .expect("c2 publishes")
-        .values_mut()
-    {
-        for e in &mut svc.endpoints {
-            e.health = Health::Healthy;
-        }
-    }
+    set_health(
+        registry.services.get_mut("c2").expect("c2 publishes"),
+        Health::Healthy,
+    );
     let back = Inputs::new(
         l.inputs.config.clone(),
         Arc::new(registry),

@@ -38,6 +38,6 @@ pub use config::{LeaseConfig, NodeConfig};
 pub use handle::{FederationError, Handle, NodeStatus, PeerStatus, Role, WatchError, WatchStream};
 pub use metrics::Metrics;
 pub use node::{Node, StartError};
-pub use state::{Event, EventKind, LeaseState, RegistrySnapshot};
+pub use state::{Event, EventKind, LeaseState, RegistrySnapshot, ServiceMap};
 pub use transport::Transport;
 pub use witness::{run_witness, Witness, WitnessConfig, WitnessError};

@@ -13,6 +13,13 @@ use std::sync::Arc;
 /// proposal that already committed.
 const DEDUP_WINDOW: usize = 4096;
 
+/// One cluster's services in a [`RegistrySnapshot`]. A persistent map: the
+/// node hands a new view to watchers at most every few milliseconds while
+/// commands keep changing it, and cloning a `BTreeMap` of every service on
+/// each hand-over cost more than the commit itself (it was the single-writer
+/// latency tail of the registry benchmark).
+pub type ServiceMap = imbl::OrdMap<ServiceKey, ClusterService>;
+
 /// Lease of one cluster as the log decided it.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct LeaseState {
@@ -31,7 +38,7 @@ pub struct RegistrySnapshot {
     pub applied_index: u64,
     pub clusters: BTreeMap<String, ClusterInfo>,
     /// cluster id -> service -> what that cluster publishes.
-    pub services: BTreeMap<String, BTreeMap<ServiceKey, ClusterService>>,
+    pub services: BTreeMap<String, ServiceMap>,
     pub leases: BTreeMap<String, LeaseState>,
     /// Raft peer addresses of members added at run time (from membership
     /// changes), so a restarted node can reach them without extra config.
@@ -333,7 +340,7 @@ impl Registry {
                 }
                 view.leases.remove(&cluster);
                 if let Some(services) = view.services.remove(&cluster) {
-                    for key in services.into_keys() {
+                    for key in services.keys().cloned() {
                         events.push(EventKind::ServiceRemoved {
                             cluster: cluster.clone(),
                             key,
@@ -494,7 +501,7 @@ impl Registry {
         let mut reg = Registry::new(history_limit);
         let leases: BTreeMap<String, LeaseState> = image.leases.into_iter().collect();
         let mut published: BTreeMap<String, BTreeMap<ServiceKey, ClusterService>> = BTreeMap::new();
-        let mut shown: BTreeMap<String, BTreeMap<ServiceKey, ClusterService>> = BTreeMap::new();
+        let mut shown: BTreeMap<String, ServiceMap> = BTreeMap::new();
         for svc in image.published {
             let expired = leases.get(&svc.cluster).is_some_and(|l| l.expired);
             shown

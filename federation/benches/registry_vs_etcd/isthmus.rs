@@ -116,6 +116,13 @@ pub fn child(id: u64, dir: PathBuf, timing: Timing) -> Result<(), String> {
         {
             cfg.snapshot_every = n;
         }
+        // For experiments: how often watchers get a new view of the registry.
+        if let Some(ms) = std::env::var("BENCH_VIEW_PUBLISH_MS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            cfg.view_publish_interval = Duration::from_millis(ms);
+        }
         let node = Node::start(cfg, transport.clone(), inbound, metrics)
             .await
             .map_err(|e| e.to_string())?;
