@@ -5,6 +5,7 @@
 //! its node metadata) and the peer's ([`workload`], [`peer`]).
 
 mod health;
+mod http_handles;
 pub mod istio;
 pub mod peer;
 mod record;

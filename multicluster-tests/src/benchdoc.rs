@@ -14,8 +14,12 @@ fn replace_section(old: &str, heading: &str, section: &str) -> String {
     match old.find(heading) {
         Some(start) => {
             let rest = &old[start + heading.len()..];
-            let end = rest
-                .find("\n## ")
+            // A section ends at the next heading or at the next HTML comment
+            // line (another script's markers for the section it writes).
+            let end = ["\n## ", "\n<!-- "]
+                .iter()
+                .filter_map(|m| rest.find(m))
+                .min()
                 .map(|i| start + heading.len() + i + 1)
                 .unwrap_or(old.len());
             format!("{}{}{}", &old[..start], section, &old[end..])
@@ -33,6 +37,16 @@ mod tests {
         let old = "# B\n\n## A\nold a\n\n## X\nold x\n\n## C\nc\n";
         let new = replace_section(old, "## X", "## X\nnew x\n\n");
         assert_eq!(new, "# B\n\n## A\nold a\n\n## X\nnew x\n\n## C\nc\n");
+    }
+
+    #[test]
+    fn keeps_the_markers_of_the_next_section() {
+        let old = "## X\nold x\n\n<!-- other:start -->\n## Y\ny\n<!-- other:end -->\n";
+        let new = replace_section(old, "## X", "## X\nnew x\n\n");
+        assert_eq!(
+            new,
+            "## X\nnew x\n\n<!-- other:start -->\n## Y\ny\n<!-- other:end -->\n"
+        );
     }
 
     #[test]

@@ -9,9 +9,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, Resource as PbResource,
-};
+use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::{Status, Streaming};
@@ -19,12 +17,13 @@ use tracing::debug;
 
 use crate::generator::Names;
 use crate::held::{Held, HeldSet};
-use crate::resource::{same_content, SetDigest};
+use crate::outbound::{chunks, DeltaPlan};
+use crate::resource::SetDigest;
 use crate::status::SentRef;
 use crate::stream::{End, StreamCtx, Subscription};
 use crate::types::TypeUrl;
 
-type Tx = mpsc::Sender<Result<DeltaDiscoveryResponse, Status>>;
+type Tx = mpsc::Sender<Result<DeltaPlan, Status>>;
 
 #[derive(Default)]
 struct TypeState {
@@ -39,10 +38,29 @@ struct TypeState {
     /// Digest of `held`'s names and versions, reported as the stream's
     /// version in status.
     digest: SetDigest,
+    /// Nonce of the last response sent.
     nonce: Option<String>,
+    /// Nonces of the responses of the last update (one, or several when it
+    /// was split) that the client has not answered yet. A NACK of any of
+    /// them counts; the ACK of the last one means the update is applied.
+    unanswered: Vec<String>,
+    /// The client rejected part of the last update.
+    update_nacked: bool,
 }
 
 impl TypeState {
+    /// Whether `nonce` is one of the last update's responses, and marks it
+    /// answered.
+    fn answer(&mut self, nonce: &str) -> bool {
+        match self.unanswered.iter().position(|n| n == nonce) {
+            Some(i) => {
+                self.unanswered.swap_remove(i);
+                true
+            }
+            None => false,
+        }
+    }
+
     fn sent_ref(&self) -> SentRef {
         SentRef::Held(Arc::downgrade(&self.held))
     }
@@ -151,16 +169,23 @@ impl Delta {
             }
             self.ctx.note_sent(t, state.sent_ref());
         }
-        let nonce_matches =
-            !req.response_nonce.is_empty() && state.nonce.as_deref() == Some(&req.response_nonce);
+        let answered = !req.response_nonce.is_empty() && state.answer(&req.response_nonce);
         let sub = state.sub.clone();
         if first || wildcard_added || unsubscribed || !added.is_empty() {
             self.ctx.note_subscription(t, &sub);
         }
-        if nonce_matches {
+        if answered {
             match req.error_detail {
-                Some(err) => self.ctx.record_nack(t, &req.response_nonce, err.message),
-                None => self.ctx.record_ack(t, &state.digest.version()),
+                Some(err) => {
+                    state.update_nacked = true;
+                    self.ctx.record_nack(t, &req.response_nonce, err.message);
+                }
+                None if !state.update_nacked
+                    && state.nonce.as_deref() == Some(&req.response_nonce) =>
+                {
+                    self.ctx.record_ack(t, &state.digest.version());
+                }
+                None => {}
             }
         }
         let domain = if first || wildcard_added {
@@ -208,6 +233,7 @@ impl Delta {
         let Some(state) = self.types.get_mut(&t) else {
             return Ok(());
         };
+        let (same, seq) = (&self.ctx.shared.same, self.ctx.seq);
         let updates: Vec<_> = generated
             .iter()
             .filter(|(n, r)| {
@@ -215,7 +241,7 @@ impl Delta {
                     && match state.held.get(n.as_str()) {
                         Some(h) if h.version() == r.version => false,
                         // Same message, other map order: the client is current.
-                        Some(h) if h.sent() => !same_content(&h.0, r),
+                        Some(h) if h.sent() => !same.check(seq, &h.0, r),
                         _ => true,
                     }
             })
@@ -263,31 +289,37 @@ impl Delta {
             }
             state.digest.add(&r.name, &r.version);
         }
-        let nonce = self.ctx.next_nonce();
+        // One response per `delta_response_bytes` of resources, which bounds
+        // what a stream builds, and h2 buffers for it, at a time (see
+        // `XdsConfig::delta_response_bytes`).
+        let groups = match chunks(updates, self.ctx.shared.config.delta_response_bytes) {
+            g if g.is_empty() => vec![Vec::new()],
+            g => g,
+        };
+        let system_version = self.ctx.input_version.to_string();
+        let mut removed = Some(removed);
+        let plans: Vec<DeltaPlan> = groups
+            .into_iter()
+            .map(|resources| DeltaPlan {
+                type_url: t,
+                system_version: system_version.clone(),
+                nonce: self.ctx.next_nonce(),
+                resources,
+                // Removals travel with the first response.
+                removed: removed.take().unwrap_or_default(),
+            })
+            .collect();
+        state.unanswered = plans.iter().map(|p| p.nonce.clone()).collect();
+        state.update_nacked = false;
+        let nonce = plans.last().map(|p| p.nonce.clone()).unwrap_or_default();
         state.nonce = Some(nonce.clone());
         let version = state.digest.version();
         let sent = state.sent_ref();
         self.ctx
             .record_sent(t, &version, &nonce, sent, triggered_at);
-        let response = DeltaDiscoveryResponse {
-            system_version_info: self.ctx.input_version.to_string(),
-            resources: updates
-                .iter()
-                .map(|r| PbResource {
-                    name: r.name.clone(),
-                    version: r.version.clone(),
-                    resource: Some(r.body.clone()),
-                    ..Default::default()
-                })
-                .collect(),
-            type_url: t.as_str().to_owned(),
-            removed_resources: removed,
-            nonce,
-            ..Default::default()
-        };
-        self.tx
-            .send(Ok(response))
-            .await
-            .map_err(|_| End::ClientGone)
+        for plan in plans {
+            self.tx.send(Ok(plan)).await.map_err(|_| End::ClientGone)?;
+        }
+        Ok(())
     }
 }

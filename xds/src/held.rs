@@ -1,4 +1,4 @@
-//! What one delta client holds of one type, kept as small as possible.
+//! What one client holds of one type, kept as small as possible.
 //!
 //! A thousand sidecars hold the same few thousand resources. Each entry
 //! here is one pointer to the resource the generator made, shared with the

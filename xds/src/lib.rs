@@ -25,15 +25,18 @@
 //! # Ok(()) }
 //! ```
 
+mod ads;
 mod cache;
 mod delta;
 mod generator;
 mod held;
 mod intern;
 mod metrics;
+mod outbound;
 mod proxy;
 mod push;
 mod resource;
+mod same;
 mod server;
 mod service;
 mod sotw;
@@ -41,6 +44,7 @@ mod status;
 mod stream;
 mod types;
 
+pub use ads::AdsServer;
 pub use generator::{GenerateError, Generator, Names};
 pub use proxy::{Locality, NodeType, Proxy, ProxyError, ProxyRole};
 pub use push::{DebounceConfig, PushScope, Pusher};

@@ -4,9 +4,12 @@
 //! `pilot_total_xds_rejects`, `pilot_push_triggers`) so Istio's control
 //! plane dashboard and alerts work unchanged.
 
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::{Arc, Mutex};
+
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    IntGaugeVec, Opts, Registry,
+    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry,
 };
 
 use crate::types::TypeUrl;
@@ -20,7 +23,62 @@ pub(crate) struct Metrics {
     rejected: IntCounterVec,
     published: IntCounterVec,
     generations: IntCounterVec,
+    outbound: Outbound,
     istio: IstiodNames,
+}
+
+/// Built responses not yet handed to the transport (see `outbound.rs`).
+#[derive(Clone)]
+struct Outbound {
+    responses: IntGauge,
+    bytes: IntGauge,
+    bytes_max: IntGauge,
+    /// The exact current value behind `bytes`, for `bytes_max`.
+    current: Arc<AtomicI64>,
+    /// Serialises raising `bytes_max`, so a lower value never overwrites a
+    /// higher one.
+    raise_max: Arc<Mutex<()>>,
+    waits: IntCounter,
+    stalls: IntCounter,
+}
+
+impl Outbound {
+    fn new(registry: &Registry) -> Result<Outbound, prometheus::Error> {
+        let responses = IntGauge::new(
+            "isthmus_xds_responses_in_flight",
+            "Responses built (resource bodies copied into a message) and not yet handed to the transport",
+        )?;
+        let bytes = IntGauge::new(
+            "isthmus_xds_response_bytes_in_flight",
+            "Bytes of the responses in flight, as taken from the response budget",
+        )?;
+        let bytes_max = IntGauge::new(
+            "isthmus_xds_response_bytes_in_flight_max",
+            "Highest isthmus_xds_response_bytes_in_flight since the server started; at most the response budget",
+        )?;
+        let waits = IntCounter::new(
+            "isthmus_xds_response_budget_waits_total",
+            "Responses that waited for the server-wide response budget before being built",
+        )?;
+        let stalls = IntCounter::new(
+            "isthmus_xds_response_stalls_total",
+            "Responses whose budget share was given back because the client did not read on in time",
+        )?;
+        registry.register(Box::new(responses.clone()))?;
+        registry.register(Box::new(bytes.clone()))?;
+        registry.register(Box::new(bytes_max.clone()))?;
+        registry.register(Box::new(waits.clone()))?;
+        registry.register(Box::new(stalls.clone()))?;
+        Ok(Outbound {
+            responses,
+            bytes,
+            bytes_max,
+            current: Arc::default(),
+            raise_max: Arc::default(),
+            waits,
+            stalls,
+        })
+    }
 }
 
 /// istiod's metric names for the same events.
@@ -159,8 +217,40 @@ impl Metrics {
             rejected,
             published,
             generations,
+            outbound: Outbound::new(registry)?,
             istio: IstiodNames::new(registry)?,
         })
+    }
+
+    /// A response of `bytes` (its budget share) was built.
+    pub(crate) fn built(&self, bytes: i64) {
+        let o = &self.outbound;
+        o.responses.inc();
+        o.bytes.add(bytes);
+        let now = o.current.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        if now > o.bytes_max.get() {
+            // Poisoning cannot leave a gauge inconsistent.
+            let _serial = o.raise_max.lock().unwrap_or_else(|e| e.into_inner());
+            if now > o.bytes_max.get() {
+                o.bytes_max.set(now);
+            }
+        }
+    }
+
+    /// A built response was handed over (or its share given back).
+    pub(crate) fn handed_over(&self, bytes: i64) {
+        let o = &self.outbound;
+        o.current.fetch_sub(bytes, Ordering::Relaxed);
+        o.responses.dec();
+        o.bytes.sub(bytes);
+    }
+
+    pub(crate) fn budget_wait(&self) {
+        self.outbound.waits.inc();
+    }
+
+    pub(crate) fn stalled(&self) {
+        self.outbound.stalls.inc();
     }
 
     pub(crate) fn pushed(&self, t: TypeUrl, latency: Option<std::time::Duration>) {

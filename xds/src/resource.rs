@@ -153,7 +153,7 @@ fn short_hex(bytes: &[u8]) -> String {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     fn any(v: &[u8]) -> Any {
@@ -179,7 +179,7 @@ mod tests {
     /// A route configuration whose one virtual host carries
     /// `typed_per_filter_config` entries encoded in the given order, as
     /// prost writes a hash map that iterates that way.
-    fn route_config_with_filters_in(order: &[&str]) -> Any {
+    pub(crate) fn route_config_with_filters_in(order: &[&str]) -> Any {
         use envoy_types::pb::envoy::config::route::v3::VirtualHost;
         // Concatenated encodings of one message merge, and map entries
         // append in order: one single-entry host encoding per key.

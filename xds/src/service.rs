@@ -5,17 +5,17 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::cluster::v3::cluster_discovery_service_server::ClusterDiscoveryService;
 use envoy_types::pb::envoy::service::discovery::v3::aggregated_discovery_service_server::AggregatedDiscoveryService;
 use envoy_types::pb::envoy::service::discovery::v3::{
-    DeltaDiscoveryRequest, DeltaDiscoveryResponse, DiscoveryRequest, DiscoveryResponse,
+    DeltaDiscoveryRequest, DiscoveryRequest, DiscoveryResponse,
 };
 use envoy_types::pb::envoy::service::endpoint::v3::endpoint_discovery_service_server::EndpointDiscoveryService;
 use envoy_types::pb::envoy::service::listener::v3::listener_discovery_service_server::ListenerDiscoveryService;
 use envoy_types::pb::envoy::service::route::v3::route_discovery_service_server::RouteDiscoveryService;
 use envoy_types::pb::envoy::service::secret::v3::secret_discovery_service_server::SecretDiscoveryService;
 use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::generator::Names;
+use crate::outbound::{DeltaPlan, ResponseStream, SotwPlan};
 use crate::proxy::Proxy;
 use crate::resource::set_version;
 use crate::status::StreamKind;
@@ -23,10 +23,12 @@ use crate::stream::{Shared, StreamCtx};
 use crate::types::TypeUrl;
 use crate::{delta, sotw};
 
-/// Response stream of state-of-the-world methods.
-pub type SotwStream = ReceiverStream<Result<DiscoveryResponse, Status>>;
-/// Response stream of delta methods.
-pub type DeltaStream = ReceiverStream<Result<DeltaDiscoveryResponse, Status>>;
+/// Response stream of state-of-the-world methods: builds each
+/// `DiscoveryResponse` when the transport asks for it.
+pub type SotwStream = ResponseStream<SotwPlan>;
+/// Response stream of delta methods: builds each `DeltaDiscoveryResponse`
+/// when the transport asks for it.
+pub type DeltaStream = ResponseStream<DeltaPlan>;
 
 /// Decides whether a connection (its request extensions, e.g. the TLS
 /// peer) may speak for `Proxy`; `Err` carries the operator-facing reason.
@@ -75,7 +77,7 @@ impl XdsService {
         })
     }
 
-    async fn open_sotw(
+    pub(crate) async fn open_sotw(
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<SotwStream>, Status> {
@@ -96,10 +98,13 @@ impl XdsService {
         );
         let (tx, rx) = mpsc::channel(self.shared.config.response_queue);
         tokio::spawn(sotw::run(ctx, first, inbound, tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(ResponseStream::new(
+            rx,
+            self.shared.budget.clone(),
+        )))
     }
 
-    async fn open_delta(
+    pub(crate) async fn open_delta(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaStream>, Status> {
@@ -113,7 +118,10 @@ impl XdsService {
         let ctx = StreamCtx::new(self.shared.clone(), proxy, StreamKind::Delta, self.only);
         let (tx, rx) = mpsc::channel(self.shared.config.response_queue);
         tokio::spawn(delta::run(ctx, first, inbound, tx));
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(ResponseStream::new(
+            rx,
+            self.shared.budget.clone(),
+        )))
     }
 
     /// The unary REST-style `Fetch*` methods: one response, no state.

@@ -10,19 +10,21 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use envoy_types::pb::envoy::service::discovery::v3::{DiscoveryRequest, DiscoveryResponse};
+use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tonic::{Status, Streaming};
 use tracing::debug;
 
 use crate::generator::Names;
-use crate::resource::{same_content, set_version, Resource, ResourceMap, SetDigest};
+use crate::held::{Held, HeldSet};
+use crate::outbound::SotwPlan;
+use crate::resource::{set_version, Resource, ResourceMap, SetDigest};
 use crate::status::SentRef;
 use crate::stream::{End, StreamCtx, Subscription};
 use crate::types::TypeUrl;
 
-type Tx = mpsc::Sender<Result<DiscoveryResponse, Status>>;
+type Tx = mpsc::Sender<Result<SotwPlan, Status>>;
 
 struct TypeState {
     sub: Subscription,
@@ -30,8 +32,10 @@ struct TypeState {
     /// keeps sending empty lists.
     legacy_wildcard: bool,
     /// What the client holds after our responses: exactly the subscribed
-    /// resources that exist.
-    sent: Arc<ResourceMap>,
+    /// resources that exist, as pointers to the shared resources (no names
+    /// of its own: a thousand streams holding a thousand clusters each
+    /// would otherwise copy a million names).
+    sent: Arc<HeldSet>,
     /// Digest of `sent`: the `version_info` of the last response.
     digest: SetDigest,
     nonce: Option<String>,
@@ -42,29 +46,29 @@ impl TypeState {
         TypeState {
             sub,
             legacy_wildcard,
-            sent: Arc::new(ResourceMap::new()),
+            sent: Arc::new(HeldSet::new()),
             digest: SetDigest::default(),
             nonce: None,
         }
     }
 
     /// Replaces what the client holds (resume).
-    fn reset_sent(&mut self, sent: ResourceMap) {
+    fn reset_sent(&mut self, sent: &ResourceMap) {
         self.digest = SetDigest::default();
         for (n, r) in sent.iter() {
             self.digest.add(n, &r.version);
         }
-        self.sent = Arc::new(sent);
+        self.sent = Arc::new(sent.values().map(|r| Held(r.clone())).collect());
     }
 
     /// Drops what the subscription no longer covers, in place.
     fn forget_unsubscribed(&mut self) {
         let sub = &self.sub;
         let digest = &mut self.digest;
-        Arc::make_mut(&mut self.sent).retain(|n, r| {
-            let keep = sub.contains(n);
+        Arc::make_mut(&mut self.sent).retain(|h| {
+            let keep = sub.contains(h.name());
             if !keep {
-                digest.remove(n, &r.version);
+                digest.remove(h.name(), h.version());
             }
             keep
         });
@@ -204,9 +208,7 @@ impl Sotw {
         }
         debug!(node = %self.ctx.proxy.node_id, r#type = %t, version = client_version, "client resumed at the current version");
         if let Some(state) = self.types.get_mut(&t) {
-            // A copy: the cache shares `generated`, and this map gets
-            // updated in place.
-            state.reset_sent((*generated).clone());
+            state.reset_sent(&generated);
             self.ctx
                 .record_resumed(t, client_version, sent_ref(&state.sent));
         }
@@ -243,19 +245,30 @@ impl Sotw {
         let Some(state) = self.types.get_mut(&t) else {
             return Ok(());
         };
+        let (same, seq) = (&self.ctx.shared.same, self.ctx.seq);
         let updates: Vec<Arc<Resource>> = generated
             .iter()
             .filter(|(n, r)| {
-                state.sub.contains(n) && state.sent.get(*n).is_none_or(|s| !same_content(s, r))
+                state.sub.contains(n)
+                    && state
+                        .sent
+                        .get(n.as_str())
+                        .is_none_or(|h| !same.check(seq, &h.0, r))
             })
             .map(|(_, r)| r.clone())
             .collect();
-        let gone = |n: &String| !generated.contains_key(n);
+        let gone = |n: &str| !generated.contains_key(n);
         let removals: Vec<String> = match &domain {
-            Names::All => state.sent.keys().filter(|n| gone(n)).cloned().collect(),
+            Names::All => state
+                .sent
+                .iter()
+                .map(Held::name)
+                .filter(|n| gone(n))
+                .map(str::to_owned)
+                .collect(),
             Names::Some(set) => set
                 .iter()
-                .filter(|n| state.sent.contains_key(*n) && gone(n))
+                .filter(|n| state.sent.contains(n.as_str()) && gone(n))
                 .cloned()
                 .collect(),
         };
@@ -265,22 +278,25 @@ impl Sotw {
         // Status holds only a weak reference, so this updates in place.
         let sent = Arc::make_mut(&mut state.sent);
         for n in &removals {
-            if let Some(old) = sent.remove(n) {
-                state.digest.remove(n, &old.version);
+            if let Some(old) = sent.take(n.as_str()) {
+                state.digest.remove(n, old.version());
             }
         }
         for r in &updates {
-            if let Some(old) = sent.insert(r.name.clone(), r.clone()) {
-                state.digest.remove(&old.name, &old.version);
+            if let Some(old) = sent.replace(Held(r.clone())) {
+                state.digest.remove(old.name(), old.version());
             }
             state.digest.add(&r.name, &r.version);
         }
         let body: Vec<&Arc<Resource>> = if t.is_full_state() {
-            sent.values().collect()
+            sent.iter().map(|h| &h.0).collect()
         } else if force {
             match &domain {
-                Names::All => sent.values().collect(),
-                Names::Some(set) => set.iter().filter_map(|n| sent.get(n)).collect(),
+                Names::All => sent.iter().map(|h| &h.0).collect(),
+                Names::Some(set) => set
+                    .iter()
+                    .filter_map(|n| sent.get(n.as_str()).map(|h| &h.0))
+                    .collect(),
             }
         } else if updates.is_empty() {
             // Only removals: the client drops those with their clusters or
@@ -290,18 +306,19 @@ impl Sotw {
         } else {
             updates.iter().collect()
         };
-        let resources = body.iter().map(|r| r.body.clone()).collect();
+        // Pointers: the bodies are copied only when the transport asks for
+        // the message (see `outbound.rs`).
+        let resources = body.into_iter().cloned().collect();
         let version = state.digest.version();
         let nonce = self.ctx.next_nonce();
         state.nonce = Some(nonce.clone());
         self.ctx
             .record_sent(t, &version, &nonce, sent_ref(&state.sent), triggered_at);
-        let response = DiscoveryResponse {
-            version_info: version,
-            resources,
-            type_url: t.as_str().to_owned(),
+        let response = SotwPlan {
+            type_url: t,
+            version,
             nonce,
-            ..Default::default()
+            resources,
         };
         self.tx
             .send(Ok(response))
@@ -329,6 +346,6 @@ fn subscription(names: BTreeSet<String>) -> Subscription {
 }
 
 /// Status's view of what the stream sent.
-fn sent_ref(sent: &Arc<ResourceMap>) -> SentRef {
-    SentRef::Map(Arc::downgrade(sent))
+fn sent_ref(sent: &Arc<HeldSet>) -> SentRef {
+    SentRef::Held(Arc::downgrade(sent))
 }

@@ -79,13 +79,11 @@ pub struct TypeStatus {
     pub(crate) sent: SentRef,
 }
 
-/// Where a stream keeps what it sent: state-of-the-world streams keep a
-/// map, delta streams the compact [`HeldSet`].
+/// Where a stream keeps what it sent: the compact [`HeldSet`].
 #[derive(Clone, Debug, Default)]
 pub(crate) enum SentRef {
     #[default]
     Nothing,
-    Map(Weak<ResourceMap>),
     Held(Weak<HeldSet>),
 }
 
@@ -93,7 +91,6 @@ impl SentRef {
     fn resources(&self) -> Arc<ResourceMap> {
         match self {
             SentRef::Nothing => Arc::default(),
-            SentRef::Map(m) => m.upgrade().unwrap_or_default(),
             SentRef::Held(h) => h
                 .upgrade()
                 .map(|h| Arc::new(sent_map(&h)))

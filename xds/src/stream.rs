@@ -25,6 +25,8 @@ use crate::types::TypeUrl;
 /// State shared by all streams of one server.
 pub(crate) struct Shared {
     pub(crate) cache: Cache,
+    pub(crate) budget: Arc<crate::outbound::Budget>,
+    pub(crate) same: crate::same::SameContent,
     pub(crate) metrics: Metrics,
     /// Kept here so the push log channel never closes, even after the
     /// control plane drops its pushers.

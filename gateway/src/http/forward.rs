@@ -108,14 +108,12 @@ pub async fn forward(
         }
     }
     if !parts.headers.contains_key("x-request-id") {
-        let id = format!("{:032x}", rand::rng().random::<u128>());
-        if let Ok(v) = HeaderValue::from_str(&id) {
-            parts.headers.insert("x-request-id", v);
-        }
+        parts.headers.insert("x-request-id", request_id());
     }
-    if let Ok(v) = HeaderValue::from_str(f.scheme) {
-        parts.headers.insert("x-forwarded-proto", v);
-    }
+    parts.headers.insert(
+        "x-forwarded-proto",
+        HeaderValue::from_static(if f.scheme == "https" { "https" } else { "http" }),
+    );
     let authority = f
         .action
         .host_rewrite
@@ -179,6 +177,12 @@ pub async fn forward(
                     .map(|h| h.addr),
             );
         }
+        // The last possible attempt takes the request head instead of a copy.
+        let head = if attempt > retries {
+            Head::Owned(std::mem::replace(&mut parts, empty_parts()))
+        } else {
+            Head::Shared(&parts)
+        };
         let one = one_attempt(
             ctx,
             &cluster,
@@ -186,7 +190,7 @@ pub async fn forward(
             hash,
             &exclude,
             pinned.as_ref(),
-            &parts,
+            head,
             &mut body,
             f.path,
             &authority,
@@ -212,7 +216,7 @@ pub async fn forward(
             (addr, Ok(mut resp)) => {
                 if let Some(a) = addr {
                     tried.push(a);
-                    log.upstream_host = Some(a.to_string());
+                    log.upstream_host = Some(a);
                 }
                 let status = resp.status();
                 record_outcome(ctx, &cluster, addr, status);
@@ -244,7 +248,7 @@ pub async fn forward(
             (addr, Err(e)) => {
                 if let Some(a) = addr {
                     tried.push(a);
-                    log.upstream_host = Some(a.to_string());
+                    log.upstream_host = Some(a);
                 }
                 let retriable = f.retry.is_some_and(|p| retriable_error(p, &e));
                 if can_retry && retriable {
@@ -441,6 +445,19 @@ fn record_outcome(
     upstream::record(cluster, host, outcome, &ctx.metrics);
 }
 
+/// The request head for one attempt: borrowed while a retry may still need
+/// it, moved into the last possible attempt. Moved once per attempt, so
+/// its size costs less than boxing the owned head would.
+#[allow(clippy::large_enum_variant)]
+enum Head<'a> {
+    Shared(&'a http::request::Parts),
+    Owned(http::request::Parts),
+}
+
+fn empty_parts() -> http::request::Parts {
+    Request::new(()).into_parts().0
+}
+
 /// Reserves one of the cluster's `max_requests`; released on drop.
 struct RequestSlot(Arc<crate::state::ClusterCounters>);
 impl Drop for RequestSlot {
@@ -457,7 +474,7 @@ async fn one_attempt(
     hash: Option<u64>,
     exclude: &[SocketAddr],
     pinned: Option<&crate::lb::Host>,
-    parts: &http::request::Parts,
+    head: Head<'_>,
     body: &mut ReqBody,
     path: &str,
     authority: &str,
@@ -532,16 +549,32 @@ async fn one_attempt(
             }
         },
     };
-    let mut req = Request::from_parts(parts.clone(), req_body);
+    let parts = match head {
+        Head::Shared(p) => p.clone(),
+        Head::Owned(p) => p,
+    };
+    let mut req = Request::from_parts(parts, req_body);
     let tls = cluster.tls.is_some();
     let send = async {
         match sender {
             Sender::H1(mut s, uses) => {
-                if let Ok(u) = path.parse::<Uri>() {
-                    *req.uri_mut() = u;
+                // An HTTP/1 request line carries the origin form; the
+                // downstream's is usually it already (no rewrite, no h2).
+                let same_uri = req.uri().scheme().is_none()
+                    && req.uri().path_and_query().map(|p| p.as_str()) == Some(path);
+                if !same_uri {
+                    if let Ok(u) = path.parse::<Uri>() {
+                        *req.uri_mut() = u;
+                    }
                 }
-                if let Ok(v) = HeaderValue::from_str(authority) {
-                    req.headers_mut().insert(http::header::HOST, v);
+                let same_host = req
+                    .headers()
+                    .get(http::header::HOST)
+                    .is_some_and(|h| h.as_bytes() == authority.as_bytes());
+                if !same_host {
+                    if let Ok(v) = HeaderValue::from_str(authority) {
+                        req.headers_mut().insert(http::header::HOST, v);
+                    }
                 }
                 *req.version_mut() = Version::HTTP_11;
                 if s.ready().await.is_err() {
@@ -631,7 +664,7 @@ fn mirror(
                 None,
                 &[],
                 None,
-                &parts,
+                Head::Owned(parts),
                 &mut body,
                 &path,
                 &shadow,
@@ -644,6 +677,19 @@ fn mirror(
             }
         });
     }
+}
+
+/// A random 128-bit id as 32 hex digits (Envoy's `x-request-id` is a UUID;
+/// any unique token serves the same purpose).
+fn request_id() -> HeaderValue {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = rand::rng().random::<u128>();
+    let mut out = [0u8; 32];
+    for b in out.iter_mut().rev() {
+        *b = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
 }
 
 fn strip_port_of(a: &str) -> &str {

@@ -136,18 +136,19 @@ pub fn grpc_status(code: u32, message: &str) -> Response<Body> {
 /// Everything the access log line and the Istio metrics need.
 #[derive(Debug, Clone, Default)]
 pub struct RequestLog {
-    pub listener: String,
+    pub listener: Arc<str>,
     pub reporter: &'static str,
-    pub method: String,
+    pub method: http::Method,
     pub authority: String,
     pub path: String,
-    pub protocol: String,
-    pub downstream: String,
+    /// `HTTP/1.1`, `HTTP/2`, ... (Envoy's `%PROTOCOL%`).
+    pub protocol: &'static str,
+    pub downstream: Option<std::net::SocketAddr>,
     pub source_principal: Option<String>,
     pub route: Option<String>,
     pub vhost: Option<String>,
     pub cluster: Option<String>,
-    pub upstream_host: Option<String>,
+    pub upstream_host: Option<std::net::SocketAddr>,
     pub attempts: u32,
     pub status: u16,
     pub flags: Flags,
@@ -198,6 +199,7 @@ impl Logged {
         let Some(log) = self.log.take() else { return };
         let ms = self.start.elapsed().as_secs_f64() * 1000.0;
         let flags = log.flags.to_string();
+        // `to_string` of no flags is "-" without allocating a joined list.
         self.metrics.record_http(&crate::metrics::HttpCall {
             reporter: log.reporter,
             downstream_principal: log.source_principal.as_deref(),
@@ -221,7 +223,7 @@ impl Logged {
             authority = %log.authority,
             path = %log.path,
             protocol = %log.protocol,
-            downstream = %log.downstream,
+            downstream = ?log.downstream,
             source_principal = ?log.source_principal,
             route = ?log.route,
             upstream_cluster = ?log.cluster,

@@ -25,7 +25,8 @@ use crate::proxy::BoxIo;
 /// Facts about the downstream connection every request inherits.
 #[derive(Debug, Clone)]
 pub struct Downstream {
-    pub listener: String,
+    /// The listener's name, shared by every request's log.
+    pub listener: Arc<str>,
     pub peer: SocketAddr,
     pub identity: Option<String>,
     pub tls: bool,
@@ -156,11 +157,11 @@ async fn handle(
     let mut log = RequestLog {
         listener: down.listener.clone(),
         reporter: reporter(&down.listener),
-        method: req.method().to_string(),
+        method: req.method().clone(),
         authority: authority.clone().unwrap_or_default(),
         path: path.clone(),
-        protocol: format!("{:?}", req.version()),
-        downstream: down.peer.to_string(),
+        protocol: protocol_name(req.version()),
+        downstream: Some(down.peer),
         source_principal: down.identity.clone(),
         peer,
         grpc: is_grpc(req.headers()),
@@ -393,6 +394,16 @@ fn timed_out(e: Expired, log: &mut RequestLog) -> Response<Body> {
         return grpc_status(http_to_grpc(408), msg);
     }
     local(StatusCode::REQUEST_TIMEOUT, msg, &log.flags)
+}
+
+fn protocol_name(v: http::Version) -> &'static str {
+    match v {
+        http::Version::HTTP_09 => "HTTP/0.9",
+        http::Version::HTTP_10 => "HTTP/1.0",
+        http::Version::HTTP_2 => "HTTP/2",
+        http::Version::HTTP_3 => "HTTP/3",
+        _ => "HTTP/1.1",
+    }
 }
 
 fn is_grpc(h: &http::HeaderMap) -> bool {

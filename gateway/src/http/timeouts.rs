@@ -19,7 +19,6 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame, SizeHint};
-use tokio::sync::watch;
 use tokio::time::{Instant, Sleep};
 
 use super::{Body, BoxError};
@@ -139,44 +138,66 @@ impl<B: HttpBody + Unpin> HttpBody for Tracked<B> {
     }
 }
 
-/// Counts a connection's active requests; the idle watcher waits on it.
+/// Counts a connection's active requests and when the last one ended; the
+/// idle watcher reads both when its timer fires. Requests only touch two
+/// atomics: nothing is woken and no timer is re-armed per request (an
+/// HTTP/1 keep-alive connection goes idle after every response).
 #[derive(Debug, Clone)]
-pub struct ConnActivity(Arc<watch::Sender<usize>>);
+pub struct ConnActivity(Arc<ActivityState>);
+
+#[derive(Debug)]
+struct ActivityState {
+    start: Instant,
+    active: AtomicU64,
+    /// Milliseconds after `start` when the last request ended.
+    idle_since_ms: AtomicU64,
+}
 
 /// One active request; the count drops when its response body is done.
 #[derive(Debug)]
-pub struct ActiveGuard(Arc<watch::Sender<usize>>);
+pub struct ActiveGuard(Arc<ActivityState>);
 
 impl Drop for ActiveGuard {
     fn drop(&mut self) {
-        self.0.send_modify(|n| *n = n.saturating_sub(1));
+        let ms = self.0.start.elapsed().as_millis() as u64;
+        self.0.idle_since_ms.fetch_max(ms, Ordering::Relaxed);
+        self.0.active.fetch_sub(1, Ordering::AcqRel);
     }
 }
 
 impl Default for ConnActivity {
     fn default() -> Self {
-        Self(Arc::new(watch::channel(0).0))
+        Self(Arc::new(ActivityState {
+            start: Instant::now(),
+            active: AtomicU64::new(0),
+            idle_since_ms: AtomicU64::new(0),
+        }))
     }
 }
 
 impl ConnActivity {
     pub fn begin(&self) -> ActiveGuard {
-        self.0.send_modify(|n| *n += 1);
+        self.0.active.fetch_add(1, Ordering::AcqRel);
         ActiveGuard(self.0.clone())
     }
 
-    /// Resolves once no request has been active for `d`.
+    /// Resolves once no request has been active for `d`. Wakes at most
+    /// once per `d` while requests come and go, then sleeps exactly until
+    /// `d` after the last one ended.
     pub async fn idle_for(&self, d: Duration) {
-        let mut rx = self.0.subscribe();
         loop {
-            let active = *rx.borrow_and_update();
-            if active == 0 {
-                tokio::select! {
-                    () = tokio::time::sleep(d) => return,
-                    r = rx.changed() => if r.is_err() { return },
+            let at = if self.0.active.load(Ordering::Acquire) > 0 {
+                Instant::now() + d
+            } else {
+                let since = self.0.idle_since_ms.load(Ordering::Relaxed);
+                self.0.start + Duration::from_millis(since) + d
+            };
+            tokio::time::sleep_until(at).await;
+            if self.0.active.load(Ordering::Acquire) == 0 {
+                let since = self.0.idle_since_ms.load(Ordering::Relaxed);
+                if Instant::now() >= self.0.start + Duration::from_millis(since) + d {
+                    return;
                 }
-            } else if rx.changed().await.is_err() {
-                return;
             }
         }
     }
@@ -184,12 +205,20 @@ impl ConnActivity {
 
 /// A response body that ends the stream (an error makes hyper reset it)
 /// when no frame comes for the stream idle timeout, and holds the
-/// connection's active-request guard until it is done.
+/// connection's active-request guard until it is done. The timer is armed
+/// only when the body first has to wait, and frames just note the time, so
+/// a response that is ready at once never touches the timer wheel.
 pub struct Watched {
     inner: Body,
-    idle: Option<(Duration, Pin<Box<Sleep>>)>,
+    idle: Option<IdleTimer>,
     expired: bool,
     _active: Option<ActiveGuard>,
+}
+
+struct IdleTimer {
+    after: Duration,
+    last: Instant,
+    sleep: Option<Pin<Box<Sleep>>>,
 }
 
 impl Watched {
@@ -201,7 +230,11 @@ impl Watched {
         let (parts, inner) = resp.into_parts();
         let idle = idle
             .filter(|_| !inner.is_end_stream())
-            .map(|d| (d, Box::pin(tokio::time::sleep(d))));
+            .map(|after| IdleTimer {
+                after,
+                last: Instant::now(),
+                sleep: None,
+            });
         let body = Watched {
             inner,
             idle,
@@ -209,6 +242,28 @@ impl Watched {
             _active: active,
         };
         http::Response::from_parts(parts, http_body_util::BodyExt::boxed_unsync(body))
+    }
+}
+
+impl IdleTimer {
+    /// Whether the stream has been idle for `after` (registering the waker
+    /// with the timer otherwise).
+    fn poll_expired(&mut self, cx: &mut Context<'_>) -> bool {
+        loop {
+            let due = self.last + self.after;
+            let sleep = self
+                .sleep
+                .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(due)));
+            if sleep.deadline() != due {
+                sleep.as_mut().reset(due);
+            }
+            if sleep.as_mut().poll(cx).is_pending() {
+                return false;
+            }
+            if Instant::now() >= self.last + self.after {
+                return true;
+            }
+        }
     }
 }
 
@@ -229,18 +284,17 @@ impl HttpBody for Watched {
         }
         match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(r) => {
-                if let Some((d, sleep)) = self.idle.as_mut() {
-                    let at = Instant::now() + *d;
-                    sleep.as_mut().reset(at);
+                if let Some(t) = self.idle.as_mut() {
+                    t.last = Instant::now();
                 }
                 Poll::Ready(r)
             }
             Poll::Pending => {
-                let Some((d, sleep)) = self.idle.as_mut() else {
+                let Some(t) = self.idle.as_mut() else {
                     return Poll::Pending;
                 };
-                if sleep.as_mut().poll(cx).is_ready() {
-                    let d = *d;
+                if t.poll_expired(cx) {
+                    let d = t.after;
                     self.expired = true;
                     return Poll::Ready(Some(Err(Box::new(StreamIdleTimeout(d)))));
                 }

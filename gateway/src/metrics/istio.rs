@@ -84,6 +84,8 @@ pub struct IstioMetrics {
     pub tcp_closed: IntCounterVec,
     pub tcp_sent: IntCounterVec,
     pub tcp_received: IntCounterVec,
+    /// The HTTP metrics' resolved label sets, by request inputs.
+    pub(super) http_handles: std::sync::Arc<super::http_handles::HandleCache>,
 }
 
 fn reg<C: prometheus::core::Collector + Clone + 'static>(
@@ -143,6 +145,7 @@ impl IstioMetrics {
                 "Bytes received from the downstream (request direction) on TCP connections, counted when the connection closes (Istio standard metric)",
                 &tcp,
             )?,
+            http_handles: std::sync::Arc::default(),
         })
     }
 }

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use rustls_pki_types::CertificateDer;
 
+use super::http_handles::{HttpHandles, HttpInputs};
 use super::istio::{CallLabels, ServiceName};
 use super::peer::OwnHeaders;
 use super::workload::{spiffe_ns_sa, spiffe_trust_domain, Workload};
@@ -120,6 +121,31 @@ impl Metrics {
 
     /// Records one finished HTTP request in Istio's metrics.
     pub fn record_http(&self, c: &HttpCall<'_>) {
+        // The Arc is cloned out so the watch is not borrowed while the
+        // labels are built (which borrows it again).
+        let cert = self.local.cert.as_ref().map(|r| r.borrow().clone());
+        let inputs = HttpInputs {
+            reporter: c.reporter,
+            peer: c.peer,
+            downstream_principal: c.downstream_principal,
+            cluster: c.cluster.unwrap_or(""),
+            grpc: c.grpc,
+            status: c.status,
+            grpc_status: c.grpc_status,
+            flags: c.flags,
+            local_id: cert.as_ref().and_then(|w| w.spiffe_id()),
+        };
+        self.istio.http_handles.record(
+            &inputs,
+            || self.http_handles(c),
+            c.duration_ms,
+            c.request_bytes,
+            c.response_bytes,
+        );
+    }
+
+    /// The four HTTP metrics of the label set `c` maps to.
+    fn http_handles(&self, c: &HttpCall<'_>) -> HttpHandles {
         let labels = self.call_labels(
             c.reporter,
             c.peer,
@@ -130,16 +156,12 @@ impl Metrics {
         let code = c.status.to_string();
         let values = labels.http(c.flags, &code, c.grpc_status.unwrap_or(""));
         let i = &self.istio;
-        i.requests_total.with_label_values(&values).inc();
-        i.request_duration
-            .with_label_values(&values)
-            .observe(c.duration_ms);
-        i.request_bytes
-            .with_label_values(&values)
-            .observe(c.request_bytes as f64);
-        i.response_bytes
-            .with_label_values(&values)
-            .observe(c.response_bytes as f64);
+        HttpHandles {
+            requests: i.requests_total.with_label_values(&values),
+            duration: i.request_duration.with_label_values(&values),
+            request_bytes: i.request_bytes.with_label_values(&values),
+            response_bytes: i.response_bytes.with_label_values(&values),
+        }
     }
 
     /// A TCP connection was proxied (or refused, with `flags` saying why).

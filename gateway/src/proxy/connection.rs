@@ -282,7 +282,7 @@ async fn run(
         NetworkFilter::TcpProxy(tp) => tcp_proxy(tp, ctx, downstream, peer, log).await,
         NetworkFilter::Http(h) => {
             let down = crate::http::server::Downstream {
-                listener: listener.config.name.clone(),
+                listener: Arc::from(listener.config.name.as_str()),
                 peer,
                 identity: log.downstream_identity.clone(),
                 tls: chain.tls.is_some(),
@@ -532,8 +532,7 @@ pub fn upstream_workload_of(
     ctx: &ProxyContext,
     log: &crate::http::respond::RequestLog,
 ) -> Option<Arc<crate::metrics::Workload>> {
-    let addr: SocketAddr = log.upstream_host.as_deref()?.parse().ok()?;
-    endpoint_workload(ctx, log.cluster.as_deref()?, addr)
+    endpoint_workload(ctx, log.cluster.as_deref()?, log.upstream_host?)
 }
 
 /// The workload EDS describes at `addr` in `cluster` (Istio's

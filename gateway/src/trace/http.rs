@@ -135,7 +135,7 @@ impl RequestTelemetry {
                     "http.url",
                     format!("{}://{}{}", self.scheme, log.authority, path).into(),
                 ),
-                ("http.protocol", log.protocol.as_str().into()),
+                ("http.protocol", log.protocol.into()),
                 ("http.status_code", AttrValue::Int(i64::from(log.status))),
                 ("response_flags", flags.as_str().into()),
                 ("request_size", AttrValue::Int(log.bytes_received as i64)),
@@ -153,7 +153,7 @@ impl RequestTelemetry {
                 attrs.push(("upstream_cluster", c.as_str().into()));
             }
             if let Some(h) = &log.upstream_host {
-                attrs.push(("upstream_address", h.as_str().into()));
+                attrs.push(("upstream_address", h.to_string().into()));
             }
             if let Some(p) = &log.source_principal {
                 attrs.push(("peer.principal", p.as_str().into()));
@@ -185,8 +185,8 @@ impl RequestTelemetry {
         let mut e = Entry {
             start: self.start,
             duration_ms: duration_ms.round() as u64,
-            protocol: Some(log.protocol.clone()),
-            method: Some(log.method.clone()),
+            protocol: Some(log.protocol.to_string()),
+            method: Some(log.method.to_string()),
             path: Some(log.path.clone()),
             authority: Some(log.authority.clone()).filter(|a| !a.is_empty()),
             scheme: Some(self.scheme.clone()),
@@ -197,10 +197,10 @@ impl RequestTelemetry {
             response_code_details: Some(details.to_string()),
             bytes_received: log.bytes_received,
             bytes_sent,
-            upstream_host: log.upstream_host.clone(),
+            upstream_host: log.upstream_host.map(|a| a.to_string()),
             upstream_cluster: log.cluster.clone(),
             downstream_local_address: self.local_addr.map(|a| a.to_string()),
-            downstream_remote_address: Some(log.downstream.clone()),
+            downstream_remote_address: log.downstream.map(|a| a.to_string()),
             requested_server_name: self.sni.clone(),
             route_name: log.route.clone(),
             trace_id: self.trace_id(),
