@@ -266,6 +266,7 @@ mod tests {
                 outlier: None,
                 http: Default::default(),
                 tunnel: false,
+                tcp_keepalive: None,
             },
         );
         s.endpoints.insert(

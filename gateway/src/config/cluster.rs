@@ -120,6 +120,9 @@ pub struct ClusterConfig {
     /// this cluster's endpoints (peer east-west gateways) ride the QUIC
     /// tunnel, with TCP as the fallback.
     pub tunnel: bool,
+    /// TCP keepalive on upstream connections (DestinationRule
+    /// `connectionPool.tcp.tcpKeepalive`).
+    pub tcp_keepalive: Option<super::TcpKeepalive>,
 }
 
 impl ClusterConfig {
@@ -338,6 +341,7 @@ pub fn cluster_from_proto(c: &Cluster) -> Result<ClusterConfig, ConfigError> {
     };
     let http = http_options(&ctx, &c.typed_extension_protocol_options)?;
     let tunnel = tunnel_mode(&ctx, c)?;
+    let tcp_keepalive = super::keepalive::tcp_keepalive(&ctx, c)?;
     Ok(ClusterConfig {
         name: c.name.clone(),
         discovery,
@@ -348,6 +352,7 @@ pub fn cluster_from_proto(c: &Cluster) -> Result<ClusterConfig, ConfigError> {
         outlier,
         http,
         tunnel,
+        tcp_keepalive,
     })
 }
 

@@ -11,6 +11,7 @@ mod dns_cluster;
 mod endpoint;
 pub(crate) mod fault;
 mod http;
+mod keepalive;
 mod listener;
 mod origination;
 pub(crate) mod route;
@@ -30,6 +31,7 @@ pub use endpoint::{
 };
 pub use fault::{AbortWith, FaultConfig};
 pub use http::{Codec, HttpConfig, RouteSource};
+pub use keepalive::TcpKeepalive;
 pub use listener::{
     listener_from_proto, ChainMatch, CidrRange, DownstreamTls, FilterChainConfig, ListenerConfig,
     NetworkFilter, TcpProxyConfig, TcpRoute, TransportProtocol,

@@ -306,6 +306,12 @@ async fn attempt(
         })?
         .map_err(|e| e.to_string())?;
     let _ = tcp.set_nodelay(true);
+    if let Some(k) = &cluster.config.tcp_keepalive {
+        if let Err(e) = set_keepalive(&tcp, k) {
+            // Not fatal: the connection works, only dead peers are found later.
+            tracing::debug!(cluster = %cluster.config.name, error = %e, "cannot set TCP keepalive");
+        }
+    }
     let Some(config) = tls_config else {
         return Ok((Box::new(tcp), None));
     };
@@ -318,4 +324,19 @@ async fn attempt(
         .map_err(|e| format!("TLS handshake failed: {e}"))?;
     let peer = tls::peer_identity(stream.get_ref().1.peer_certificates());
     Ok((Box::new(stream), peer))
+}
+
+/// Applies a cluster's keepalive settings to one upstream socket.
+pub fn set_keepalive(tcp: &TcpStream, k: &crate::config::TcpKeepalive) -> std::io::Result<()> {
+    let mut ka = socket2::TcpKeepalive::new();
+    if let Some(t) = k.time {
+        ka = ka.with_time(t);
+    }
+    if let Some(i) = k.interval {
+        ka = ka.with_interval(i);
+    }
+    if let Some(p) = k.probes {
+        ka = ka.with_retries(p);
+    }
+    socket2::SockRef::from(tcp).set_tcp_keepalive(&ka)
 }
