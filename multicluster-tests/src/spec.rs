@@ -286,6 +286,22 @@ impl FederationSpec {
     /// The bookinfo-like topology of `deploy/examples`: productpage in
     /// us-west calls reviews, which runs (v1 and v2) in us-east and
     /// eu-central; us-west fails over to us-east first.
+    /// The smallest cross-network pair: reviews v1 in us-east (net-east)
+    /// called by productpage (not exported) in us-west (net-west).
+    pub fn two_networks() -> Self {
+        let mut productpage = ServiceSpec::new("productpage", 9090);
+        productpage.export = false;
+        let mut east = ClusterSpec::new("us-east", "us-east", "us-east-1a")
+            .service(ServiceSpec::new("reviews", 9080))
+            .workload(WorkloadSpec::new("reviews", "v1"));
+        east.network = "net-east".to_string();
+        let mut west = ClusterSpec::new("us-west", "us-west", "us-west-2a")
+            .service(productpage)
+            .workload(WorkloadSpec::new("productpage", "v1"));
+        west.network = "net-west".to_string();
+        FederationSpec::new(vec![east, west])
+    }
+
     pub fn bookinfo() -> Self {
         let reviews = ServiceSpec::new("reviews", 9080);
         let ratings = ServiceSpec::new("ratings", 9081);

@@ -15,9 +15,7 @@ use std::net::SocketAddr;
 use std::time::Duration;
 
 use isthmus_multicluster_tests::rotation::{openssl_verifies, presented_chain};
-use isthmus_multicluster_tests::{
-    ClusterSpec, FederationSpec, Load, ServiceSpec, Summary, WorkloadSpec,
-};
+use isthmus_multicluster_tests::{FederationSpec, Load, Summary};
 use tokio::time::Instant;
 
 const LEAF_LIFETIME: &str = "4s";
@@ -28,20 +26,11 @@ const PROBE_EVERY: Duration = Duration::from_millis(400);
 const MIN_LEAVES: usize = 5;
 
 fn spec() -> FederationSpec {
-    let mut productpage = ServiceSpec::new("productpage", 9090);
-    productpage.export = false;
-    let mut east = ClusterSpec::new("us-east", "us-east", "us-east-1a")
-        .service(ServiceSpec::new("reviews", 9080))
-        .workload(WorkloadSpec::new("reviews", "v1"));
-    east.network = "net-east".to_string();
-    let mut west = ClusterSpec::new("us-west", "us-west", "us-west-2a")
-        .service(productpage)
-        .workload(WorkloadSpec::new("productpage", "v1"));
-    west.network = "net-west".to_string();
-    for c in [&mut east, &mut west] {
+    let mut spec = FederationSpec::two_networks();
+    for c in &mut spec.clusters {
         c.sidecar_args = vec!["--cert-lifetime".to_string(), LEAF_LIFETIME.to_string()];
     }
-    FederationSpec::new(vec![east, west])
+    spec
 }
 
 /// A sidecar's inbound listener and the SNI a mesh client sends it.

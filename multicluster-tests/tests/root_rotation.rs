@@ -33,9 +33,7 @@ use isthmus_multicluster_tests::rotation::{
     rootca_count,
 };
 use isthmus_multicluster_tests::wait::until;
-use isthmus_multicluster_tests::{
-    ClusterSpec, Federation, FederationSpec, Load, ServiceSpec, Summary, WorkloadSpec,
-};
+use isthmus_multicluster_tests::{Federation, FederationSpec, Load, Summary};
 
 const STEP: Duration = Duration::from_secs(60);
 /// Short leaves: sidecars renew every ~3 s (50% of the lifetime), so a new
@@ -45,21 +43,12 @@ const RELOADS: &str = "isthmus_ca_reloads_total";
 const CONTROL_SNI: &str = "isthmus-control";
 
 fn spec() -> FederationSpec {
-    let mut productpage = ServiceSpec::new("productpage", 9090);
-    productpage.export = false;
-    let mut east = ClusterSpec::new("us-east", "us-east", "us-east-1a")
-        .service(ServiceSpec::new("reviews", 9080))
-        .workload(WorkloadSpec::new("reviews", "v1"));
-    east.network = "net-east".to_string();
-    let mut west = ClusterSpec::new("us-west", "us-west", "us-west-2a")
-        .service(productpage)
-        .workload(WorkloadSpec::new("productpage", "v1"));
-    west.network = "net-west".to_string();
-    for c in [&mut east, &mut west] {
+    let mut spec = FederationSpec::two_networks();
+    for c in &mut spec.clusters {
         c.sidecar_args = vec!["--cert-lifetime".to_string(), LEAF_LIFETIME.to_string()];
         c.tunnel = true;
     }
-    FederationSpec::new(vec![east, west])
+    spec
 }
 
 struct Site {
