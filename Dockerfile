@@ -1,7 +1,9 @@
 # syntax=docker/dockerfile:1
-# The one image that runs every Isthmus role: `isthmus control`,
-# `isthmus gateway --role sidecar|east-west|ingress|egress`, and the
-# sidecar's capture init container (sh + iptables-restore).
+# The one image that runs every Isthmus role: `isthmus control`, the proxy
+# `isthmus-gateway --role sidecar|east-west|ingress|egress` (the data plane
+# alone, built with whole-program optimisation: a sidecar's resident memory
+# is mostly the code it maps), and the sidecar's capture init container
+# (sh + iptables-restore).
 #
 #   docker build -t ghcr.io/isthmus-mesh/isthmus:0.1.0 .
 #
@@ -16,7 +18,9 @@ COPY . .
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p isthmus-control --bin isthmus \
-    && install -m 0755 target/release/isthmus /usr/local/bin/isthmus
+    && cargo build --profile proxy --locked -p isthmus-gateway --bin isthmus-gateway \
+    && install -m 0755 target/release/isthmus /usr/local/bin/isthmus \
+    && install -m 0755 target/proxy/isthmus-gateway /usr/local/bin/isthmus-gateway
 
 FROM debian:bookworm-slim
 # ca-certificates: TLS to anything outside the mesh's own trust domain;
@@ -25,6 +29,7 @@ RUN apt-get update \
     && apt-get install -y --no-install-recommends ca-certificates iptables \
     && rm -rf /var/lib/apt/lists/*
 COPY --from=build /usr/local/bin/isthmus /usr/local/bin/isthmus
+COPY --from=build /usr/local/bin/isthmus-gateway /usr/local/bin/isthmus-gateway
 # Non-root by default (the control plane); proxies run as 1337 and the
 # capture init container as root, both set by their pod specs.
 USER 65532:65532

@@ -40,7 +40,7 @@ enum Command {
     /// Run one cluster's control plane: config source, federation node, CA, xDS.
     Control(isthmus_control::app::ControlOptions),
     /// Run the data plane as a sidecar, east-west, ingress or egress gateway.
-    Gateway(cli::gateway::GatewayArgs),
+    Gateway(isthmus_gateway::cli::GatewayArgs),
     /// The federation registry: witness, and recovery of a lost quorum.
     Federation {
         #[command(subcommand)]
@@ -71,18 +71,9 @@ enum Output {
     Json,
 }
 
-fn init_logging(filter: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(filter));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .init();
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(&cli.log);
+    isthmus_gateway::cli::process::init_logging(&cli.log);
     match run(cli.command) {
         Ok(code) => code,
         Err(e) => {
@@ -119,7 +110,7 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Gateway(args) => {
-            runtime()?.block_on(cli::gateway::run(args))?;
+            runtime()?.block_on(isthmus_gateway::cli::run(args))?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Status(args) => {
@@ -147,9 +138,5 @@ fn run(command: Command) -> anyhow::Result<ExitCode> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    // rustls needs one process-wide crypto provider; ring is the one built in.
-    let _ = rustls::crypto::ring::default_provider().install_default();
-    Ok(tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?)
+    Ok(isthmus_gateway::cli::process::runtime()?)
 }

@@ -124,14 +124,21 @@ fn check_injected(pod_value: &Value, original_containers: usize) -> Pod {
         .windows(2)
         .any(|w| w[0] == "--role" && w[1] == "sidecar"));
     assert!(!args.iter().any(|a| a.contains("$(")), "{args:?}");
+    // The container runs the proxy binary, whose flags are exactly those of
+    // `isthmus gateway` (one clap definition), which this test can run.
+    assert_eq!(
+        proxy.command.as_deref(),
+        Some(&[isthmus_control::install::proxy::PROXY_COMMAND.to_string()][..])
+    );
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_isthmus"))
+        .arg("gateway")
         .args(&args)
         .arg("--help")
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "isthmus {} rejected: {}",
+        "isthmus gateway {} rejected: {}",
         args.join(" "),
         String::from_utf8_lossy(&out.stderr)
     );

@@ -31,7 +31,7 @@ fn assignment(
     l: &translate_support::Loaded,
     cluster: &str,
 ) -> ClusterLoadAssignment {
-    let names = Names::Some([cluster.to_string()].into());
+    let names = Names::some([cluster.to_string()]);
     let out = generate(
         inputs,
         &l.proxy,
@@ -308,7 +308,7 @@ fn sidecar_scope_limits_what_a_proxy_sees() {
 fn grpc_targets_resolve_only_for_known_ports() {
     let l = case("grpc-proxyless");
     let ask = |name: &str| {
-        let names = Names::Some([name.to_string()].into());
+        let names = Names::some([name.to_string()]);
         generate(&l.inputs, &l.proxy, l.flavor, TypeUrl::Listener, &names).len()
     };
     assert_eq!(ask("reviews.shop.svc.cluster.local:9080"), 1);

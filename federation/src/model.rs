@@ -42,7 +42,8 @@ pub struct ServiceKey {
 pub struct ServicePort {
     pub name: String,
     pub port: u16,
-    /// Istio protocol name: HTTP, HTTP2, GRPC, TCP, TLS, HTTPS.
+    /// Istio protocol name: HTTP, HTTP2, GRPC, TCP, TLS, HTTPS; empty when
+    /// the exporting cluster declares none (an unnamed port: sniffed).
     pub protocol: String,
     pub target_port: u16,
 }

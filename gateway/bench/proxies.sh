@@ -8,7 +8,7 @@
 #
 # Everything runs on loopback: a backend nginx (static body and a large file
 # over TLS) and the load generators on CPU 1; one proxy at a time on CPU 0
-# with one worker (Isthmus: `isthmus gateway --role ingress` with one tokio
+# with one worker (Isthmus: `isthmus-gateway --role ingress` with one tokio
 # worker thread, configured by a real `isthmus control` over xDS from Istio
 # YAML; HAProxy `nbthread 1`; nginx `worker_processes 1`), keep-alive on both
 # legs, access logs off. Measures, back to back:
@@ -20,8 +20,10 @@
 #   - TLS termination, HTTP/1.1 and HTTP/2 (h2load), fixed-rate p50/p99 and
 #     maximum throughput.
 #
-# Environment: ISTHMUS_BIN=path skips the release build (default: cargo
-# build --release of the `isthmus` binary into CARGO_TARGET_DIR or target);
+# Environment: ISTHMUS_BIN=path (the `isthmus` binary, for the control
+# plane) and ISTHMUS_GATEWAY_BIN=path (the proxy binary, `isthmus-gateway`)
+# skip the builds (default: `isthmus` with --release and `isthmus-gateway`
+# with --profile proxy, into CARGO_TARGET_DIR or target);
 # DUR=seconds per measurement (default 10); NOTE='...' adds a sentence to the
 # section; NO_DOC=1 prints the section instead of writing the doc;
 # PERF_OUT=file also profiles the Isthmus ingress under load (perf).
@@ -49,13 +51,18 @@ if (($(nproc) < 2)); then
   exit 1
 fi
 
-if [[ -n "${ISTHMUS_BIN:-}" ]]; then
+if [[ -n "${ISTHMUS_BIN:-}" && -n "${ISTHMUS_GATEWAY_BIN:-}" ]]; then
   bin="$ISTHMUS_BIN"
+  gw="$ISTHMUS_GATEWAY_BIN"
 else
   cargo build --release -p isthmus-control --bin isthmus
+  # The proxy as the image ships it (Cargo.toml's `proxy` profile).
+  cargo build --profile proxy -p isthmus-gateway --bin isthmus-gateway
   bin="${CARGO_TARGET_DIR:-target}/release/isthmus"
+  gw="${CARGO_TARGET_DIR:-target}/proxy/isthmus-gateway"
 fi
 bin="$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")"
+gw="$(cd "$(dirname "$gw")" && pwd)/$(basename "$gw")"
 
 work="$(mktemp -d /tmp/isthmus-proxies.XXXXXX)"
 # nginx workers run as an unprivileged user and must read the files.
@@ -344,11 +351,11 @@ wait_http "http://$BACKEND:18000/"
 wait_http "http://$CTL:15014/readyz"
 
 log "starting the isthmus ingress (1 worker, CPU 0) and sidecar"
-TOKIO_WORKER_THREADS=1 start ingress 0 "$bin" --log warn gateway --role ingress \
+TOKIO_WORKER_THREADS=1 start ingress 0 "$gw" --log warn --role ingress \
   --xds "http://$CTL:15010" --ip "$ING" --pod isthmus-ingressgateway \
   --namespace istio-system --service-account isthmus-ingressgateway --cluster-id bench \
   --label istio=ingressgateway --admin "$ING:15000" --drain-time 1s
-TOKIO_WORKER_THREADS=1 start sidecar 0 "$bin" --log warn gateway --role sidecar \
+TOKIO_WORKER_THREADS=1 start sidecar 0 "$gw" --log warn --role sidecar \
   --xds "https://$CTL:15012" --ca "$CTL:15012" --root-cert "$work/pki/root/root-cert.pem" \
   --token-file "$work/sidecar-token" --ip "$SIDE" --pod bench-app-1 --namespace bench \
   --service-account bench-app --cluster-id bench --label app=bench-app \
@@ -560,7 +567,7 @@ section="$work/section.md"
   echo "**Setup**, all on loopback. The backend is nginx (1 worker) serving a"
   echo "100-byte static file over HTTP and a ${BIG_MB} MiB file over TLS: a fast,"
   echo "well-understood server. Each proxy is pinned to CPU 0 with one worker:"
-  echo "Isthmus is the release \`isthmus gateway --role ingress\` with one tokio worker"
+  echo "Isthmus is \`isthmus-gateway --role ingress\` (the proxy-only binary, \`proxy\` profile: fat LTO) with one tokio worker"
   echo "thread (\`TOKIO_WORKER_THREADS=1\`), configured over xDS by a real"
   echo "\`isthmus control\` from Istio YAML (a Gateway with HTTP, HTTPS SIMPLE and TLS"
   echo "PASSTHROUGH servers, VirtualServices, one ServiceEntry per backend port, the"
@@ -570,7 +577,7 @@ section="$work/section.md"
   echo "access logs off everywhere, the same ECDSA P-256 certificate on every TLS"
   echo "listener, HTTP/1.1 to the backend. The backend and every client (wrk, hey,"
   echo "h2load, curl) run on CPU 1, as does the control plane (idle once it has"
-  echo "pushed the configuration). The sidecar is a real \`isthmus gateway --role"
+  echo "pushed the configuration). The sidecar is a real \`isthmus-gateway --role"
   echo "sidecar\` (certificate from the control plane's CA, PERMISSIVE inbound)."
   echo
   echo "**Machine**: ${cpus} vCPU (${model:-unknown CPU}). Tree at commit ${rev}, run"

@@ -12,6 +12,7 @@ pub mod accesslog;
 pub mod admin;
 pub mod apply;
 pub mod authn;
+pub mod cli;
 pub mod config;
 pub mod dnsproxy;
 pub mod http;
@@ -53,7 +54,7 @@ pub struct NodeIdentity {
     pub locality: LocalityName,
 }
 
-/// Everything `isthmus gateway` passes to [`run`].
+/// Everything `isthmus-gateway` (and `isthmus gateway`) passes to [`run`].
 #[derive(Debug, Clone)]
 pub struct GatewayConfig {
     /// Control plane ADS address, e.g. `http://127.0.0.1:15010`.
@@ -333,7 +334,7 @@ impl Gateway {
     }
 }
 
-/// The `isthmus gateway` entry: runs until SIGTERM or Ctrl-C, then drains.
+/// The proxy's entry: runs until SIGTERM or Ctrl-C, then drains.
 pub async fn run(config: GatewayConfig) -> Result<(), GatewayError> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .map_err(GatewayError::Signal)?;

@@ -6,6 +6,7 @@
 //! plaintext directly and over mTLS through a second (client) gateway.
 
 mod support;
+mod translate_support;
 
 use std::collections::BTreeMap;
 use std::convert::Infallible;
@@ -21,8 +22,7 @@ use envoy_types::pb::envoy::config::core::v3::{address, socket_address::PortSpec
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use isthmus_control::source::parse_text;
-use isthmus_control::store::{ConfigSnapshot, StoredResource};
+use isthmus_control::store::ConfigSnapshot;
 use isthmus_control::translate::generator::generate;
 use isthmus_control::translate::{Inputs, LocalSettings, ProxyFlavor};
 use isthmus_federation::RegistrySnapshot;
@@ -91,24 +91,11 @@ async fn http_server(jwks: watch::Receiver<String>) -> (SocketAddr, JoinSet<()>)
 }
 
 fn config(yaml: &str) -> ConfigSnapshot {
-    let mut resources = BTreeMap::new();
-    for doc in parse_text(Path::new("httpbin.yaml"), yaml) {
-        assert!(!doc.has_errors(), "fixture has errors: {doc:?}");
-        if let Some(r) = doc.resource {
-            resources.insert(
-                r.key(),
-                StoredResource {
-                    resource: r,
-                    location: doc.location,
-                },
-            );
-        }
-    }
-    ConfigSnapshot::new(1, resources, Vec::new())
+    translate_support::config("httpbin.yaml", yaml)
 }
 
 fn httpbin_proxy() -> Proxy {
-    Proxy::from_node(Some(&httpbin_sidecar_node())).expect("proxy node")
+    Proxy::from_node(Some(&translate_support::httpbin_sidecar_node())).expect("proxy node")
 }
 
 /// The translated inbound listeners by workload port, rebound to port 0.

@@ -14,6 +14,7 @@
 //! and the proxy child is killed on drop, even when an assertion fails.
 
 mod support;
+mod translate_support;
 
 use std::collections::BTreeMap;
 use std::io::{Read, Write};
@@ -24,8 +25,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use isthmus_control::source::parse_text;
-use isthmus_control::store::{ConfigSnapshot, StoredResource};
+use isthmus_control::store::ConfigSnapshot;
 use isthmus_control::translate::generator::generate;
 use isthmus_control::translate::{Inputs, LocalSettings, ProxyFlavor};
 use isthmus_federation::RegistrySnapshot;
@@ -189,48 +189,12 @@ fn setup_namespaces(tag: &str) -> Result<Namespaces, String> {
 }
 
 fn config(yaml: &str) -> ConfigSnapshot {
-    let mut resources = BTreeMap::new();
-    for doc in parse_text(Path::new("mesh.yaml"), yaml) {
-        assert!(!doc.has_errors(), "fixture has errors: {doc:?}");
-        if let Some(r) = doc.resource {
-            resources.insert(
-                r.key(),
-                StoredResource {
-                    resource: r,
-                    location: doc.location,
-                },
-            );
-        }
-    }
-    ConfigSnapshot::new(1, resources, Vec::new())
+    translate_support::config("mesh.yaml", yaml)
 }
 
 fn pod_proxy() -> Proxy {
-    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
-    let s = |v: &str| Value {
-        kind: Some(Kind::StringValue(v.into())),
-    };
-    let labels = Struct {
-        fields: [("app".to_string(), s("pod"))].into(),
-    };
-    let node = envoy_types::pb::envoy::config::core::v3::Node {
-        id: format!("sidecar~{POD_IP}~pod-1.foo~foo.svc.cluster.local"),
-        metadata: Some(Struct {
-            fields: [
-                ("NAMESPACE".to_string(), s("foo")),
-                ("INTERCEPTION_MODE".to_string(), s("REDIRECT")),
-                ("ISTHMUS_ROLE".to_string(), s("sidecar")),
-                (
-                    "LABELS".to_string(),
-                    Value {
-                        kind: Some(Kind::StructValue(labels)),
-                    },
-                ),
-            ]
-            .into(),
-        }),
-        ..Default::default()
-    };
+    let id = format!("sidecar~{POD_IP}~pod-1.foo~foo.svc.cluster.local");
+    let node = translate_support::sidecar_node(&id, "foo", "REDIRECT", &[("app", "pod")]);
     Proxy::from_node(Some(&node)).expect("proxy node")
 }
 

@@ -9,8 +9,8 @@
 mod support;
 #[path = "support/testdns.rs"]
 mod testdns;
+mod translate_support;
 
-use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
@@ -26,8 +26,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 };
 use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use isthmus_control::source::parse_text;
-use isthmus_control::store::{ConfigSnapshot, StoredResource};
+use isthmus_control::store::ConfigSnapshot;
 use isthmus_control::translate::generator::generate;
 use isthmus_control::translate::{Inputs, LocalSettings, ProxyFlavor};
 use isthmus_federation::RegistrySnapshot;
@@ -117,20 +116,7 @@ async fn https_server(
 }
 
 fn config(yaml: &str) -> ConfigSnapshot {
-    let mut resources = BTreeMap::new();
-    for doc in parse_text(Path::new("egress.yaml"), yaml) {
-        assert!(!doc.has_errors(), "fixture has errors: {doc:?}");
-        if let Some(r) = doc.resource {
-            resources.insert(
-                r.key(),
-                StoredResource {
-                    resource: r,
-                    location: doc.location,
-                },
-            );
-        }
-    }
-    ConfigSnapshot::new(1, resources, Vec::new())
+    translate_support::config("egress.yaml", yaml)
 }
 
 /// The ServiceEntry + DestinationRule of Istio's TLS origination task,
@@ -182,7 +168,8 @@ spec:
         Arc::new(RegistrySnapshot::default()),
         LocalSettings::default(),
     );
-    let proxy = Proxy::from_node(Some(&httpbin_sidecar_node())).expect("proxy node");
+    let proxy =
+        Proxy::from_node(Some(&translate_support::httpbin_sidecar_node())).expect("proxy node");
     let clusters = generate(
         &inputs,
         &proxy,

@@ -7,6 +7,7 @@
 //! Clients: rustls + hyper, and `curl` as an independent one.
 
 mod support;
+mod translate_support;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
@@ -26,8 +27,7 @@ use envoy_types::pb::envoy::extensions::transport_sockets::tls::v3::{
 };
 use envoy_types::pb::google::protobuf::Any;
 use http_body_util::{BodyExt, Full};
-use isthmus_control::source::parse_text;
-use isthmus_control::store::{ConfigSnapshot, StoredResource};
+use isthmus_control::store::ConfigSnapshot;
 use isthmus_control::translate::generator::generate;
 use isthmus_control::translate::{Inputs, LocalSettings, ProxyFlavor};
 use isthmus_federation::RegistrySnapshot;
@@ -100,49 +100,16 @@ fn b64(s: &str) -> String {
 }
 
 fn config(yaml: &str) -> ConfigSnapshot {
-    let mut resources = BTreeMap::new();
-    for doc in parse_text(Path::new("ingress.yaml"), yaml) {
-        assert!(!doc.has_errors(), "fixture has errors: {doc:?}");
-        if let Some(r) = doc.resource {
-            resources.insert(
-                r.key(),
-                StoredResource {
-                    resource: r,
-                    location: doc.location,
-                },
-            );
-        }
-    }
-    ConfigSnapshot::new(1, resources, Vec::new())
+    translate_support::config("ingress.yaml", yaml)
 }
 
 /// The ingress gateway's xDS node as the control plane sees it.
 fn ingress_proxy() -> Proxy {
-    use envoy_types::pb::envoy::config::core::v3::Node;
-    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
-    let s = |v: &str| Value {
-        kind: Some(Kind::StringValue(v.into())),
-    };
-    let labels = Struct {
-        fields: [("istio".to_string(), s("ingressgateway"))].into(),
-    };
-    let node = Node {
-        id: "router~127.0.0.1~ingress-1.istio-system~istio-system.svc.cluster.local".into(),
-        metadata: Some(Struct {
-            fields: [
-                ("NAMESPACE".to_string(), s("istio-system")),
-                ("ISTHMUS_ROLE".to_string(), s("ingress")),
-                (
-                    "LABELS".to_string(),
-                    Value {
-                        kind: Some(Kind::StructValue(labels)),
-                    },
-                ),
-            ]
-            .into(),
-        }),
-        ..Default::default()
-    };
+    let node = translate_support::node(
+        "router~127.0.0.1~ingress-1.istio-system~istio-system.svc.cluster.local",
+        &[("NAMESPACE", "istio-system"), ("ISTHMUS_ROLE", "ingress")],
+        &[("istio", "ingressgateway")],
+    );
     Proxy::from_node(Some(&node)).expect("ingress node")
 }
 
@@ -416,12 +383,7 @@ spec:
 }
 
 fn credential_names() -> Names {
-    Names::Some(
-        ["a-cred", "b-cred", "b-cred-cacert"]
-            .into_iter()
-            .map(String::from)
-            .collect(),
-    )
+    Names::some(["a-cred", "b-cred", "b-cred-cacert"])
 }
 
 fn sds(secrets: Vec<Secret>) -> Vec<(String, Any)> {

@@ -8,6 +8,7 @@
 //! One gateway per distinct policy set; many requests per gateway.
 
 mod support;
+mod translate_support;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -29,8 +30,6 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{tcp_pr
 use envoy_types::util::pack_any;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::TokioIo;
-use isthmus_control::source::parse_text;
-use isthmus_control::store::{ConfigSnapshot, StoredResource};
 use isthmus_control::translate::rbac;
 use isthmus_gateway::tls::WorkloadCertificate;
 use isthmus_identity::ca::{
@@ -136,21 +135,7 @@ fn pem_der(pem: &str) -> CertificateDer<'static> {
 /// Istio YAML → the RBAC filters for the workload `default/echo`
 /// (labels app=echo), exactly as the sidecar translation selects them.
 fn translate(yaml: &str) -> (Vec<HttpFilter>, Vec<Filter>) {
-    let path = Path::new("policies.yaml");
-    let mut resources = BTreeMap::new();
-    for doc in parse_text(path, yaml) {
-        assert!(!doc.has_errors(), "policy YAML has errors: {doc:?}");
-        if let Some(r) = doc.resource {
-            resources.insert(
-                r.key(),
-                StoredResource {
-                    resource: r,
-                    location: doc.location,
-                },
-            );
-        }
-    }
-    let config = ConfigSnapshot::new(1, resources, Vec::new());
+    let config = translate_support::config("policies.yaml", yaml);
     let labels: BTreeMap<String, String> = [("app".to_string(), "echo".to_string())].into();
     let applicable = rbac::applicable(&config, ROOT_NS, "default", &labels);
     (

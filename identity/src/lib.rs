@@ -46,7 +46,9 @@ pub use manager::{
     RenewHandle,
 };
 pub use service::{CaMetrics, CaService, CaServiceConfig, RateLimit};
-pub use spiffe::{SpiffeError, SpiffeId, DEFAULT_TRUST_DOMAIN};
+pub use spiffe::{
+    SpiffeError, SpiffeId, CONTROL_NAMESPACE, CONTROL_SERVICE_ACCOUNT, DEFAULT_TRUST_DOMAIN,
+};
 pub use verify::{
     follow_issued_roots, peer_identity, static_bundle, BundleWatch, PeerPolicy,
     SpiffeClientVerifier, SpiffeServerVerifier, VerifyError,

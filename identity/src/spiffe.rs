@@ -9,6 +9,11 @@ use x509_parser::prelude::{FromDer, X509Certificate};
 /// The trust domain used when none is configured (Istio's default).
 pub const DEFAULT_TRUST_DOMAIN: &str = "cluster.local";
 
+/// Where the control plane's own certificate says it is: proxies expect
+/// exactly this identity from the CA and from xDS over TLS.
+pub const CONTROL_NAMESPACE: &str = "istio-system";
+pub const CONTROL_SERVICE_ACCOUNT: &str = "isthmus-control";
+
 const SCHEME: &str = "spiffe://";
 
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]

@@ -91,9 +91,7 @@ spec:
   location: MESH_INTERNAL
   resolution: STATIC
   ports:
-  - number: {port}
-    name: {pname}
-    protocol: {proto}
+  - number: {port}{declared}
   workloadSelector:
     labels:
       app: {name}
@@ -102,8 +100,16 @@ spec:
             ns = svc.namespace,
             host = svc.host(),
             port = svc.port,
-            pname = svc.protocol.to_ascii_lowercase(),
-            proto = svc.protocol,
+            // No protocol: an unnamed port, which Istio's rules sniff.
+            declared = if svc.protocol.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    "\n    name: {}\n    protocol: {}",
+                    svc.protocol.to_ascii_lowercase(),
+                    svc.protocol
+                )
+            },
         ));
         if svc.export {
             docs.push(format!(

@@ -92,7 +92,8 @@ pub struct ServiceSpec {
     pub name: String,
     pub namespace: String,
     pub port: u16,
-    /// `TCP` or `HTTP` (the gateway routes HTTP once its HCM support lands).
+    /// `TCP` or `HTTP`; empty for a port with no name and no protocol
+    /// (sniffed).
     pub protocol: String,
     pub export: bool,
 }

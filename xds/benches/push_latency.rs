@@ -125,7 +125,7 @@ impl Generator for BenchGenerator {
     ) -> Result<Vec<Resource>, GenerateError> {
         let pick = |m: &BTreeMap<String, Resource>| match names {
             Names::All => m.values().cloned().collect(),
-            Names::Some(set) => set.iter().filter_map(|n| m.get(n).cloned()).collect(),
+            Names::Some(set) => set.iter().filter_map(|n| m.get(&**n).cloned()).collect(),
         };
         Ok(match t {
             TypeUrl::Cluster => pick(&self.clusters),

@@ -6,10 +6,11 @@
 //! the part handed to the transport is freed). For ADS that batch is the
 //! initial CDS, or one route configuration with a thousand virtual hosts:
 //! measured with heaptrack at 1,000 services, 1.3 to 2 MB per connected
-//! proxy, for as long as it stays connected. So here tonic still decodes
-//! the requests and prost encodes the messages, but each response message
-//! goes to hyper in a buffer of its own (the gRPC length prefix and the
-//! message), freed as soon as h2 has written it.
+//! proxy, for as long as it stays connected. So here prost encodes the
+//! messages, but each response message goes to hyper in a buffer of its own
+//! (the gRPC length prefix and the message), freed as soon as h2 has
+//! written it. Requests are read the same way, for the same reason (see
+//! [`crate::inbound`]).
 //!
 //! The per-type services (`cds()` and so on) keep tonic's generated servers.
 
@@ -25,12 +26,11 @@ use futures::Stream;
 use http_body::Frame;
 use prost::Message;
 use tonic::body::Body;
-use tonic::codec::{Codec, Streaming};
 use tonic::codegen::Service;
 use tonic::server::NamedService;
 use tonic::{Request, Response, Status};
-use tonic_prost::ProstCodec;
 
+use crate::inbound::{Inbound, Requests};
 use crate::outbound::{Plan, ResponseStream};
 use crate::service::XdsService;
 
@@ -96,18 +96,15 @@ impl Service<http::Request<Body>> for AdsServer {
     }
 }
 
-/// The request stream, decoded by tonic; metadata and extensions (the TLS
-/// peer) are kept for the authorizer.
+/// The request stream, read by [`Requests`] (see [`crate::inbound`]);
+/// metadata and extensions (the TLS peer) are kept for the authorizer.
 fn decode<M: Message + Default + Send + 'static>(
     req: http::Request<Body>,
     max_request_bytes: usize,
-) -> Request<Streaming<M>> {
+) -> Request<Inbound<M>> {
     let (parts, body) = req.into_parts();
-    let decoder = ProstCodec::<M, M>::default().decoder();
-    // No request compression: a compressed message fails the stream with
-    // tonic's own error.
-    let stream = Streaming::new_request(decoder, body, None, Some(max_request_bytes));
-    Request::from_http(http::Request::from_parts(parts, stream))
+    let requests = Inbound::Own(Requests::new(body, max_request_bytes));
+    Request::from_http(http::Request::from_parts(parts, requests))
 }
 
 fn respond<P: Plan>(opened: Result<Response<ResponseStream<P>>, Status>) -> http::Response<Body>

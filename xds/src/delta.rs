@@ -12,11 +12,12 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::DeltaDiscoveryRequest;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tonic::{Status, Streaming};
+use tonic::Status;
 use tracing::debug;
 
 use crate::generator::Names;
 use crate::held::{Held, HeldSet};
+use crate::inbound::Inbound;
 use crate::outbound::{chunks, DeltaPlan};
 use crate::resource::SetDigest;
 use crate::status::SentRef;
@@ -75,7 +76,7 @@ struct Delta {
 pub(crate) async fn run(
     ctx: StreamCtx,
     first: DeltaDiscoveryRequest,
-    mut inbound: Streaming<DeltaDiscoveryRequest>,
+    mut inbound: Inbound<DeltaDiscoveryRequest>,
     tx: Tx,
 ) {
     let _connected = ctx.shared.metrics.connection();
@@ -133,7 +134,7 @@ impl Delta {
             if name == "*" {
                 wildcard_added |= !state.sub.wildcard;
                 state.sub.wildcard = true;
-            } else if state.sub.insert(&name) {
+            } else if let Some(name) = state.sub.insert(&name) {
                 added.insert(name);
             }
         }
@@ -170,6 +171,9 @@ impl Delta {
             self.ctx.note_sent(t, state.sent_ref());
         }
         let answered = !req.response_nonce.is_empty() && state.answer(&req.response_nonce);
+        if !added.is_empty() || !forgotten.is_empty() {
+            state.sub.share();
+        }
         let sub = state.sub.clone();
         if first || wildcard_added || unsubscribed || !added.is_empty() {
             self.ctx.note_subscription(t, &sub);
@@ -191,7 +195,7 @@ impl Delta {
         let domain = if first || wildcard_added {
             Some(sub.names())
         } else if !added.is_empty() {
-            Some(Names::Some(added))
+            Some(Names::Some(Arc::new(added)))
         } else {
             None
         };
@@ -257,16 +261,16 @@ impl Delta {
                 .collect(),
             Names::Some(set) => set
                 .iter()
-                .filter(|n| state.held.contains(n.as_str()) && gone(n))
-                .cloned()
+                .filter(|n| state.held.contains(&***n) && gone(n))
+                .map(|n| n.to_string())
                 .collect(),
         };
         if let (true, Names::Some(asked)) = (answer_missing, &domain) {
             removed.extend(
                 asked
                     .iter()
-                    .filter(|n| gone(n) && !state.held.contains(n.as_str()))
-                    .cloned(),
+                    .filter(|n| gone(n) && !state.held.contains(&***n))
+                    .map(|n| n.to_string()),
             );
         }
         // A new wildcard subscription is always answered, empty or not: a
@@ -276,7 +280,8 @@ impl Delta {
         if updates.is_empty() && removed.is_empty() && !answer_empty_wildcard {
             return Ok(());
         }
-        // Status holds only a weak reference, so this updates in place.
+        // Status holds only a weak reference, so this updates in place
+        // unless other streams share the set (see `held::share`).
         let held = Arc::make_mut(&mut state.held);
         for name in &removed {
             if let Some(h) = held.take(name.as_str()) {
@@ -289,6 +294,7 @@ impl Delta {
             }
             state.digest.add(&r.name, &r.version);
         }
+        crate::held::share(&mut state.held);
         // One response per `delta_response_bytes` of resources, which bounds
         // what a stream builds, and h2 buffers for it, at a time (see
         // `XdsConfig::delta_response_bytes`).

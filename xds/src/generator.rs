@@ -1,21 +1,34 @@
 //! The seam to the control plane: what the server asks for resources.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use crate::proxy::Proxy;
 use crate::resource::Resource;
 use crate::types::TypeUrl;
+
+/// A set of resource names, shared rather than copied.
+pub type NameSet = Arc<BTreeSet<Arc<str>>>;
 
 /// Which resources of a type are wanted.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Names {
     /// Every resource of the type that applies to the proxy (wildcard).
     All,
-    /// Only these; names that do not exist are simply left out.
-    Some(BTreeSet<String>),
+    /// Only these; names that do not exist are simply left out. The set is
+    /// the subscribing stream's own (a push asks for a proxy's thousand EDS
+    /// names by pointer, not by copying them once per stream).
+    Some(NameSet),
 }
 
 impl Names {
+    /// Only the given names.
+    pub fn some<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> Names {
+        Names::Some(Arc::new(
+            names.into_iter().map(|n| Arc::from(n.as_ref())).collect(),
+        ))
+    }
+
     pub fn contains(&self, name: &str) -> bool {
         match self {
             Names::All => true,

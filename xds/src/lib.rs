@@ -30,6 +30,7 @@ mod cache;
 mod delta;
 mod generator;
 mod held;
+mod inbound;
 mod intern;
 mod metrics;
 mod outbound;
@@ -45,7 +46,7 @@ mod stream;
 mod types;
 
 pub use ads::AdsServer;
-pub use generator::{GenerateError, Generator, Names};
+pub use generator::{GenerateError, Generator, NameSet, Names};
 pub use proxy::{Locality, NodeType, Proxy, ProxyError, ProxyRole};
 pub use push::{DebounceConfig, PushScope, Pusher};
 pub use resource::{set_version, Resource, ResourceMap, SetDigest};

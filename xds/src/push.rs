@@ -81,13 +81,19 @@ impl Affected {
         if t != TypeUrl::ClusterLoadAssignment || self.endpoints.is_empty() {
             return None;
         }
-        let hit: BTreeSet<String> = self
-            .endpoints
-            .iter()
-            .filter(|n| subscribed.contains(n))
-            .cloned()
-            .collect();
-        (!hit.is_empty()).then_some(Names::Some(hit))
+        let hit: BTreeSet<Arc<str>> = match subscribed.wildcard {
+            true => self
+                .endpoints
+                .iter()
+                .map(|n| Arc::from(n.as_str()))
+                .collect(),
+            false => self
+                .endpoints
+                .iter()
+                .filter_map(|n| subscribed.names.get(n.as_str()).cloned())
+                .collect(),
+        };
+        (!hit.is_empty()).then_some(Names::Some(Arc::new(hit)))
     }
 }
 

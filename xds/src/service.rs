@@ -15,6 +15,7 @@ use tokio::sync::mpsc;
 use tonic::{Request, Response, Status, Streaming};
 
 use crate::generator::Names;
+use crate::inbound::Inbound;
 use crate::outbound::{DeltaPlan, ResponseStream, SotwPlan};
 use crate::proxy::Proxy;
 use crate::resource::set_version;
@@ -79,7 +80,7 @@ impl XdsService {
 
     pub(crate) async fn open_sotw(
         &self,
-        request: Request<Streaming<DiscoveryRequest>>,
+        request: Request<Inbound<DiscoveryRequest>>,
     ) -> Result<Response<SotwStream>, Status> {
         let (_, extensions, mut inbound) = request.into_parts();
         // The node is only guaranteed on the first request, so read it
@@ -106,7 +107,7 @@ impl XdsService {
 
     pub(crate) async fn open_delta(
         &self,
-        request: Request<Streaming<DeltaDiscoveryRequest>>,
+        request: Request<Inbound<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaStream>, Status> {
         let (_, extensions, mut inbound) = request.into_parts();
         let first = inbound
@@ -145,7 +146,7 @@ impl XdsService {
         {
             Names::All
         } else {
-            Names::Some(req.resource_names.into_iter().collect())
+            Names::some(req.resource_names)
         };
         let generated = ctx
             .generate(t, &names)
@@ -169,14 +170,14 @@ impl AggregatedDiscoveryService for XdsService {
         &self,
         request: Request<Streaming<DiscoveryRequest>>,
     ) -> Result<Response<SotwStream>, Status> {
-        self.open_sotw(request).await
+        self.open_sotw(request.map(Inbound::Tonic)).await
     }
 
     async fn delta_aggregated_resources(
         &self,
         request: Request<Streaming<DeltaDiscoveryRequest>>,
     ) -> Result<Response<DeltaStream>, Status> {
-        self.open_delta(request).await
+        self.open_delta(request.map(Inbound::Tonic)).await
     }
 }
 
@@ -191,14 +192,14 @@ macro_rules! per_type_service {
                 &self,
                 request: Request<Streaming<DiscoveryRequest>>,
             ) -> Result<Response<SotwStream>, Status> {
-                self.open_sotw(request).await
+                self.open_sotw(request.map(Inbound::Tonic)).await
             }
 
             async fn $delta_fn(
                 &self,
                 request: Request<Streaming<DeltaDiscoveryRequest>>,
             ) -> Result<Response<DeltaStream>, Status> {
-                self.open_delta(request).await
+                self.open_delta(request.map(Inbound::Tonic)).await
             }
 
             async fn $fetch_fn(

@@ -13,11 +13,12 @@ use std::sync::Arc;
 use envoy_types::pb::envoy::service::discovery::v3::DiscoveryRequest;
 use tokio::sync::mpsc;
 use tokio::time::Instant;
-use tonic::{Status, Streaming};
+use tonic::Status;
 use tracing::debug;
 
 use crate::generator::Names;
 use crate::held::{Held, HeldSet};
+use crate::inbound::Inbound;
 use crate::outbound::SotwPlan;
 use crate::resource::{set_version, Resource, ResourceMap, SetDigest};
 use crate::status::SentRef;
@@ -84,7 +85,7 @@ struct Sotw {
 pub(crate) async fn run(
     ctx: StreamCtx,
     first: DiscoveryRequest,
-    mut inbound: Streaming<DiscoveryRequest>,
+    mut inbound: Inbound<DiscoveryRequest>,
     tx: Tx,
 ) {
     let _connected = ctx.shared.metrics.connection();
@@ -162,15 +163,12 @@ impl Sotw {
         let domain = if new_sub.wildcard && !old_sub.wildcard {
             Names::All
         } else {
-            let added: BTreeSet<String> = new_sub
-                .names
-                .difference(&old_sub.names)
-                .map(|n| n.to_string())
-                .collect();
+            let added: BTreeSet<Arc<str>> =
+                new_sub.names.difference(&old_sub.names).cloned().collect();
             if added.is_empty() {
                 return Ok(());
             }
-            Names::Some(added)
+            Names::Some(Arc::new(added))
         };
         self.respond(t, domain, true, None).await
     }
@@ -268,8 +266,8 @@ impl Sotw {
                 .collect(),
             Names::Some(set) => set
                 .iter()
-                .filter(|n| state.sent.contains(n.as_str()) && gone(n))
-                .cloned()
+                .filter(|n| state.sent.contains(&***n) && gone(n))
+                .map(|n| n.to_string())
                 .collect(),
         };
         if !force && updates.is_empty() && removals.is_empty() {
@@ -295,7 +293,7 @@ impl Sotw {
                 Names::All => sent.iter().map(|h| &h.0).collect(),
                 Names::Some(set) => set
                     .iter()
-                    .filter_map(|n| sent.get(n.as_str()).map(|h| &h.0))
+                    .filter_map(|n| sent.get(&**n).map(|h| &h.0))
                     .collect(),
             }
         } else if updates.is_empty() {
@@ -309,6 +307,7 @@ impl Sotw {
         // Pointers: the bodies are copied only when the transport asks for
         // the message (see `outbound.rs`).
         let resources = body.into_iter().cloned().collect();
+        crate::held::share(&mut state.sent);
         let version = state.digest.version();
         let nonce = self.ctx.next_nonce();
         state.nonce = Some(nonce.clone());

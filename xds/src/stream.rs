@@ -1,6 +1,5 @@
 //! What every xDS stream shares, whatever its protocol variant.
 
-use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::SystemTime;
@@ -10,8 +9,8 @@ use tonic::Status;
 use tracing::{debug, warn};
 
 use crate::cache::Cache;
-use crate::generator::Names;
-use crate::intern::intern;
+use crate::generator::{NameSet, Names};
+use crate::intern::{intern, intern_set, name_set};
 use crate::metrics::Metrics;
 use crate::proxy::Proxy;
 use crate::push::PushLog;
@@ -41,7 +40,7 @@ pub(crate) struct Shared {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Subscription {
     pub(crate) wildcard: bool,
-    pub(crate) names: Arc<BTreeSet<Arc<str>>>,
+    pub(crate) names: NameSet,
 }
 
 impl Subscription {
@@ -55,20 +54,28 @@ impl Subscription {
     pub(crate) fn named<S: AsRef<str>>(names: impl IntoIterator<Item = S>) -> Subscription {
         Subscription {
             wildcard: false,
-            names: Arc::new(names.into_iter().map(|n| intern(n.as_ref())).collect()),
+            names: name_set(names),
         }
+    }
+
+    /// Shares the name set with every other stream subscribed to the same
+    /// names (see [`crate::intern`]); call once a request's changes are in.
+    pub(crate) fn share(&mut self) {
+        self.names = intern_set(std::mem::take(&mut self.names));
     }
 
     pub(crate) fn contains(&self, name: &str) -> bool {
         self.wildcard || self.names.contains(name)
     }
 
-    /// Adds a name; `true` if it was new.
-    pub(crate) fn insert(&mut self, name: &str) -> bool {
+    /// Adds a name; the shared name if it was new.
+    pub(crate) fn insert(&mut self, name: &str) -> Option<Arc<str>> {
         if self.names.contains(name) {
-            return false;
+            return None;
         }
-        Arc::make_mut(&mut self.names).insert(intern(name))
+        let name = intern(name);
+        Arc::make_mut(&mut self.names).insert(name.clone());
+        Some(name)
     }
 
     /// Removes a name; `true` if it was there.
@@ -79,11 +86,12 @@ impl Subscription {
         Arc::make_mut(&mut self.names).remove(name)
     }
 
+    /// What to generate for this subscription: the set itself, shared.
     pub(crate) fn names(&self) -> Names {
         if self.wildcard {
             Names::All
         } else {
-            Names::Some(self.names.iter().map(|n| n.to_string()).collect())
+            Names::Some(self.names.clone())
         }
     }
 }

@@ -35,7 +35,14 @@ pub fn exported_services(
                     .map(|p| ServicePort {
                         name: p.name.clone(),
                         port: p.port,
-                        protocol: format!("{:?}", p.protocol).to_ascii_uppercase(),
+                        // A port without a declared protocol is published
+                        // without one, so other clusters sniff it as this one
+                        // does (TCP would turn its HTTP into opaque bytes).
+                        protocol: if p.sniffed {
+                            String::new()
+                        } else {
+                            format!("{:?}", p.protocol).to_ascii_uppercase()
+                        },
                         target_port: p.target_port,
                     })
                     .collect(),
@@ -237,6 +244,109 @@ spec: {address: 10.0.0.1, serviceAccount: reviews, labels: {app: reviews, versio
             cs.endpoints[0].labels.get("version").map(String::as_str),
             Some("v1")
         );
+    }
+
+    /// A port without a protocol crosses the federation undeclared, so a
+    /// cluster that only knows the service from the registry sniffs it as
+    /// the exporting cluster does (it used to arrive as `TCP`).
+    #[test]
+    fn unnamed_ports_stay_sniffed_in_other_clusters() {
+        use crate::translate::generator::generate;
+        use crate::translate::listener::sniff::HTTP_INSPECTOR;
+        use crate::translate::{Inputs, ProxyFlavor};
+        use envoy_types::pb::envoy::config::core::v3::Node;
+        use envoy_types::pb::envoy::config::listener::v3::Listener;
+        use isthmus_federation::model::Locality;
+        use isthmus_xds::{Names, Proxy, TypeUrl};
+        use prost::Message;
+
+        let east = snapshot(&format!(
+            "{CONFIG}---
+apiVersion: networking.istio.io/v1beta1
+kind: ServiceEntry
+metadata: {{name: legacy, namespace: default}}
+spec:
+  hosts: [legacy.default.svc.cluster.local]
+  location: MESH_INTERNAL
+  resolution: STATIC
+  ports: [{{number: 7070}}, {{number: 7071, name: tcp-db}}]
+  workloadSelector: {{labels: {{app: legacy}}}}
+---
+apiVersion: multicluster.x-k8s.io/v1alpha1
+kind: ServiceExport
+metadata: {{name: legacy, namespace: default}}
+"
+        ));
+        let exported = exported_services(&east, &LocalSettings::from_config(&east, Vec::new()));
+        let key = ServiceKey {
+            namespace: "default".into(),
+            name: "legacy".into(),
+        };
+        let protocols: Vec<(u16, &str)> = exported[&key]
+            .service
+            .ports
+            .iter()
+            .map(|p| (p.port, p.protocol.as_str()))
+            .collect();
+        assert_eq!(protocols, vec![(7070, ""), (7071, "TCP")]);
+
+        // The west cluster knows `legacy` only from the registry.
+        let mut registry = RegistrySnapshot::default();
+        registry.clusters.insert(
+            "east".into(),
+            ClusterInfo {
+                id: "east".into(),
+                network: "n1".into(),
+                locality: Locality::default(),
+                eastwest_tcp: vec!["192.0.2.1:15443".into()],
+                eastwest_quic: Vec::new(),
+                ingress: Vec::new(),
+                intermediate_pem: String::new(),
+                roots_pem: Vec::new(),
+            },
+        );
+        registry
+            .services
+            .insert("east".into(), exported.into_iter().collect());
+        let west = LocalSettings {
+            cluster_id: "west".into(),
+            network: "n2".into(),
+            ..LocalSettings::default()
+        };
+        let inputs = Inputs::new(snapshot(""), Arc::new(registry), west);
+        let svc = inputs
+            .services
+            .get("legacy.default.svc.cluster.local")
+            .expect("remote-only service indexed");
+        assert!(svc.local.is_empty() && svc.remote.len() == 1);
+        let sniffed: Vec<(u16, bool)> = svc.ports.iter().map(|p| (p.port, p.sniffed)).collect();
+        assert_eq!(sniffed, vec![(7070, true), (7071, false)]);
+
+        let node = Node {
+            id: "sidecar~10.9.0.1~client-1.default~default.svc.cluster.local".into(),
+            ..Default::default()
+        };
+        let proxy = Proxy::from_node(Some(&node)).expect("valid node");
+        let listeners: Vec<Listener> = generate(
+            &inputs,
+            &proxy,
+            ProxyFlavor::Envoy,
+            TypeUrl::Listener,
+            &Names::All,
+        )
+        .into_iter()
+        .map(|r| Listener::decode(r.body.value.as_slice()).expect("listener"))
+        .collect();
+        let inspects = |port: &str| {
+            let l = listeners
+                .iter()
+                .find(|l| l.name.ends_with(&format!("_{port}")))
+                .unwrap_or_else(|| panic!("no outbound listener for {port}"));
+            let http = l.listener_filters.iter().any(|f| f.name == HTTP_INSPECTOR);
+            (http, l.filter_chains.len())
+        };
+        assert_eq!(inspects("7070"), (true, 2), "HTTP and TCP behind sniffing");
+        assert_eq!(inspects("7071"), (false, 1), "declared TCP stays TCP");
     }
 
     #[test]

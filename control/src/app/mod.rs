@@ -32,9 +32,7 @@ use tracing::info;
 use crate::store::ConfigStore;
 use crate::translate::{LocalSettings, TranslateGenerator};
 
-/// Where the control plane's own certificate says it is.
-pub const CONTROL_NAMESPACE: &str = "istio-system";
-pub const CONTROL_SERVICE_ACCOUNT: &str = "isthmus-control";
+pub use isthmus_identity::{CONTROL_NAMESPACE, CONTROL_SERVICE_ACCOUNT};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ControlOptions {

@@ -3,7 +3,6 @@
 pub mod dashboard;
 pub mod demo;
 pub mod federation;
-pub mod gateway;
 pub mod install;
 pub mod status;
 pub mod workload;

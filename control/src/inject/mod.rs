@@ -1,5 +1,5 @@
 //! The sidecar injector: a mutating admission webhook (AdmissionReview v1)
-//! that adds the Isthmus proxy (`isthmus gateway --role sidecar`) to pods,
+//! that adds the Isthmus proxy (`isthmus-gateway --role sidecar`) to pods,
 //! answering with a JSON Patch. Which pods reach it is decided by the
 //! webhook's selectors (crate::install::webhook); the injector itself
 //! honours the pod's `sidecar.istio.io/inject` label and annotation, skips

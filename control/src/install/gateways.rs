@@ -1,4 +1,4 @@
-//! The east-west, ingress and egress gateways: `isthmus gateway` in its
+//! The east-west, ingress and egress gateways: `isthmus-gateway` in its
 //! router roles, each a Deployment spread over nodes and zones, a
 //! PodDisruptionBudget and a Service.
 

@@ -1,6 +1,6 @@
-//! The `isthmus gateway` container, shared by the gateways `isthmus install`
-//! renders and the sidecars the injector adds: one place that knows the
-//! gateway's real flags (control/src/cli/gateway.rs), its ports and mounts.
+//! The proxy container (`isthmus-gateway`), shared by the gateways
+//! `isthmus install` renders and the sidecars the injector adds: one place
+//! that knows the proxy's real flags (gateway/src/cli), its ports and mounts.
 
 use k8s_openapi::api::core::v1::{
     Container, EnvVar, KeyToPath, ProjectedVolumeSource, ServiceAccountTokenProjection, Volume,
@@ -43,7 +43,7 @@ pub const ENV_NETWORK: &str = "ISTHMUS_NETWORK";
 pub const ENV_LOCALITY: &str = "ISTHMUS_LOCALITY";
 pub const ENV_TRUST_DOMAIN: &str = "ISTHMUS_TRUST_DOMAIN";
 
-/// `isthmus gateway --role` values.
+/// `isthmus-gateway --role` values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProxyRole {
     Sidecar,
@@ -85,11 +85,14 @@ fn escape(value: &str) -> String {
     value.replace('$', "$$")
 }
 
-/// The arguments of `isthmus gateway` (the image's entrypoint is `isthmus`).
+/// The image's proxy-only binary: the same flags as `isthmus gateway`
+/// without the control plane's code, which a sidecar would otherwise map.
+pub const PROXY_COMMAND: &str = "/usr/local/bin/isthmus-gateway";
+
+/// The arguments of `isthmus-gateway` (the container's command).
 pub fn proxy_args(spec: &ProxySpec<'_>) -> Vec<String> {
     let host = control_host();
     let mut args: Vec<String> = [
-        "gateway",
         "--role",
         spec.role.flag(),
         "--xds",
@@ -150,6 +153,7 @@ pub fn proxy_container(name: &str, spec: &ProxySpec<'_>) -> Container {
         name: name.to_string(),
         image: Some(spec.image.to_string()),
         image_pull_policy: Some("IfNotPresent".into()),
+        command: Some(vec![PROXY_COMMAND.to_string()]),
         args: Some(proxy_args(spec)),
         env: Some(env),
         ports: Some(vec![port("http-admin", PROXY_ADMIN_PORT.into(), "TCP")]),

@@ -400,6 +400,23 @@ fn circuit_breakers(pool: Option<&ConnectionPoolSettings>) -> CircuitBreakers {
     }
 }
 
+/// HTTP towards the upstream in the protocol the client spoke: the inbound
+/// cluster of a sniffed port (Istio's USE_DOWNSTREAM_PROTOCOL).
+pub fn use_downstream_protocol(c: &mut Cluster) {
+    let options = HttpProtocolOptions {
+        upstream_protocol_options: Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(
+            UseDownstreamHttpConfig {
+                http_protocol_options: Some(Http1ProtocolOptions::default()),
+                http2_protocol_options: Some(Http2ProtocolOptions::default()),
+                ..Default::default()
+            },
+        )),
+        ..Default::default()
+    };
+    c.typed_extension_protocol_options
+        .insert(HTTP_PROTOCOL_OPTIONS.to_string(), any(options));
+}
+
 fn http_options(
     port: &ServicePort,
     pool: Option<&ConnectionPoolSettings>,
@@ -429,7 +446,9 @@ fn http_options(
         ..Default::default()
     };
     let upgrade = http.and_then(|h| h.h2_upgrade_policy) == Some(H2UpgradePolicy::Upgrade);
-    let protocol = if http.and_then(|h| h.use_client_protocol) == Some(true) {
+    // A sniffed port's HTTP goes upstream in the protocol the client spoke
+    // (Istio's USE_DOWNSTREAM_PROTOCOL for ports without a protocol).
+    let protocol = if http.and_then(|h| h.use_client_protocol) == Some(true) || port.sniffed {
         Some(UpstreamProtocolOptions::UseDownstreamProtocolConfig(
             UseDownstreamHttpConfig {
                 http_protocol_options: Some(Http1ProtocolOptions::default()),

@@ -102,23 +102,42 @@ fn istio_metadata(value: &str) -> Metadata {
 
 /// Cluster load assignments for the EDS clusters named in `names`.
 pub fn load_assignments(ctx: &Context<'_>, names: &Names) -> Vec<ClusterLoadAssignment> {
+    load_assignments_as(ctx, names, |a| a)
+}
+
+/// [`load_assignments`], each passed through `each` as soon as it is
+/// built (the generator encodes it there). A thousand assignments with
+/// their endpoints' metadata are about 13 MB as messages, and only a tenth
+/// of that encoded, so they are never all held as messages at once.
+pub fn load_assignments_as<T>(
+    ctx: &Context<'_>,
+    names: &Names,
+    mut each: impl FnMut(ClusterLoadAssignment) -> T,
+) -> Vec<T> {
     let eastwest = ctx.role() == ProxyRole::EastWest;
-    let targets = if eastwest {
-        eastwest_targets(ctx)
-    } else {
-        outbound_targets(ctx)
-    };
-    let mut out: Vec<ClusterLoadAssignment> = targets
-        .iter()
-        .filter(|t| names.contains(&t.name) && is_eds(t))
-        .map(|t| assignment(ctx, t, eastwest))
-        .collect();
     if eastwest {
+        let mut out: Vec<ClusterLoadAssignment> = eastwest_targets(ctx)
+            .iter()
+            .filter(|t| names.contains(&t.name) && is_eds(t))
+            .map(|t| assignment(ctx, t, true))
+            .collect();
         out.extend(super::tunnel::assignments(ctx, names));
+        out.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
+        out.dedup_by(|a, b| a.cluster_name == b.cluster_name);
+        return out.into_iter().map(each).collect();
     }
-    out.sort_by(|a, b| a.cluster_name.cmp(&b.cluster_name));
-    out.dedup_by(|a, b| a.cluster_name == b.cluster_name);
-    out
+    let mut targets: Vec<_> = outbound_targets(ctx)
+        .into_iter()
+        .filter(|t| names.contains(&t.name) && is_eds(t))
+        .collect();
+    // Stable, so the first of equal names is kept, as when sorting the
+    // built assignments.
+    targets.sort_by(|a, b| a.name.cmp(&b.name));
+    targets.dedup_by(|a, b| a.name == b.name);
+    targets
+        .iter()
+        .map(|t| each(assignment(ctx, t, false)))
+        .collect()
 }
 
 fn is_eds(t: &Target<'_>) -> bool {

@@ -75,11 +75,11 @@ pub fn generate(
     let ctx = Context::new(inputs, proxy, flavor);
     match type_url {
         TypeUrl::Cluster => named(names, cluster::clusters(&ctx), |c| &c.name),
-        TypeUrl::ClusterLoadAssignment => {
-            named(names, endpoint::load_assignments(&ctx, names), |c| {
-                &c.cluster_name
-            })
-        }
+        // Encoded one by one as they are built (see `load_assignments_as`);
+        // every one is named in `names` already.
+        TypeUrl::ClusterLoadAssignment => endpoint::load_assignments_as(&ctx, names, |c| {
+            Resource::new(c.cluster_name.clone(), any(c))
+        }),
         TypeUrl::Listener => named(names, listener::listeners(&ctx, names), |l| &l.name),
         TypeUrl::RouteConfiguration => {
             named(names, listener::route_configs(&ctx, names), |r| &r.name)
@@ -158,7 +158,7 @@ mod tests {
             names(&generator),
             vec!["outbound|80||b.shop.svc.cluster.local"]
         );
-        let only = Names::Some(["nothing".to_string()].into());
+        let only = Names::some(["nothing"]);
         assert!(generator
             .generate(&proxy, TypeUrl::Cluster, &only)
             .expect("generates")

@@ -78,7 +78,7 @@ pub fn for_proxy(ctx: &Context<'_>, names: &Names) -> Vec<Secret> {
     let mut out = secrets(ctx.inputs, names);
     if matches!(ctx.role(), ProxyRole::Ingress | ProxyRole::Egress) {
         if let Names::Some(requested) = names {
-            for name in requested {
+            for name in requested.iter().map(|n| &**n) {
                 if name == SECRET_ROOTCA || name == super::tls::SECRET_DEFAULT {
                     continue;
                 }
@@ -223,7 +223,7 @@ mod tests {
 
     fn served(inputs: &Inputs, p: &Proxy, names: &[&str]) -> Vec<String> {
         let ctx = Context::new(inputs, p, super::super::ProxyFlavor::Envoy);
-        let names = Names::Some(names.iter().map(|s| s.to_string()).collect());
+        let names = Names::some(names);
         for_proxy(&ctx, &names)
             .into_iter()
             .map(|s| s.name)

@@ -197,13 +197,13 @@ pub fn translate_all(l: &Loaded) -> BTreeMap<TypeUrl, Vec<Resource>> {
     let cluster_names: BTreeSet<String> = clusters.iter().map(|r| r.name.clone()).collect();
     out.insert(
         TypeUrl::ClusterLoadAssignment,
-        gen(TypeUrl::ClusterLoadAssignment, &Names::Some(cluster_names)),
+        gen(TypeUrl::ClusterLoadAssignment, &Names::some(cluster_names)),
     );
     out.insert(TypeUrl::Cluster, clusters);
     let lds_names = if l.case.listener_names.is_empty() {
         Names::All
     } else {
-        Names::Some(l.case.listener_names.iter().cloned().collect())
+        Names::some(&l.case.listener_names)
     };
     out.insert(TypeUrl::Listener, gen(TypeUrl::Listener, &lds_names));
     let rds_names = if l.case.listener_names.is_empty() {
@@ -217,10 +217,7 @@ pub fn translate_all(l: &Loaded) -> BTreeMap<TypeUrl, Vec<Resource>> {
     );
     out.insert(
         TypeUrl::Secret,
-        gen(
-            TypeUrl::Secret,
-            &Names::Some(["ROOTCA".to_string(), "default".to_string()].into()),
-        ),
+        gen(TypeUrl::Secret, &Names::some(["ROOTCA", "default"])),
     );
     out.insert(TypeUrl::NameTable, gen(TypeUrl::NameTable, &Names::All));
     out

@@ -15,6 +15,8 @@
 
 #[path = "../../tests/support/mod.rs"]
 mod support;
+#[path = "../../tests/translate_support/mod.rs"]
+mod translate_support;
 
 mod load;
 mod setup;

@@ -36,7 +36,8 @@ use serde_json::json;
 
 use crate::support::ads::ScriptedAds;
 use crate::support::resources::*;
-use crate::support::{gateway, httpbin_sidecar_node, WAIT};
+use crate::support::{gateway, WAIT};
+use crate::translate_support::httpbin_sidecar_node;
 
 pub const PORT: u16 = 8000;
 pub const HOST: &str = "httpbin.foo.svc.cluster.local";

@@ -18,13 +18,14 @@ use hyper::body::Body as _;
 use hyper::body::Incoming;
 use rand::Rng;
 
+use super::mirror::mirror;
 use super::pool::{Sender, Wire};
 use super::respond::{apply_ops, local, strip_hop_by_hop, RequestLog};
+use super::retry::{backoff, retriable_error, retriable_response, tried_priorities};
 use super::timeouts::{StreamClock, Tracked};
+use super::upgrade::{is_upgrade, tunnel};
 use super::{full, Body, BoxError};
-use crate::config::{
-    ForwardAction, HashOn, HeaderOps, RetryPolicy, UpstreamProtocol, GRPC_RETRY_CODES,
-};
+use crate::config::{ForwardAction, HashOn, HeaderOps, RetryPolicy, UpstreamProtocol};
 use crate::lb::ring_hash::hash64;
 use crate::outlier::Outcome;
 use crate::proxy::connection::ProxyContext;
@@ -50,13 +51,13 @@ pub struct Forwarding<'a> {
     pub original_dst: Option<SocketAddr>,
 }
 
-enum ReqBody {
+pub(super) enum ReqBody {
     Buffered(Bytes),
     Streaming(Option<Tracked<Incoming>>),
 }
 
 /// Why one attempt failed.
-enum AttemptError {
+pub(super) enum AttemptError {
     Overflow,
     NoHost,
     Connect(String),
@@ -269,19 +270,6 @@ pub async fn forward(
 }
 
 /// The priorities of the hosts tried so far (`previous_priorities`).
-fn tried_priorities(cluster: &ClusterRuntime, tried: &[SocketAddr]) -> Vec<u32> {
-    let mut out: Vec<u32> = cluster
-        .lb
-        .hosts()
-        .iter()
-        .filter(|h| tried.contains(&h.addr))
-        .map(|h| h.priority)
-        .collect();
-    out.sort_unstable();
-    out.dedup();
-    out
-}
-
 fn error_response(
     ctx: &ProxyContext,
     cluster: &str,
@@ -330,41 +318,6 @@ fn error_response(
     local(status, &format!("{msg}\n"), &log.flags)
 }
 
-fn is_upgrade<B>(req: &Request<B>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(http::header::UPGRADE)
-        && req
-            .headers()
-            .get(http::header::CONNECTION)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| {
-                v.split(',')
-                    .any(|p| p.trim().eq_ignore_ascii_case("upgrade"))
-            })
-}
-
-async fn tunnel(down: hyper::upgrade::OnUpgrade, up: hyper::upgrade::OnUpgrade) {
-    let (down, up) = match tokio::try_join!(down, up) {
-        Ok(x) => x,
-        Err(e) => {
-            tracing::debug!(error = %e, "upgrade failed");
-            return;
-        }
-    };
-    let mut down = hyper_util::rt::TokioIo::new(down);
-    let mut up = hyper_util::rt::TokioIo::new(up);
-    if let Err(e) = tokio::io::copy_bidirectional(&mut down, &mut up).await {
-        tracing::debug!(error = %e, "upgraded connection ended");
-    }
-}
-
-async fn backoff(attempt: u32) {
-    // Envoy's default: 25 ms base, doubling, jittered, at most 10x base.
-    let base = 25u64 << attempt.saturating_sub(1).min(3);
-    let ms = rand::rng().random_range(0..=base.min(250));
-    tokio::time::sleep(Duration::from_millis(ms)).await;
-}
-
 fn request_hash(
     a: &ForwardAction,
     h: &http::HeaderMap,
@@ -389,44 +342,6 @@ fn request_hash(
     None
 }
 
-fn retriable_response<B>(p: &RetryPolicy, r: &Response<B>) -> bool {
-    let s = r.status().as_u16();
-    if p.on.five_xx && s >= 500 {
-        return true;
-    }
-    if p.on.gateway_error && matches!(s, 502..=504) {
-        return true;
-    }
-    if p.on.retriable_status_codes && p.retriable_status_codes.contains(&s) {
-        return true;
-    }
-    if let Some(code) = r
-        .headers()
-        .get("grpc-status")
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u32>().ok())
-    {
-        return GRPC_RETRY_CODES
-            .iter()
-            .enumerate()
-            .any(|(i, (_, c))| p.on.grpc[i] && *c == code);
-    }
-    false
-}
-
-fn retriable_error(p: &RetryPolicy, e: &AttemptError) -> bool {
-    match e {
-        AttemptError::Connect(_) | AttemptError::NoHost => {
-            p.on.connect_failure || p.on.five_xx || p.on.gateway_error
-        }
-        AttemptError::Reset(_, refused) => {
-            p.on.reset || p.on.five_xx || (*refused && p.on.refused_stream)
-        }
-        AttemptError::Timeout => p.on.five_xx || p.on.gateway_error,
-        AttemptError::Overflow | AttemptError::NoCluster => false,
-    }
-}
-
 fn record_outcome(
     ctx: &ProxyContext,
     cluster: &ClusterRuntime,
@@ -449,7 +364,7 @@ fn record_outcome(
 /// it, moved into the last possible attempt. Moved once per attempt, so
 /// its size costs less than boxing the owned head would.
 #[allow(clippy::large_enum_variant)]
-enum Head<'a> {
+pub(super) enum Head<'a> {
     Shared(&'a http::request::Parts),
     Owned(http::request::Parts),
 }
@@ -467,7 +382,7 @@ impl Drop for RequestSlot {
 }
 
 #[allow(clippy::too_many_arguments)]
-async fn one_attempt(
+pub(super) async fn one_attempt(
     ctx: &ProxyContext,
     cluster: &ClusterRuntime,
     wire: Wire,
@@ -509,18 +424,20 @@ async fn one_attempt(
     let sender = match cluster.http_pool.take(addr, wire) {
         Some(s) => s,
         None => {
-            let up = match upstream::connect_host(cluster, &host, &ctx.metrics).await {
-                Ok(u) => u,
-                Err(UpstreamError::Overflow { .. })
-                | Err(UpstreamError::PendingOverflow { .. }) => {
-                    return (None, Err(AttemptError::Overflow))
-                }
-                Err(UpstreamError::UnknownCluster(_)) => {
-                    return (None, Err(AttemptError::NoCluster))
-                }
-                Err(UpstreamError::NoHost(_)) => return (None, Err(AttemptError::NoHost)),
-                Err(e) => return (Some(addr), Err(AttemptError::Connect(e.to_string()))),
-            };
+            let alpn = super::mesh_alpn::offer(cluster.config.tls.as_ref(), wire);
+            let up =
+                match upstream::connect_host_with_alpn(cluster, &host, &ctx.metrics, alpn).await {
+                    Ok(u) => u,
+                    Err(UpstreamError::Overflow { .. })
+                    | Err(UpstreamError::PendingOverflow { .. }) => {
+                        return (None, Err(AttemptError::Overflow))
+                    }
+                    Err(UpstreamError::UnknownCluster(_)) => {
+                        return (None, Err(AttemptError::NoCluster))
+                    }
+                    Err(UpstreamError::NoHost(_)) => return (None, Err(AttemptError::NoHost)),
+                    Err(e) => return (Some(addr), Err(AttemptError::Connect(e.to_string()))),
+                };
             match cluster.http_pool.handshake(up, wire).await {
                 Ok(s) => s,
                 Err(e) => {
@@ -630,55 +547,6 @@ fn classify(e: &hyper::Error) -> AttemptError {
     AttemptError::Reset(e.to_string(), refused || e.is_canceled())
 }
 
-/// Fire-and-forget copies to mirror clusters (Istio: authority gets `-shadow`).
-fn mirror(
-    ctx: &ProxyContext,
-    f: &Forwarding<'_>,
-    parts: &http::request::Parts,
-    authority: &str,
-    body: &Bytes,
-) {
-    for m in &f.action.mirrors {
-        if m.per_million < 1_000_000 && rand::rng().random_range(0..1_000_000) >= m.per_million {
-            continue;
-        }
-        let Some(cluster) = ctx.clusters.borrow().get(&m.cluster) else {
-            continue;
-        };
-        let host = strip_port_of(authority);
-        let shadow = match authority.get(host.len()..) {
-            Some(port) => format!("{host}-shadow{port}"),
-            None => format!("{host}-shadow"),
-        };
-        let (parts, mut body) = (parts.clone(), ReqBody::Buffered(body.clone()));
-        let (ctx, path) = (ctx.clone(), f.path.to_string());
-        tokio::spawn(async move {
-            let wire = match cluster.http_pool.options().protocol {
-                UpstreamProtocol::Http2 => Wire::Http2,
-                _ => Wire::Http1,
-            };
-            let (_, r) = one_attempt(
-                &ctx,
-                &cluster,
-                wire,
-                None,
-                &[],
-                None,
-                Head::Owned(parts),
-                &mut body,
-                &path,
-                &shadow,
-                Some(Duration::from_secs(10)),
-            )
-            .await;
-            if let Ok(resp) = r {
-                // Drain so the pooled connection becomes reusable.
-                let _ = resp.into_body().collect().await;
-            }
-        });
-    }
-}
-
 /// A random 128-bit id as 32 hex digits (Envoy's `x-request-id` is a UUID;
 /// any unique token serves the same purpose).
 fn request_id() -> HeaderValue {
@@ -690,16 +558,4 @@ fn request_id() -> HeaderValue {
         n >>= 4;
     }
     HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0"))
-}
-
-fn strip_port_of(a: &str) -> &str {
-    match a.rsplit_once(':') {
-        Some((h, p))
-            if !h.ends_with(']') && !h.contains(':') && p.bytes().all(|b| b.is_ascii_digit()) =>
-        {
-            h
-        }
-        Some((h, p)) if h.ends_with(']') && p.bytes().all(|b| b.is_ascii_digit()) => h,
-        _ => a,
-    }
 }

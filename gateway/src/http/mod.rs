@@ -3,14 +3,20 @@
 //! mirrors (`forward`), upstream connection pools (`pool`), and local
 //! replies, header edits and the per-request access log (`respond`), and the
 //! connection manager's request, stream-idle and connection-idle timeouts
-//! (`timeouts`).
+//! (`timeouts`), the request-head size limit (`head_limit`), and the ALPN
+//! offered for HTTP over mesh mTLS (`mesh_alpn`).
 
 pub mod forward;
+pub mod head_limit;
+pub mod mesh_alpn;
+mod mirror;
 pub mod pool;
 pub mod respond;
+mod retry;
 pub mod router;
 pub mod server;
 pub mod timeouts;
+mod upgrade;
 
 use bytes::Bytes;
 use http_body_util::combinators::UnsyncBoxBody;

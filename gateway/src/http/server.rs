@@ -65,7 +65,8 @@ pub async fn serve(
         Codec::Auto if down.alpn_h2 => builder = builder.http2_only(),
         Codec::Auto => {}
     }
-    // hyper's minimum read buffer is 8 KiB; a head that does not fit gets 431.
+    // hyper's read buffer is the coarse bound on the head (a head that does
+    // not fit gets 431); `head_limit` applies the exact one per request.
     // hyper's header timer also runs while a keep-alive connection waits for
     // its next request, so it is bounded by the idle timeout as well.
     let header_timeout = match (cfg.request_headers_timeout, cfg.idle_timeout) {
@@ -74,7 +75,9 @@ pub async fn serve(
     };
     builder
         .http1()
-        .max_buf_size(cfg.max_request_headers_bytes.max(8192))
+        .max_buf_size(super::head_limit::h1_read_buffer(
+            cfg.max_request_headers_bytes,
+        ))
         .timer(hyper_util::rt::TokioTimer::new())
         .header_read_timeout(header_timeout);
     builder
@@ -199,6 +202,20 @@ async fn route_request(
     path: &str,
     log: &mut RequestLog,
 ) -> Response<Body> {
+    if super::head_limit::exceeded(&req, cfg.max_request_headers_bytes) {
+        // Envoy's HTTP/1 codec error: 431, and the connection closes.
+        log.flags.add("DPE");
+        let mut r = local(
+            StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            "request headers too large\n",
+            &log.flags,
+        );
+        r.headers_mut().insert(
+            http::header::CONNECTION,
+            http::HeaderValue::from_static("close"),
+        );
+        return r;
+    }
     let Some(authority) = authority else {
         log.flags.add("DPE");
         return local(

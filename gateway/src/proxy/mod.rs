@@ -10,13 +10,17 @@
 //!   second `raw_buffer` chain on the same listener.
 
 pub mod connection;
+pub mod splice;
 pub mod tcp;
 pub mod upstream;
 
+use std::any::Any;
+
 use tokio::io::{AsyncRead, AsyncWrite};
 
-/// Any bidirectional byte stream.
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
+/// Any bidirectional byte stream; `Any` lets the relay find plain sockets
+/// to splice (`splice::plain`).
+pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + Any {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send + Any> Io for T {}
 
 pub type BoxIo = Box<dyn Io>;

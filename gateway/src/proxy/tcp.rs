@@ -1,4 +1,6 @@
 //! Byte relay between two streams with half-close and an idle timeout.
+//! Two plain TCP sockets are spliced in the kernel (`super::splice`);
+//! anything else (TLS, the QUIC tunnel) is copied through a buffer.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -6,6 +8,8 @@ use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::time::Instant;
+
+use super::{splice, BoxIo};
 
 /// Bytes moved in each direction.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -25,69 +29,107 @@ pub enum RelayError {
     },
 }
 
-/// Copies `down` ⇄ `up` until both directions reach EOF. An EOF in one
-/// direction is forwarded as a write shutdown (half-close). Returns the byte
-/// counts even on error.
-pub async fn relay<D, U>(
-    down: D,
-    up: U,
-    idle: Option<Duration>,
-) -> (Transferred, Result<(), RelayError>)
-where
-    D: AsyncRead + AsyncWrite + Unpin,
-    U: AsyncRead + AsyncWrite + Unpin,
-{
-    let origin = Instant::now();
-    let last = AtomicU64::new(0);
-    let up_bytes = AtomicU64::new(0);
-    let down_bytes = AtomicU64::new(0);
-    let (mut dr, mut dw) = tokio::io::split(down);
-    let (mut ur, mut uw) = tokio::io::split(up);
-    let both = async {
-        let a = copy_one(&mut dr, &mut uw, &last, &up_bytes, origin);
-        let b = copy_one(&mut ur, &mut dw, &last, &down_bytes, origin);
-        let (ra, rb) = tokio::join!(a, b);
-        ra.map_err(|source| RelayError::Io {
-            direction: "downstream→upstream",
-            source,
-        })?;
-        rb.map_err(|source| RelayError::Io {
-            direction: "upstream→downstream",
-            source,
-        })
-    };
-    let watchdog = async {
-        let Some(idle) = idle else {
-            return std::future::pending::<RelayError>().await;
-        };
+/// What both directions of a relay report: byte counts, and when bytes
+/// last moved (for the idle timeout), as milliseconds since `origin`.
+#[derive(Debug)]
+pub struct Progress {
+    origin: Instant,
+    last: AtomicU64,
+    pub(super) up: AtomicU64,
+    pub(super) down: AtomicU64,
+}
+
+impl Progress {
+    pub(super) fn new(origin: Instant) -> Self {
+        Self {
+            origin,
+            last: AtomicU64::new(0),
+            up: AtomicU64::new(0),
+            down: AtomicU64::new(0),
+        }
+    }
+
+    pub(super) fn moved(&self, count: &AtomicU64, n: usize) {
+        count.fetch_add(n as u64, Ordering::Relaxed);
+        self.last
+            .store(self.origin.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+
+    pub(super) fn totals(&self) -> Transferred {
+        Transferred {
+            downstream_to_upstream: self.up.load(Ordering::Relaxed),
+            upstream_to_downstream: self.down.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Resolves once nothing moved for `idle`.
+    async fn idle(&self, idle: Duration) -> RelayError {
         loop {
-            let last_ms = last.load(Ordering::Relaxed);
-            let deadline = origin + Duration::from_millis(last_ms) + idle;
+            let last_ms = self.last.load(Ordering::Relaxed);
+            let deadline = self.origin + Duration::from_millis(last_ms) + idle;
             if Instant::now() >= deadline {
                 return RelayError::Idle(idle);
             }
             tokio::time::sleep_until(deadline).await;
+        }
+    }
+}
+
+/// Copies `down` ⇄ `up` until both directions reach EOF. An EOF in one
+/// direction is forwarded as a write shutdown (half-close). Returns the byte
+/// counts even on error.
+pub async fn relay(
+    down: BoxIo,
+    up: BoxIo,
+    idle: Option<Duration>,
+) -> (Transferred, Result<(), RelayError>) {
+    let progress = Progress::new(Instant::now());
+    let both = async {
+        let r = match splice::plain(down, up) {
+            Ok(plain) => splice::relay(plain, &progress).await,
+            Err((down, up)) => copy_both(down, up, &progress).await,
+        };
+        r.map_err(|(direction, source)| RelayError::Io { direction, source })
+    };
+    let watchdog = async {
+        match idle {
+            Some(idle) => progress.idle(idle).await,
+            None => std::future::pending().await,
         }
     };
     let result = tokio::select! {
         r = both => r,
         e = watchdog => Err(e),
     };
-    (
-        Transferred {
-            downstream_to_upstream: up_bytes.load(Ordering::Relaxed),
-            upstream_to_downstream: down_bytes.load(Ordering::Relaxed),
-        },
-        result,
-    )
+    (progress.totals(), result)
+}
+
+async fn copy_both(
+    down: BoxIo,
+    up: BoxIo,
+    progress: &Progress,
+) -> Result<(), (&'static str, io::Error)> {
+    let (mut dr, mut dw) = tokio::io::split(down);
+    let (mut ur, mut uw) = tokio::io::split(up);
+    let a = async {
+        copy_one(&mut dr, &mut uw, progress, &progress.up)
+            .await
+            .map_err(|e| ("downstream→upstream", e))
+    };
+    let b = async {
+        copy_one(&mut ur, &mut dw, progress, &progress.down)
+            .await
+            .map_err(|e| ("upstream→downstream", e))
+    };
+    let (ra, rb) = tokio::join!(a, b);
+    ra.and(rb)
 }
 
 async fn copy_one<R, W>(
     r: &mut R,
     w: &mut W,
-    last: &AtomicU64,
+    progress: &Progress,
     count: &AtomicU64,
-    origin: Instant,
 ) -> io::Result<()>
 where
     R: AsyncRead + Unpin,
@@ -105,8 +147,7 @@ where
         }
         w.write_all(&buf[..n]).await?;
         w.flush().await?;
-        count.fetch_add(n as u64, Ordering::Relaxed);
-        last.store(origin.elapsed().as_millis() as u64, Ordering::Relaxed);
+        progress.moved(count, n);
     }
 }
 
@@ -118,7 +159,7 @@ mod tests {
     async fn relays_both_ways_with_half_close() {
         let (mut client, down) = tokio::io::duplex(1024);
         let (up, mut server) = tokio::io::duplex(1024);
-        let task = tokio::spawn(relay(down, up, None));
+        let task = tokio::spawn(relay(Box::new(down), Box::new(up), None));
         client.write_all(b"ping").await.expect("write");
         client.shutdown().await.expect("shutdown");
         let mut got = Vec::new();
@@ -139,7 +180,12 @@ mod tests {
     async fn idle_timeout_closes() {
         let (_client, down) = tokio::io::duplex(1024);
         let (up, _server) = tokio::io::duplex(1024);
-        let (_, r) = relay(down, up, Some(Duration::from_millis(100))).await;
+        let (_, r) = relay(
+            Box::new(down),
+            Box::new(up),
+            Some(Duration::from_millis(100)),
+        )
+        .await;
         assert!(matches!(r, Err(RelayError::Idle(_))));
     }
 }

@@ -114,7 +114,7 @@ pub async fn connect_excluding(
             break;
         };
         tried.push(host.addr);
-        match attempt(cluster, &host, tls_config.as_ref()).await {
+        match attempt(cluster, &host, tls_config.as_ref(), None).await {
             Ok((io, peer_identity)) => {
                 record(cluster, &host, Outcome::Success, metrics);
                 return Ok(established(name, &host, io, peer_identity, slot, metrics));
@@ -233,9 +233,20 @@ pub async fn connect_host(
     host: &Host,
     metrics: &Arc<Metrics>,
 ) -> Result<Upstream, UpstreamError> {
+    connect_host_with_alpn(cluster, host, metrics, None).await
+}
+
+/// [`connect_host`], offering `alpn` instead of the cluster's ALPN on a TLS
+/// connection (the HTTP path over mesh mTLS, `crate::http::mesh_alpn`).
+pub async fn connect_host_with_alpn(
+    cluster: &ClusterRuntime,
+    host: &Host,
+    metrics: &Arc<Metrics>,
+    alpn: Option<Vec<Vec<u8>>>,
+) -> Result<Upstream, UpstreamError> {
     let name = cluster.config.name.as_str();
     let (slot, _pending, tls_config) = admit(cluster, metrics)?;
-    match attempt(cluster, host, tls_config.as_ref()).await {
+    match attempt(cluster, host, tls_config.as_ref(), alpn).await {
         Ok((io, peer_identity)) => Ok(established(name, host, io, peer_identity, slot, metrics)),
         Err(reason) => {
             connect_failed(cluster, host, metrics);
@@ -285,6 +296,7 @@ async fn attempt(
     cluster: &ClusterRuntime,
     host: &Host,
     tls_config: Option<&Arc<rustls::ClientConfig>>,
+    alpn: Option<Vec<Vec<u8>>>,
 ) -> Result<(BoxIo, Option<String>), String> {
     let deadline = tokio::time::Instant::now() + cluster.config.connect_timeout;
     let connect = async {
@@ -318,7 +330,11 @@ async fn attempt(
     let sni = cluster.config.tls.as_ref().and_then(|t| t.sni.as_deref());
     let name = tls::server_name(sni, host.addr.ip()).map_err(|e| e.to_string())?;
     let connector = tokio_rustls::TlsConnector::from(config.clone());
-    let stream = tokio::time::timeout_at(deadline, connector.connect(name, tcp))
+    let handshake = match alpn {
+        Some(alpn) => connector.with_alpn(alpn).connect(name, tcp),
+        None => connector.connect(name, tcp),
+    };
+    let stream = tokio::time::timeout_at(deadline, handshake)
         .await
         .map_err(|_| "TLS handshake timed out".to_string())?
         .map_err(|e| format!("TLS handshake failed: {e}"))?;

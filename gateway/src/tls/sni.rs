@@ -134,6 +134,12 @@ impl<S> Rewind<S> {
     pub fn inner(&self) -> &S {
         &self.inner
     }
+
+    /// The bytes not read yet from the prefix, and the stream.
+    pub fn into_parts(mut self) -> (Vec<u8>, S) {
+        self.prefix.drain(..self.pos);
+        (self.prefix, self.inner)
+    }
 }
 
 impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {

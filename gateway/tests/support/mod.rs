@@ -23,36 +23,6 @@ pub fn any_port() -> SocketAddr {
     SocketAddr::from(([127, 0, 0, 1], 0))
 }
 
-/// The xDS node of the `httpbin` sidecar in namespace `foo` (label
-/// app=httpbin, no traffic capture), as the control plane's translation sees it.
-pub fn httpbin_sidecar_node() -> envoy_types::pb::envoy::config::core::v3::Node {
-    use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
-    let s = |v: &str| Value {
-        kind: Some(Kind::StringValue(v.into())),
-    };
-    let labels = Struct {
-        fields: [("app".to_string(), s("httpbin"))].into(),
-    };
-    envoy_types::pb::envoy::config::core::v3::Node {
-        id: "sidecar~127.0.0.1~httpbin-1.foo~foo.svc.cluster.local".into(),
-        metadata: Some(Struct {
-            fields: [
-                ("NAMESPACE".to_string(), s("foo")),
-                ("INTERCEPTION_MODE".to_string(), s("NONE")),
-                ("ISTHMUS_ROLE".to_string(), s("sidecar")),
-                (
-                    "LABELS".to_string(),
-                    Value {
-                        kind: Some(Kind::StructValue(labels)),
-                    },
-                ),
-            ]
-            .into(),
-        }),
-        ..Default::default()
-    }
-}
-
 /// Scripts a workload sidecar's inbound side on `ads`: STRICT mTLS on a
 /// `virtualInbound` listener accepting `clients`, forwarding to `app`.
 pub fn script_inbound_sidecar(

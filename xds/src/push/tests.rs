@@ -12,7 +12,7 @@ fn endpoint_scope_narrows_to_watched_clusters() {
     let all = Subscription::wildcard();
     assert_eq!(
         a.names_for(TypeUrl::ClusterLoadAssignment, &sub),
-        Some(Names::Some(names(&["c2"])))
+        Some(Names::some(["c2"]))
     );
     assert_eq!(
         a.names_for(TypeUrl::ClusterLoadAssignment, &Subscription::named(["c9"])),

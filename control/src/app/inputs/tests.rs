@@ -338,7 +338,7 @@ fn endpoint_only_scopes_match_what_translation_changes() {
                 .into_iter()
                 .map(|r| r.name)
                 .collect();
-            let eds = Names::Some(clusters);
+            let eds = Names::some(clusters);
             let before = gen(&old, TypeUrl::ClusterLoadAssignment, &eds);
             let after = gen(&new, TypeUrl::ClusterLoadAssignment, &eds);
             let mut changed = 0;
@@ -390,11 +390,10 @@ fn proxy(ip: &str, grpc: bool) -> Proxy {
 fn output_that_ignores_the_proxy_address() {
     let i = inputs(&config(&workload("10.1.0.1", 1)), &base_registry());
     let all_clusters = |p: &Proxy, f| {
-        Names::Some(
+        Names::some(
             generate(&i, p, f, TypeUrl::Cluster, &Names::All)
                 .into_iter()
-                .map(|r| r.name)
-                .collect(),
+                .map(|r| r.name),
         )
     };
     for (flavor, grpc) in [(ProxyFlavor::Envoy, false), (ProxyFlavor::Grpc, true)] {
@@ -406,7 +405,7 @@ fn output_that_ignores_the_proxy_address() {
             (TypeUrl::Secret, Names::All),
         ];
         if flavor == ProxyFlavor::Grpc {
-            let target = Names::Some(BTreeSet::from([format!("{HOST}:9080")]));
+            let target = Names::some([format!("{HOST}:9080")]);
             types.push((TypeUrl::Cluster, Names::All));
             types.push((TypeUrl::Listener, target.clone()));
             types.push((TypeUrl::RouteConfiguration, target));
@@ -435,7 +434,7 @@ fn rendered_output_converts_to_json() {
     let i = inputs(&config(&workload("10.1.0.1", 1)), &base_registry());
     let p = proxy("10.1.0.1", false);
     let clusters = generate(&i, &p, ProxyFlavor::Envoy, TypeUrl::Cluster, &Names::All);
-    let eds = Names::Some(clusters.iter().map(|r| r.name.clone()).collect());
+    let eds = Names::some(clusters.iter().map(|r| r.name.clone()));
     let mut all = clusters;
     all.extend(generate(
         &i,

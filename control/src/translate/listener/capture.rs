@@ -159,10 +159,14 @@ fn virtual_inbound(ctx: &Context<'_>) -> Listener {
     );
     let mut chains = Vec::new();
     let mut inspect = false;
+    let mut sniff = false;
     for p in inbound_ports(ctx) {
         let name = inbound_listener(&ip, p.target_port);
         let (c, filters) = inbound_chains(ctx, &authz, &p, &name, Some(p.target_port));
         inspect |= !filters.is_empty();
+        sniff |= filters
+            .iter()
+            .any(|f| f.name == super::sniff::HTTP_INSPECTOR);
         chains.extend(c);
     }
     // Ports no service declares: straight to where the client was going,
@@ -201,13 +205,18 @@ fn virtual_inbound(ctx: &Context<'_>) -> Listener {
     if inspect {
         listener_filters.push(tls_inspector());
     }
-    Listener {
+    if sniff {
+        listener_filters.push(super::sniff::http_inspector());
+    }
+    let mut listener = Listener {
         name: VIRTUAL_INBOUND.to_string(),
         address: Some(socket_address("0.0.0.0", INBOUND_CAPTURE_PORT)),
         listener_filters,
         filter_chains: chains,
         ..Default::default()
-    }
+    };
+    super::sniff::go_on_as_tcp_after_timeout(&mut listener);
+    listener
 }
 
 /// `PassthroughCluster` and `BlackHoleCluster` for every sidecar (the
@@ -220,7 +229,11 @@ pub fn sidecar_clusters(ctx: &Context<'_>) -> Vec<Cluster> {
     }
     for p in inbound_ports(ctx) {
         let (ip, port) = inbound_endpoint(ctx, p.target_port);
-        out.push(inbound_cluster_to(p.target_port, &ip, port));
+        let mut c = inbound_cluster_to(p.target_port, &ip, port);
+        if p.sniffed {
+            super::super::cluster::use_downstream_protocol(&mut c);
+        }
+        out.push(c);
     }
     out
 }

@@ -3,6 +3,7 @@
 //! whose routes come over RDS (ADS) under the same name, router last.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::listener::v3::{ApiListener, Listener};
 use envoy_types::pb::envoy::config::route::v3::RouteConfiguration;
@@ -34,12 +35,12 @@ pub fn resolve_target<'a>(ctx: &Context<'a>, target: &str) -> Option<(&'a Servic
     (ctx.scope.reaches(svc) && svc.port(port).is_some()).then_some((svc, port))
 }
 
-pub fn listeners(ctx: &Context<'_>, requested: &BTreeSet<String>) -> Vec<Listener> {
+pub fn listeners(ctx: &Context<'_>, requested: &BTreeSet<Arc<str>>) -> Vec<Listener> {
     requested
         .iter()
         .filter(|name| resolve_target(ctx, name).is_some())
         .map(|name| Listener {
-            name: name.clone(),
+            name: name.to_string(),
             api_listener: Some(ApiListener {
                 api_listener: Some(any(hcm_rds(name, name))),
             }),
@@ -48,7 +49,7 @@ pub fn listeners(ctx: &Context<'_>, requested: &BTreeSet<String>) -> Vec<Listene
         .collect()
 }
 
-pub fn route_configs(ctx: &Context<'_>, requested: &BTreeSet<String>) -> Vec<RouteConfiguration> {
+pub fn route_configs(ctx: &Context<'_>, requested: &BTreeSet<Arc<str>>) -> Vec<RouteConfiguration> {
     requested
         .iter()
         .filter_map(|name| {

@@ -24,7 +24,7 @@ use super::super::scope::mtls_mode;
 use super::super::services::{Service, ServicePort};
 use super::super::tls::istio_mutual_downstream;
 use super::super::Context;
-use super::{hcm_filter, hcm_inline, hcm_rds, tcp_proxy_filter, tls_inspector};
+use super::{hcm_filter, hcm_inline, hcm_rds, sniff, tcp_proxy_filter, tls_inspector};
 
 /// What one outbound port carries.
 pub(super) struct OutboundPort<'a> {
@@ -209,13 +209,15 @@ fn inbound_listeners(ctx: &Context<'_>) -> Vec<Listener> {
             let port = p.target_port;
             let name = inbound_listener(&ip, port);
             let (chains, listener_filters) = inbound_chains(ctx, &authz, &p, &name, None);
-            Listener {
+            let mut l = Listener {
                 name,
                 address: Some(socket_address(&ip, port)),
                 filter_chains: chains,
                 listener_filters,
                 ..Default::default()
-            }
+            };
+            sniff::go_on_as_tcp_after_timeout(&mut l);
+            l
         })
         .collect()
 }
@@ -223,7 +225,10 @@ fn inbound_listeners(ctx: &Context<'_>) -> Vec<Listener> {
 /// The filter chains serving one inbound port, mTLS as PeerAuthentication
 /// says, and the listener filters they need. With `match_port` (one
 /// `virtualInbound` listener for every port) each chain also matches the
-/// destination port.
+/// destination port. A port without a declared protocol is sniffed as
+/// Istio does inbound: HTTP over mTLS when the client's ALPN says so
+/// (`istio-http/1.1`, `istio-h2`), HTTP in plaintext when the HTTP
+/// inspector recognises it, TCP otherwise.
 pub(super) fn inbound_chains(
     ctx: &Context<'_>,
     authz: &[&crate::config::Object<crate::config::AuthorizationPolicySpec>],
@@ -235,61 +240,81 @@ pub(super) fn inbound_chains(
     Vec<envoy_types::pb::envoy::config::listener::v3::ListenerFilter>,
 ) {
     let root = &ctx.inputs.local.root_namespace;
-    {
-        {
-            let port = p.target_port;
-            let name = name.to_string();
-            let cluster = inbound_cluster(port);
-            let app_filter = if p.protocol.is_http() {
-                let mut hcm =
-                    rbac::with_http_rbac(hcm_inline(&name, inbound_routes(&cluster, port)), authz);
-                // jwt_authn before RBAC, local_ratelimit after it.
-                authn::add_inbound_filters(ctx, port, &mut hcm);
-                hcm_filter(hcm)
-            } else {
-                tcp_proxy_filter(&name, &cluster)
-            };
-            let filters = rbac::chain_filters(authz, app_filter, p.protocol.is_http());
-            let mode = mtls_mode(
-                &ctx.inputs.config,
-                root,
-                &ctx.proxy.namespace,
-                &ctx.proxy.labels,
-                port,
-            );
-            let chain_match = |protocol: &str| {
-                (!protocol.is_empty() || match_port.is_some()).then(|| FilterChainMatch {
-                    destination_port: match_port.map(|p| u32v(u32::from(p))),
-                    transport_protocol: protocol.to_string(),
-                    ..Default::default()
-                })
-            };
-            let tls_chain = |protocol: &str| FilterChain {
-                name: format!("{name}_mtls"),
-                filter_chain_match: chain_match(protocol),
-                transport_socket: Some(tls_transport_socket(any(istio_mutual_downstream()))),
-                filters: filters.clone(),
+    let port = p.target_port;
+    let cluster = inbound_cluster(port);
+    let http_stack = || {
+        let mut hcm = rbac::with_http_rbac(hcm_inline(name, inbound_routes(&cluster, port)), authz);
+        // jwt_authn before RBAC, local_ratelimit after it.
+        authn::add_inbound_filters(ctx, port, &mut hcm);
+        rbac::chain_filters(authz, hcm_filter(hcm), true)
+    };
+    let tcp_stack = || rbac::chain_filters(authz, tcp_proxy_filter(name, &cluster), false);
+    let strings = |list: &[&str]| list.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    // (chain name suffix, filters, ALPN over mTLS, protocols in plaintext);
+    // an empty list matches anything.
+    let stacks = if p.protocol.is_http() {
+        vec![("", http_stack(), Vec::new(), Vec::new())]
+    } else if p.sniffed {
+        vec![
+            (
+                "_http",
+                http_stack(),
+                strings(&sniff::MESH_HTTP_ALPN),
+                strings(&sniff::SNIFFED_HTTP_PROTOCOLS),
+            ),
+            ("_tcp", tcp_stack(), Vec::new(), Vec::new()),
+        ]
+    } else {
+        vec![("", tcp_stack(), Vec::new(), Vec::new())]
+    };
+    let mode = mtls_mode(
+        &ctx.inputs.config,
+        root,
+        &ctx.proxy.namespace,
+        &ctx.proxy.labels,
+        port,
+    );
+    let chain_match = |protocol: &str, alpn: &[String]| {
+        (!protocol.is_empty() || match_port.is_some() || !alpn.is_empty()).then(|| {
+            FilterChainMatch {
+                destination_port: match_port.map(|p| u32v(u32::from(p))),
+                transport_protocol: protocol.to_string(),
+                application_protocols: alpn.to_vec(),
                 ..Default::default()
-            };
-            let plain_chain = |protocol: &str| FilterChain {
-                name: format!("{name}_plaintext"),
-                filter_chain_match: chain_match(protocol),
-                filters: filters.clone(),
-                ..Default::default()
-            };
-            match mode {
-                MtlsMode::Strict => (vec![tls_chain("")], Vec::new()),
-                // DISABLE still terminates mesh mTLS: traffic from other
-                // clusters always arrives as mTLS through the east-west
-                // gateway, and mesh clients originate ISTIO_MUTUAL unless a
-                // DestinationRule says otherwise (docs/security.md).
-                MtlsMode::Permissive | MtlsMode::Unset | MtlsMode::Disable => (
-                    vec![tls_chain("tls"), plain_chain("raw_buffer")],
-                    vec![tls_inspector()],
-                ),
             }
+        })
+    };
+    let mut chains = Vec::new();
+    let strict = mode == MtlsMode::Strict;
+    for (suffix, filters, mesh_alpn, plain_protocols) in &stacks {
+        chains.push(FilterChain {
+            name: format!("{name}_mtls{suffix}"),
+            filter_chain_match: chain_match(if strict { "" } else { "tls" }, mesh_alpn),
+            transport_socket: Some(tls_transport_socket(any(istio_mutual_downstream()))),
+            filters: filters.clone(),
+            ..Default::default()
+        });
+        // DISABLE still terminates mesh mTLS: traffic from other clusters
+        // always arrives as mTLS through the east-west gateway, and mesh
+        // clients originate ISTIO_MUTUAL unless a DestinationRule says
+        // otherwise (docs/security.md).
+        if !strict {
+            chains.push(FilterChain {
+                name: format!("{name}_plaintext{suffix}"),
+                filter_chain_match: chain_match("raw_buffer", plain_protocols),
+                filters: filters.clone(),
+                ..Default::default()
+            });
         }
     }
+    let mut listener_filters = Vec::new();
+    if !strict || stacks.len() > 1 {
+        listener_filters.push(tls_inspector());
+    }
+    if stacks.len() > 1 && !strict {
+        listener_filters.push(sniff::http_inspector());
+    }
+    (chains, listener_filters)
 }
 
 fn inbound_routes(cluster: &str, port: u16) -> RouteConfiguration {

@@ -19,6 +19,11 @@ pub const HTTP_INSPECTOR: &str = "envoy.filters.listener.http_inspector";
 /// What the HTTP inspector reports, as Istio matches it.
 pub const SNIFFED_HTTP_PROTOCOLS: [&str; 3] = ["http/1.0", "http/1.1", "h2c"];
 
+/// The ALPN a mesh client offers over mTLS for HTTP to a sniffed port
+/// (Istio's `istio.alpn` filter), so the server side picks its HTTP chain
+/// without seeing the plaintext.
+pub const MESH_HTTP_ALPN: [&str; 3] = ["istio-http/1.0", "istio-http/1.1", "istio-h2"];
+
 /// How long the inspectors wait for the first bytes before the connection
 /// goes on as TCP (Istio's `protocolDetectionTimeout` was 100 ms by
 /// default before it was disabled; a server-first protocol pays this once
@@ -59,14 +64,28 @@ pub fn sniffing(mut listener: Listener, mut http: FilterChain, mut tcp: FilterCh
         listener.listener_filters.push(tls_inspector());
     }
     listener.listener_filters.push(http_inspector());
+    go_on_as_tcp_after_timeout(&mut listener);
+    listener.filter_chains.push(http);
+    listener.filter_chains.push(tcp);
+    listener
+}
+
+/// A client that sends nothing within the detection timeout (a
+/// server-first protocol) goes on to the TCP chain, when `listener` runs
+/// the HTTP inspector.
+pub fn go_on_as_tcp_after_timeout(listener: &mut Listener) {
+    if !listener
+        .listener_filters
+        .iter()
+        .any(|f| f.name == HTTP_INSPECTOR)
+    {
+        return;
+    }
     listener.listener_filters_timeout = Some(Duration {
         seconds: 0,
         nanos: DETECTION_TIMEOUT_MS * 1_000_000,
     });
     listener.continue_on_listener_filters_timeout = true;
-    listener.filter_chains.push(http);
-    listener.filter_chains.push(tcp);
-    listener
 }
 
 /// Whether a port declared this way is sniffed (Istio: no protocol and a

@@ -1,21 +1,22 @@
-//! `isthmus gateway`: the data plane in one of its roles, configured only by
-//! xDS; its certificate comes from the cluster CA by CSR (the key never
-//! leaves this process) and rotates while connections stay up.
+//! The proxy's command line, shared by the `isthmus-gateway` binary and the
+//! `isthmus gateway` subcommand: the data plane in one of its roles,
+//! configured only by xDS; its certificate comes from the cluster CA by CSR
+//! (the key never leaves this process) and rotates while connections stay up.
+//!
+//! This is the binaries' edge, so errors are `anyhow` here and typed below.
+
+mod certs;
+pub mod process;
 
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
-use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use isthmus_gateway::{GatewayConfig, LocalityName, NodeIdentity, WorkloadCertificate};
-use isthmus_identity::{
-    client::{CaClient, CaClientConfig, CaClientTls},
-    CertManager, CertManagerConfig, CertWatch, PeerPolicy, SpiffeId, TrustBundle,
-};
-use rustls::pki_types::ServerName;
+use isthmus_identity::{SpiffeId, CONTROL_NAMESPACE, CONTROL_SERVICE_ACCOUNT};
 use serde_json::{json, Map, Value};
-use tokio::sync::watch;
+
+use crate::{GatewayConfig, LocalityName, NodeIdentity};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum Role {
@@ -135,8 +136,12 @@ impl Interception {
     }
 }
 
+/// Go-style durations as Istio writes them ("5s", "100ms", "1h30m", "1.5s").
 fn parse_duration(s: &str) -> Result<Duration, String> {
-    isthmus_control::config::Duration::parse(s).map(|d| d.as_std())
+    let d: jiff::SignedDuration = s
+        .parse()
+        .map_err(|e| format!("invalid duration {s:?}: {e} (expected e.g. \"5s\", \"1h30m\")"))?;
+    Duration::try_from(d).map_err(|_| format!("invalid duration {s:?}: negative"))
 }
 
 fn node(args: &GatewayArgs) -> anyhow::Result<NodeIdentity> {
@@ -192,135 +197,6 @@ fn node(args: &GatewayArgs) -> anyhow::Result<NodeIdentity> {
     })
 }
 
-/// The longest a proxy waits, at random, before renewing after the mesh
-/// trust bundle changed (the whole cluster sees the change at once).
-const RENEW_SPREAD: Duration = Duration::from_secs(10);
-
-/// What the data plane gets from the certificate manager.
-struct Certificates {
-    manager: CertManager,
-    cert: watch::Receiver<Arc<WorkloadCertificate>>,
-    /// Fed by the gateway with every `ROOTCA` it accepts.
-    mesh_roots: watch::Sender<Arc<TrustBundle>>,
-}
-
-/// Starts the certificate manager and returns the data plane's view of it.
-///
-/// What the proxy trusts for its control plane (the CA and xDS over TLS) is
-/// the roots of its latest certificate plus the mesh bundle pushed as
-/// `ROOTCA`, and a change of that bundle triggers a renewal: during a root
-/// rotation the control plane's certificate can move to the new root before
-/// this proxy renewed (see `isthmus_identity::ca_trust`).
-async fn certificates(args: &GatewayArgs, ca: &str) -> anyhow::Result<Certificates> {
-    let root_path = args
-        .root_cert
-        .as_ref()
-        .context("--ca needs --root-cert (the root the CA's serving certificate chains to)")?;
-    let root_pem = std::fs::read_to_string(root_path)
-        .with_context(|| format!("reading --root-cert {}", root_path.display()))?;
-    let bundle = TrustBundle::from_pem(&root_pem, &root_path.display().to_string())?;
-    let token = match &args.token_file {
-        Some(p) => Some(
-            std::fs::read_to_string(p)
-                .with_context(|| format!("reading --token-file {}", p.display()))?
-                .trim()
-                .to_string(),
-        ),
-        None => None,
-    };
-    let me = SpiffeId::new(&args.trust_domain, &args.namespace, &args.service_account)?;
-    let control = SpiffeId::new(
-        &args.trust_domain,
-        isthmus_control::app::CONTROL_NAMESPACE,
-        isthmus_control::app::CONTROL_SERVICE_ACCOUNT,
-    )?;
-    let mut cfg = CertManagerConfig::new(me);
-    cfg.requested_lifetime = Some(args.cert_lifetime);
-    let ca = ca.to_string();
-    let (mesh_tx, mesh_rx) = watch::channel(Arc::new(TrustBundle::new()));
-    let mesh_for_ca = mesh_rx.clone();
-    let manager = CertManager::start_with(cfg, move |own: CertWatch| {
-        // --root-cert bootstraps trust in the CA; then the roots returned
-        // with each certificate and the pushed ROOTCA.
-        let trust = isthmus_identity::follow_control_plane_trust(bundle, own.clone(), mesh_for_ca);
-        // Renewals authenticate with the current certificate; the first
-        // request with the bootstrap token.
-        let tls = isthmus_identity::tls::client_config(
-            Some(own),
-            trust,
-            PeerPolicy::exactly([control]),
-            &[b"h2"],
-        );
-        let mut client = CaClientConfig::new(ca);
-        client.token = token;
-        client.tls = tls.ok().map(|config| CaClientTls {
-            config,
-            server_name: ServerName::try_from("isthmus-control").expect("static name is valid"),
-        });
-        Arc::new(CaClient::new(client))
-    })?;
-    isthmus_identity::renew_on_bundle_change(
-        mesh_rx.clone(),
-        manager.renew_handle(),
-        RENEW_SPREAD.min(args.cert_lifetime / 10),
-    );
-    let first = manager
-        .wait_ready(Duration::from_secs(30))
-        .await
-        .context("no certificate from the CA")?;
-    let (tx, rx) = watch::channel(Arc::new(to_gateway(&first, &mesh_rx.borrow())?));
-    tokio::spawn(publish_gateway_cert(manager.subscribe(), mesh_rx, tx));
-    Ok(Certificates {
-        manager,
-        cert: rx,
-        mesh_roots: mesh_tx,
-    })
-}
-
-/// Republishes the data plane's certificate when the certificate or the mesh
-/// bundle changes (its trust bundle serves the xDS connection's reconnects).
-async fn publish_gateway_cert(
-    mut certs: CertWatch,
-    mut mesh: watch::Receiver<Arc<TrustBundle>>,
-    tx: watch::Sender<Arc<WorkloadCertificate>>,
-) {
-    let mut mesh_open = true;
-    loop {
-        tokio::select! {
-            r = certs.changed() => if r.is_err() { return },
-            r = mesh.changed(), if mesh_open => if r.is_err() { mesh_open = false; continue },
-        }
-        let Some(c) = certs.borrow_and_update().clone() else {
-            continue;
-        };
-        let mesh_now = mesh.borrow_and_update().clone();
-        match to_gateway(&c, &mesh_now) {
-            Ok(wc) => {
-                tx.send_replace(Arc::new(wc));
-            }
-            Err(e) => {
-                tracing::warn!(error = %e, "rotated certificate unusable; keeping the previous one")
-            }
-        }
-    }
-}
-
-fn to_gateway(
-    c: &isthmus_identity::WorkloadCert,
-    mesh: &TrustBundle,
-) -> anyhow::Result<WorkloadCertificate> {
-    let mut trust = TrustBundle::new();
-    for r in c.roots() {
-        trust.add_der(r.clone())?;
-    }
-    trust.merge(mesh);
-    Ok(WorkloadCertificate::new(
-        c.chain().to_vec(),
-        c.private_key(),
-        trust.certs().cloned().collect(),
-    )?)
-}
-
 pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let node = node(&args)?;
     let mut config = GatewayConfig::new(args.xds.clone(), node, args.admin);
@@ -333,8 +209,8 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
             .to_uri(),
         None => SpiffeId::new(
             &args.trust_domain,
-            isthmus_control::app::CONTROL_NAMESPACE,
-            isthmus_control::app::CONTROL_SERVICE_ACCOUNT,
+            CONTROL_NAMESPACE,
+            CONTROL_SERVICE_ACCOUNT,
         )?
         .to_uri(),
     });
@@ -345,14 +221,14 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         if args.ca.is_none() {
             bail!("--tunnel-bind needs --ca: the tunnel is mutual TLS with the gateway's own certificate");
         }
-        config.tunnel = Some(isthmus_gateway::tunnel::TunnelConfig { bind });
+        config.tunnel = Some(crate::tunnel::TunnelConfig { bind });
     }
     if args.xds.starts_with("https://") && args.ca.is_none() {
         bail!("--xds https://... needs --ca: the proxy authenticates to the control plane with its own certificate (or use a plaintext http:// xDS port)");
     }
     let _manager = match &args.ca {
         Some(ca) => {
-            let certs = certificates(&args, ca).await?;
+            let certs = certs::certificates(&args, ca).await?;
             config.cert = Some(certs.cert);
             config.mesh_roots = Some(certs.mesh_roots);
             Some(certs.manager)
@@ -364,6 +240,25 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    isthmus_gateway::run(config).await?;
+    crate::run(config).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_go_style() {
+        let ok = |s: &str| parse_duration(s).unwrap();
+        assert_eq!(ok("24h"), Duration::from_secs(24 * 3600));
+        assert_eq!(ok("1h30m"), Duration::from_secs(5400));
+        assert_eq!(ok("5s"), Duration::from_secs(5));
+        assert_eq!(ok("1.5s"), Duration::from_millis(1500));
+        assert_eq!(ok("100ms"), Duration::from_millis(100));
+        for bad in ["", "5", "-1s", "soon"] {
+            let e = parse_duration(bad).unwrap_err();
+            assert!(e.contains(&format!("{bad:?}")), "{e}");
+        }
+    }
 }

@@ -1,0 +1,70 @@
+//! The retry policy's decisions: whether an answer or an error is retried,
+//! how long to wait, and which priorities earlier attempts used.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::Response;
+use rand::Rng;
+
+use super::forward::AttemptError;
+use crate::config::{RetryPolicy, GRPC_RETRY_CODES};
+use crate::state::ClusterRuntime;
+
+pub(super) fn tried_priorities(cluster: &ClusterRuntime, tried: &[SocketAddr]) -> Vec<u32> {
+    let mut out: Vec<u32> = cluster
+        .lb
+        .hosts()
+        .iter()
+        .filter(|h| tried.contains(&h.addr))
+        .map(|h| h.priority)
+        .collect();
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+pub(super) async fn backoff(attempt: u32) {
+    // Envoy's default: 25 ms base, doubling, jittered, at most 10x base.
+    let base = 25u64 << attempt.saturating_sub(1).min(3);
+    let ms = rand::rng().random_range(0..=base.min(250));
+    tokio::time::sleep(Duration::from_millis(ms)).await;
+}
+
+pub(super) fn retriable_response<B>(p: &RetryPolicy, r: &Response<B>) -> bool {
+    let s = r.status().as_u16();
+    if p.on.five_xx && s >= 500 {
+        return true;
+    }
+    if p.on.gateway_error && matches!(s, 502..=504) {
+        return true;
+    }
+    if p.on.retriable_status_codes && p.retriable_status_codes.contains(&s) {
+        return true;
+    }
+    if let Some(code) = r
+        .headers()
+        .get("grpc-status")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u32>().ok())
+    {
+        return GRPC_RETRY_CODES
+            .iter()
+            .enumerate()
+            .any(|(i, (_, c))| p.on.grpc[i] && *c == code);
+    }
+    false
+}
+
+pub(super) fn retriable_error(p: &RetryPolicy, e: &AttemptError) -> bool {
+    match e {
+        AttemptError::Connect(_) | AttemptError::NoHost => {
+            p.on.connect_failure || p.on.five_xx || p.on.gateway_error
+        }
+        AttemptError::Reset(_, refused) => {
+            p.on.reset || p.on.five_xx || (*refused && p.on.refused_stream)
+        }
+        AttemptError::Timeout => p.on.five_xx || p.on.gateway_error,
+        AttemptError::Overflow | AttemptError::NoCluster => false,
+    }
+}
