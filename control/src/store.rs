@@ -4,6 +4,7 @@
 //! the admin server and `isthmus status` read.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::sync::Arc;
 
 use tokio::sync::watch;
@@ -55,6 +56,30 @@ impl ConfigSnapshot {
             resources,
             diagnostics,
         }
+    }
+
+    /// One file's documents as a snapshot (version 1), as the file source
+    /// would hold them; or, when any document has errors, every diagnostic
+    /// of the file. For fixtures and one-off translations of a file.
+    pub fn from_text(file: &Path, text: &str) -> Result<Self, Vec<Diagnostic>> {
+        let docs = crate::source::parse_text(file, text);
+        if docs.iter().any(|d| d.has_errors()) {
+            return Err(docs.into_iter().flat_map(|d| d.diagnostics).collect());
+        }
+        let resources = docs
+            .into_iter()
+            .filter_map(|d| {
+                let r = d.resource?;
+                Some((
+                    r.key(),
+                    StoredResource {
+                        resource: r,
+                        location: d.location,
+                    },
+                ))
+            })
+            .collect();
+        Ok(Self::new(1, resources, Vec::new()))
     }
 
     /// Increases by one on every publish; 0 is the empty initial snapshot.

@@ -16,8 +16,7 @@ use envoy_types::pb::envoy::extensions::filters::network::tcp_proxy::v3::{
     tcp_proxy::ClusterSpecifier, TcpProxy,
 };
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
-use isthmus_control::source::parse_text;
-use isthmus_control::store::{ConfigSnapshot, StoredResource};
+use isthmus_control::store::ConfigSnapshot;
 use isthmus_control::translate::generator::generate;
 use isthmus_control::translate::{Inputs, LocalSettings, ProxyFlavor};
 use isthmus_federation::RegistrySnapshot;
@@ -70,20 +69,8 @@ spec:
 "#;
 
 fn config(yaml: &str) -> ConfigSnapshot {
-    let mut resources = BTreeMap::new();
-    for doc in parse_text(Path::new("capture.yaml"), yaml) {
-        assert!(!doc.has_errors(), "fixture has errors: {doc:?}");
-        if let Some(r) = doc.resource {
-            resources.insert(
-                r.key(),
-                StoredResource {
-                    resource: r,
-                    location: doc.location,
-                },
-            );
-        }
-    }
-    ConfigSnapshot::new(1, resources, Vec::new())
+    ConfigSnapshot::from_text(Path::new("capture.yaml"), yaml)
+        .unwrap_or_else(|errors| panic!("fixture has errors: {errors:?}"))
 }
 
 fn proxy(mode: &str) -> Proxy {

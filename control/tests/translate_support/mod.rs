@@ -9,8 +9,7 @@ use std::sync::Arc;
 
 use envoy_types::pb::envoy::config::core::v3::{Locality as EnvoyLocality, Node};
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
-use isthmus_control::source::parse_text;
-use isthmus_control::store::{ConfigSnapshot, StoredResource};
+use isthmus_control::store::ConfigSnapshot;
 use isthmus_control::translate::generator::generate;
 use isthmus_control::translate::{Inputs, LocalSettings, ProxyFlavor};
 use isthmus_federation::model::{ClusterInfo, ClusterService, Locality};
@@ -115,25 +114,8 @@ pub fn proxy_of(f: &ProxyFixture) -> Proxy {
 
 pub fn config_of(path: &Path) -> ConfigSnapshot {
     let text = std::fs::read_to_string(path).unwrap_or_default();
-    let mut resources = BTreeMap::new();
-    for doc in parse_text(path, &text) {
-        assert!(
-            !doc.has_errors(),
-            "{}: fixture document has errors: {:?}",
-            path.display(),
-            doc
-        );
-        if let Some(r) = doc.resource {
-            resources.insert(
-                r.key(),
-                StoredResource {
-                    resource: r,
-                    location: doc.location,
-                },
-            );
-        }
-    }
-    ConfigSnapshot::new(1, resources, Vec::new())
+    ConfigSnapshot::from_text(path, &text)
+        .unwrap_or_else(|errors| panic!("{}: fixture has errors: {errors:?}", path.display()))
 }
 
 pub fn registry_of(f: &RegistryFixture) -> RegistrySnapshot {

@@ -4,31 +4,18 @@
 //! control plane.
 #![allow(dead_code)]
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 use std::path::Path;
 
 use envoy_types::pb::envoy::config::core::v3::Node;
 use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
-use isthmus_control::source::parse_text;
-use isthmus_control::store::{ConfigSnapshot, StoredResource};
+use isthmus_control::store::ConfigSnapshot;
 
 /// `yaml` as the control plane would hold it after reading `file`; any
 /// error in the fixture fails the test.
 pub fn config(file: &str, yaml: &str) -> ConfigSnapshot {
-    let mut resources = BTreeMap::new();
-    for doc in parse_text(Path::new(file), yaml) {
-        assert!(!doc.has_errors(), "{file} has errors: {doc:?}");
-        if let Some(r) = doc.resource {
-            resources.insert(
-                r.key(),
-                StoredResource {
-                    resource: r,
-                    location: doc.location,
-                },
-            );
-        }
-    }
-    ConfigSnapshot::new(1, resources, Vec::new())
+    ConfigSnapshot::from_text(Path::new(file), yaml)
+        .unwrap_or_else(|errors| panic!("{file} has errors: {errors:?}"))
 }
 
 /// A proxy's xDS node: string `metadata` fields plus `LABELS`, as the
