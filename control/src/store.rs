@@ -43,6 +43,26 @@ macro_rules! typed_accessors {
     };
 }
 
+/// The documents' resources keyed as the store holds them, each with where
+/// it was read; documents without a resource (errors, skipped kinds) are
+/// left out.
+pub fn stored_resources(
+    docs: impl IntoIterator<Item = crate::source::ParsedDocument>,
+) -> BTreeMap<ResourceKey, StoredResource> {
+    docs.into_iter()
+        .filter_map(|d| {
+            let r = d.resource?;
+            Some((
+                r.key(),
+                StoredResource {
+                    resource: r,
+                    location: d.location,
+                },
+            ))
+        })
+        .collect()
+}
+
 impl ConfigSnapshot {
     /// A snapshot at `version` holding `resources`; `diagnostics` are the
     /// current problems of the sources (rejected documents, duplicates, skips).
@@ -66,20 +86,7 @@ impl ConfigSnapshot {
         if docs.iter().any(|d| d.has_errors()) {
             return Err(docs.into_iter().flat_map(|d| d.diagnostics).collect());
         }
-        let resources = docs
-            .into_iter()
-            .filter_map(|d| {
-                let r = d.resource?;
-                Some((
-                    r.key(),
-                    StoredResource {
-                        resource: r,
-                        location: d.location,
-                    },
-                ))
-            })
-            .collect();
-        Ok(Self::new(1, resources, Vec::new()))
+        Ok(Self::new(1, stored_resources(docs), Vec::new()))
     }
 
     /// Increases by one on every publish; 0 is the empty initial snapshot.
@@ -215,19 +222,7 @@ mod tests {
     use std::path::Path;
 
     fn stored(text: &str) -> BTreeMap<ResourceKey, StoredResource> {
-        parse_text(Path::new("mem.yaml"), text)
-            .into_iter()
-            .filter_map(|d| {
-                let r = d.resource?;
-                Some((
-                    r.key(),
-                    StoredResource {
-                        resource: r,
-                        location: d.location,
-                    },
-                ))
-            })
-            .collect()
+        stored_resources(parse_text(Path::new("mem.yaml"), text))
     }
 
     #[test]

@@ -170,7 +170,7 @@ pub async fn run_exporter(
 mod tests {
     use super::*;
     use crate::source::parse_text;
-    use crate::store::{ConfigStore, StoredResource};
+    use crate::store::ConfigStore;
     use std::path::Path;
 
     const CONFIG: &str = r#"
@@ -211,19 +211,7 @@ spec: {address: 10.0.0.1, serviceAccount: reviews, labels: {app: reviews, versio
 
     fn snapshot(text: &str) -> Arc<ConfigSnapshot> {
         let store = ConfigStore::new();
-        let resources = parse_text(Path::new("mem.yaml"), text)
-            .into_iter()
-            .filter_map(|d| {
-                let r = d.resource?;
-                Some((
-                    r.key(),
-                    StoredResource {
-                        resource: r,
-                        location: d.location,
-                    },
-                ))
-            })
-            .collect();
+        let resources = crate::store::stored_resources(parse_text(Path::new("mem.yaml"), text));
         store.publish(resources, Vec::new())
     }
 

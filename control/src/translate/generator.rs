@@ -101,26 +101,15 @@ pub fn generate(
 mod tests {
     use super::*;
     use crate::source::parse_text;
-    use crate::store::{ConfigSnapshot, StoredResource};
+    use crate::store::ConfigSnapshot;
     use envoy_types::pb::envoy::config::core::v3::Node;
     use isthmus_federation::RegistrySnapshot;
     use std::collections::BTreeMap;
     use std::path::Path;
 
     fn inputs(yaml: &str) -> Arc<Inputs> {
-        let resources: BTreeMap<_, _> = parse_text(Path::new("mem.yaml"), yaml)
-            .into_iter()
-            .filter_map(|d| {
-                let r = d.resource?;
-                Some((
-                    r.key(),
-                    StoredResource {
-                        resource: r,
-                        location: d.location,
-                    },
-                ))
-            })
-            .collect();
+        let resources: BTreeMap<_, _> =
+            crate::store::stored_resources(parse_text(Path::new("mem.yaml"), yaml));
         let config = ConfigSnapshot::new(1, resources, Vec::new());
         Arc::new(Inputs::new(
             Arc::new(config),

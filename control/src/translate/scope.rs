@@ -259,20 +259,8 @@ mod tests {
     use super::*;
 
     fn snapshot(yaml: &str) -> ConfigSnapshot {
-        let mut resources = std::collections::BTreeMap::new();
-        for doc in crate::source::parse_text(std::path::Path::new("test.yaml"), yaml) {
-            assert!(!doc.has_errors(), "{doc:?}");
-            if let Some(r) = doc.resource {
-                resources.insert(
-                    r.key(),
-                    crate::store::StoredResource {
-                        resource: r,
-                        location: doc.location,
-                    },
-                );
-            }
-        }
-        ConfigSnapshot::new(1, resources, Vec::new())
+        ConfigSnapshot::from_text(std::path::Path::new("test.yaml"), yaml)
+            .unwrap_or_else(|errors| panic!("{errors:?}"))
     }
 
     fn pa(ns: &str, name: &str, extra: &str) -> String {

@@ -167,7 +167,6 @@ pub const CACERT_SUFFIX: &str = "-cacert";
 
 #[cfg(test)]
 mod tests {
-    use std::collections::BTreeMap;
     use std::path::Path;
     use std::sync::Arc;
 
@@ -177,26 +176,13 @@ mod tests {
     use isthmus_xds::Proxy;
 
     use super::*;
-    use crate::source::parse_text;
-    use crate::store::{ConfigSnapshot, StoredResource};
+    use crate::store::ConfigSnapshot;
 
     fn inputs(yaml: &str) -> Inputs {
-        let resources: BTreeMap<_, _> = parse_text(Path::new("mem.yaml"), yaml)
-            .into_iter()
-            .filter_map(|d| {
-                assert!(!d.has_errors(), "{:?}", d.diagnostics);
-                let r = d.resource?;
-                Some((
-                    r.key(),
-                    StoredResource {
-                        resource: r,
-                        location: d.location,
-                    },
-                ))
-            })
-            .collect();
+        let config = ConfigSnapshot::from_text(Path::new("mem.yaml"), yaml)
+            .unwrap_or_else(|errors| panic!("{errors:?}"));
         Inputs::new(
-            Arc::new(ConfigSnapshot::new(1, resources, Vec::new())),
+            Arc::new(config),
             Arc::new(RegistrySnapshot::default()),
             super::super::LocalSettings::default(),
         )

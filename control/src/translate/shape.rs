@@ -85,7 +85,7 @@ fn hash_of(value: &impl Hash) -> u64 {
 mod tests {
     use super::*;
     use crate::source::parse_text;
-    use crate::store::{ConfigSnapshot, StoredResource};
+    use crate::store::ConfigSnapshot;
     use crate::translate::generator::generate;
     use envoy_types::pb::envoy::config::core::v3::Node;
     use envoy_types::pb::google::protobuf::{value::Kind, Struct, Value};
@@ -96,19 +96,8 @@ mod tests {
     use std::sync::Arc;
 
     fn inputs(yaml: &str) -> Inputs {
-        let resources: BTreeMap<_, _> = parse_text(Path::new("mem.yaml"), yaml)
-            .into_iter()
-            .filter_map(|d| {
-                let r = d.resource?;
-                Some((
-                    r.key(),
-                    StoredResource {
-                        resource: r,
-                        location: d.location,
-                    },
-                ))
-            })
-            .collect();
+        let resources: BTreeMap<_, _> =
+            crate::store::stored_resources(parse_text(Path::new("mem.yaml"), yaml));
         Inputs::new(
             Arc::new(ConfigSnapshot::new(1, resources, Vec::new())),
             Arc::new(RegistrySnapshot::default()),

@@ -424,25 +424,13 @@ fn hostnames(config: &ConfigSnapshot, zone: &str) -> Result<Vec<HostnameSpec>, V
 mod tests {
     use super::*;
     use crate::source::parse_text;
-    use crate::store::{ConfigStore, StoredResource};
+    use crate::store::ConfigStore;
     use std::path::Path;
     use std::sync::Arc;
 
     fn snapshot(text: &str) -> Arc<ConfigSnapshot> {
         let store = ConfigStore::new();
-        let resources = parse_text(Path::new("mesh.yaml"), text)
-            .into_iter()
-            .filter_map(|d| {
-                let r = d.resource?;
-                Some((
-                    r.key(),
-                    StoredResource {
-                        resource: r,
-                        location: d.location,
-                    },
-                ))
-            })
-            .collect();
+        let resources = crate::store::stored_resources(parse_text(Path::new("mesh.yaml"), text));
         store.publish(resources, Vec::new())
     }
 
