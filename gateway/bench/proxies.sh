@@ -24,17 +24,20 @@
 # plane) and ISTHMUS_GATEWAY_BIN=path (the proxy binary, `isthmus-gateway`)
 # skip the builds (default: `isthmus` with --release and `isthmus-gateway`
 # with --profile proxy, into CARGO_TARGET_DIR or target);
-# DUR=seconds per measurement (default 10); NOTE='...' adds a sentence to the
+# DUR=seconds per measurement (default 10); ROUNDS=rounds of the
+# throughput and latency measurements, the proxies interleaved in each, the
+# median reported (default 3); NOTE='...' adds a sentence to the
 # section; NO_DOC=1 prints the section instead of writing the doc;
 # PERF_OUT=file also profiles the Isthmus ingress under load (perf).
-# Needs root for apt-get when a tool is missing. Takes about 5 minutes plus
-# the build.
+# Needs root for apt-get when a tool is missing. Takes about 15 minutes
+# (three rounds) plus the build.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 doc="docs/benchmarks.md"
 DUR="${DUR:-10}"
+ROUNDS="${ROUNDS:-3}"
 WARM=2
 
 need=()
@@ -89,7 +92,9 @@ CTL=127.0.0.4     # isthmus control
 ING=127.0.0.5     # isthmus ingress: 8080 http, 8443 https, 9443 TLS passthrough
 SIDE=127.0.0.6    # isthmus sidecar inbound 18000 -> the backend
 SIDE_OUT=127.0.0.7
-BIG_MB=256
+# 1 GiB: a 256 MiB download took half a second on loopback, too short to
+# measure more than TCP start-up and noise.
+BIG_MB=1024
 
 # ---------------------------------------------------------------- files
 mkdir -p "$work"/{www,pki,ctl/config,ctl/data,logs,ngx-backend,ngx-proxy}
@@ -384,8 +389,12 @@ rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status"; }
 hz="$(getconf CLK_TCK)"
 R="$work/results"
 : >"$R"
+# A key measured in several rounds has several values; get gives their median.
 put() { echo "$1=$2" >>"$R"; }
-get() { awk -F= -v k="$1" '$1 == k {v = $2} END {print v}' "$R"; }
+get() {
+  awk -F= -v k="$1" '$1 == k {print $2}' "$R" | sort -g |
+    awk '{v[NR] = $1} END {if (NR % 2) print v[(NR + 1) / 2]; else if (NR) printf "%.3f\n", (v[NR / 2] + v[NR / 2 + 1]) / 2}'
+}
 
 # wrk_run KEY URL PID [wrk args]: max throughput; CPU of PID over the run.
 wrk_run() {
@@ -457,17 +466,23 @@ put sidecar.rss_idle_kb "$(rss_kb "$pid_sidecar")"
 put ingress.rss_idle_kb "$(rss_kb "$pid_ingress")"
 
 log "HTTP/1.1 keep-alive, max throughput (wrk -c64, ${DUR}s each)"
-wrk_run direct "http://$BACKEND:18000/" -
-wrk_run isthmus "http://$ING:8080/" "$pid_ingress"
-put ingress.rss_load_kb "$(rss_kb "$pid_ingress")"
-wrk_run haproxy "http://$HAP:8080/" "$pid_haproxy"
-wrk_run nginx "http://$NGX:8080/" "$pid_nginx"
+for round in $(seq "$ROUNDS"); do
+  log "round $round of $ROUNDS"
+  wrk_run direct "http://$BACKEND:18000/" -
+  wrk_run isthmus "http://$ING:8080/" "$pid_ingress"
+  put ingress.rss_load_kb "$(rss_kb "$pid_ingress")"
+  wrk_run haproxy "http://$HAP:8080/" "$pid_haproxy"
+  wrk_run nginx "http://$NGX:8080/" "$pid_nginx"
+done
 
 log "fixed rate ~1,000 req/s, 16 connections (hey)"
-hey_run direct "http://$BACKEND:18000/"
-hey_run isthmus "http://$ING:8080/"
-hey_run haproxy "http://$HAP:8080/"
-hey_run nginx "http://$NGX:8080/"
+for round in $(seq "$ROUNDS"); do
+  log "round $round of $ROUNDS"
+  hey_run direct "http://$BACKEND:18000/"
+  hey_run isthmus "http://$ING:8080/"
+  hey_run haproxy "http://$HAP:8080/"
+  hey_run nginx "http://$NGX:8080/"
+done
 
 log "TLS passthrough, ${BIG_MB} MiB download"
 pass_run direct "$BACKEND" 18443
@@ -488,20 +503,29 @@ put sidecar.rss_load_kb "$peak"
 put sidecar.rps "$(awk '/^Requests\/sec/ {print $2}' "$work/sidecar-wrk.out")"
 
 log "TLS termination: HTTP/1.1 max throughput (wrk)"
-wrk_run tls.isthmus "https://$ING:8443/" "$pid_ingress"
-wrk_run tls.haproxy "https://$HAP:8443/" "$pid_haproxy"
-wrk_run tls.nginx "https://$NGX:8443/" "$pid_nginx"
+for round in $(seq "$ROUNDS"); do
+  log "round $round of $ROUNDS"
+  wrk_run tls.isthmus "https://$ING:8443/" "$pid_ingress"
+  wrk_run tls.haproxy "https://$HAP:8443/" "$pid_haproxy"
+  wrk_run tls.nginx "https://$NGX:8443/" "$pid_nginx"
+done
 log "TLS termination: HTTP/2 max throughput (h2load -c64 -m10)"
-h2_run h2.isthmus "https://$ING:8443/" "$pid_ingress"
-h2_run h2.haproxy "https://$HAP:8443/" "$pid_haproxy"
-h2_run h2.nginx "https://$NGX:8443/" "$pid_nginx"
+for round in $(seq "$ROUNDS"); do
+  log "round $round of $ROUNDS"
+  h2_run h2.isthmus "https://$ING:8443/" "$pid_ingress"
+  h2_run h2.haproxy "https://$HAP:8443/" "$pid_haproxy"
+  h2_run h2.nginx "https://$NGX:8443/" "$pid_nginx"
+done
 log "TLS termination: fixed rate, HTTP/1.1 and HTTP/2 (hey)"
-hey_run tls.isthmus "https://$ING:8443/" -host bench.test
-hey_run tls.haproxy "https://$HAP:8443/" -host bench.test
-hey_run tls.nginx "https://$NGX:8443/" -host bench.test
-hey_run h2.isthmus "https://$ING:8443/" -h2 -host bench.test
-hey_run h2.haproxy "https://$HAP:8443/" -h2 -host bench.test
-hey_run h2.nginx "https://$NGX:8443/" -h2 -host bench.test
+for round in $(seq "$ROUNDS"); do
+  log "round $round of $ROUNDS"
+  hey_run tls.isthmus "https://$ING:8443/" -host bench.test
+  hey_run tls.haproxy "https://$HAP:8443/" -host bench.test
+  hey_run tls.nginx "https://$NGX:8443/" -host bench.test
+  hey_run h2.isthmus "https://$ING:8443/" -h2 -host bench.test
+  hey_run h2.haproxy "https://$HAP:8443/" -h2 -host bench.test
+  hey_run h2.nginx "https://$NGX:8443/" -h2 -host bench.test
+done
 
 load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
 
@@ -560,15 +584,16 @@ section="$work/section.md"
   echo "<!-- proxies-bench:start -->"
   echo "## Gateway data plane vs HAProxy and nginx (issues 6 and 7)"
   echo
-  echo "Run \`gateway/bench/proxies.sh\` (about 5 minutes plus the release build; it"
+  echo "Run \`gateway/bench/proxies.sh\` (about 15 minutes plus the release build; it"
   echo "installs haproxy, nginx, wrk, hey and nghttp2-client from Debian when"
   echo "missing); it rewrites this section."
   echo
   echo "**Setup**, all on loopback. The backend is nginx (1 worker) serving a"
   echo "100-byte static file over HTTP and a ${BIG_MB} MiB file over TLS: a fast,"
   echo "well-understood server. Each proxy is pinned to CPU 0 with one worker:"
-  echo "Isthmus is \`isthmus-gateway --role ingress\` (the proxy-only binary, \`proxy\` profile: fat LTO) with one tokio worker"
-  echo "thread (\`TOKIO_WORKER_THREADS=1\`), configured over xDS by a real"
+  echo "Isthmus is \`isthmus-gateway --role ingress\` (the proxy-only binary, \`proxy\` profile: fat LTO,"
+  echo "mimalloc) with one worker (\`TOKIO_WORKER_THREADS=1\`, which runs tokio's"
+  echo "single-threaded scheduler on the main thread), configured over xDS by a real"
   echo "\`isthmus control\` from Istio YAML (a Gateway with HTTP, HTTPS SIMPLE and TLS"
   echo "PASSTHROUGH servers, VirtualServices, one ServiceEntry per backend port, the"
   echo "certificate from a \`credentialName\` Secret); HAProxy ${hap_ver} with"
@@ -583,7 +608,9 @@ section="$work/section.md"
   echo "**Machine**: ${cpus} vCPU (${model:-unknown CPU}). Tree at commit ${rev}, run"
   echo "started ${started}; load average (1/5/15 min) ${load_before} before,"
   echo "${load_after} after. ${DUR} s per measurement after a ${WARM} s warm-up, one"
-  echo "proxy at a time, back to back."
+  echo "proxy at a time, back to back; every throughput and fixed-rate figure is the"
+  echo "median of ${ROUNDS} rounds with the proxies interleaved in each round (single"
+  echo "runs on this shared machine moved by up to 15%)."
   if [[ -n "${NOTE:-}" ]]; then echo "${NOTE}"; fi
   echo
   echo "### HTTP/1.1, plaintext (issue 6)"
@@ -606,7 +633,9 @@ section="$work/section.md"
   echo
   echo "Best of 3 downloads of the ${BIG_MB} MiB file with curl over TLS (the backend"
   echo "terminates TLS; the proxy routes on SNI and relays bytes): Isthmus's TLS"
-  echo "PASSTHROUGH server, HAProxy \`mode tcp\`, and direct."
+  echo "PASSTHROUGH server, HAProxy \`mode tcp\`, and direct. Isthmus copies (64 KiB"
+  echo "buffer) rather than splices here: both peers are on loopback, where splice(2)"
+  echo "was about 20% slower for the receiving client (\`gateway/src/proxy/splice.rs\`)."
   echo
   echo "| | direct | Isthmus | HAProxy | Isthmus / direct | Isthmus / HAProxy |"
   echo "|---|---|---|---|---|---|"

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use http::{HeaderValue, Request, Response, StatusCode, Uri, Version};
+use http::{HeaderName, HeaderValue, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Body as _;
 use hyper::body::Incoming;
@@ -68,6 +68,9 @@ pub(super) enum AttemptError {
     NoCluster,
 }
 
+const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+
 pub async fn forward(
     ctx: &ProxyContext,
     f: Forwarding<'_>,
@@ -108,11 +111,11 @@ pub async fn forward(
             own.insert(&mut parts.headers);
         }
     }
-    if !parts.headers.contains_key("x-request-id") {
-        parts.headers.insert("x-request-id", request_id());
+    if !parts.headers.contains_key(X_REQUEST_ID) {
+        parts.headers.insert(X_REQUEST_ID, request_id());
     }
     parts.headers.insert(
-        "x-forwarded-proto",
+        X_FORWARDED_PROTO,
         HeaderValue::from_static(if f.scheme == "https" { "https" } else { "http" }),
     );
     let authority = f

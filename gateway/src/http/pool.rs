@@ -168,7 +168,8 @@ impl ClusterPool {
         let io = TokioIo::new(io);
         match wire {
             Wire::Http1 => {
-                let (sender, conn) = http1::Builder::new().handshake(io).await?;
+                // Flat writes, as the server side does (crate::http::server).
+                let (sender, conn) = http1::Builder::new().writev(false).handshake(io).await?;
                 tokio::spawn(drive(conn.with_upgrades(), guard));
                 Ok(Sender::H1(sender, 0))
             }

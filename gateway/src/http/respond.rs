@@ -15,17 +15,22 @@ use crate::config::{AppendAction, HeaderOps};
 use crate::metrics::Metrics;
 
 /// Headers that describe one hop and are never forwarded.
-pub const HOP_BY_HOP: [&str; 7] = [
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "transfer-encoding",
-    "upgrade",
-    "te",
-    "trailer",
+pub const HOP_BY_HOP: [HeaderName; 7] = [
+    http::header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    http::header::TRANSFER_ENCODING,
+    http::header::UPGRADE,
+    http::header::TE,
+    http::header::TRAILER,
 ];
 
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
+    // Most messages carry none: one pass over the names (comparing
+    // pre-parsed names is cheap) saves parsing and hashing seven lookups.
+    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+        return;
+    }
     // Headers named in `Connection` are hop-by-hop too.
     let named: Vec<String> = h
         .get_all(http::header::CONNECTION)
@@ -42,8 +47,8 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
             v.split(',')
                 .any(|p| p.trim().eq_ignore_ascii_case("trailers"))
         });
-    for n in HOP_BY_HOP {
-        if keep_upgrade && (n == "upgrade" || n == "connection") {
+    for n in &HOP_BY_HOP {
+        if keep_upgrade && (n == http::header::UPGRADE || n == http::header::CONNECTION) {
             continue;
         }
         h.remove(n);
@@ -203,7 +208,7 @@ impl Logged {
         self.metrics.record_http(&crate::metrics::HttpCall {
             reporter: log.reporter,
             downstream_principal: log.source_principal.as_deref(),
-            peer: log.peer.as_deref(),
+            peer: log.peer.as_ref(),
             cluster: log.cluster.as_deref(),
             grpc: log.grpc,
             status: log.status,
@@ -291,4 +296,60 @@ fn grpc_status_of(h: &HeaderMap) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .filter(|v| v.len() <= 2 && v.bytes().all(|b| b.is_ascii_digit()))
         .map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&'static str, &'static str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.append(*k, HeaderValue::from_static(v));
+        }
+        h
+    }
+
+    fn names(h: &HeaderMap) -> Vec<&str> {
+        let mut n: Vec<&str> = h.keys().map(HeaderName::as_str).collect();
+        n.sort_unstable();
+        n
+    }
+
+    #[test]
+    fn messages_without_hop_by_hop_headers_are_untouched() {
+        let mut h = headers(&[("host", "a"), ("accept", "*/*"), ("x-b3-traceid", "1")]);
+        let before = h.clone();
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(h, before);
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go_te_trailers_stays() {
+        let mut h = headers(&[
+            ("host", "a"),
+            ("connection", "keep-alive, X-Secret"),
+            ("keep-alive", "timeout=5"),
+            ("x-secret", "s"),
+            ("proxy-connection", "close"),
+            ("transfer-encoding", "chunked"),
+            ("te", "deflate, trailers"),
+            ("trailer", "grpc-status"),
+            ("upgrade", "websocket"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(names(&h), ["host", "te"]);
+        assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn an_upgrade_keeps_connection_and_upgrade() {
+        let mut h = headers(&[
+            ("connection", "Upgrade"),
+            ("upgrade", "websocket"),
+            ("keep-alive", "timeout=5"),
+        ]);
+        strip_hop_by_hop(&mut h, true);
+        assert_eq!(names(&h), ["connection", "upgrade"]);
+    }
 }

@@ -73,8 +73,12 @@ pub async fn serve(
         (Some(a), Some(b)) => Some(a.min(b)),
         (a, b) => a.or(b),
     };
+    // One flat write per response: header and a small body in one buffer
+    // beat a vectored write (measured ~2% on small responses), and TLS
+    // would encrypt each slice as its own record anyway.
     builder
         .http1()
+        .writev(false)
         .max_buf_size(super::head_limit::h1_read_buffer(
             cfg.max_request_headers_bytes,
         ))
@@ -92,11 +96,14 @@ pub async fn serve(
         hyper::service::service_fn(move |req: Request<Incoming>| {
             let (cfg, ctx, down) = (cfg.clone(), ctx.clone(), down.clone());
             let active = activity.begin();
-            async move {
+            // Boxed: the request's future is several kilobytes, and hyper
+            // moves the service future around (into its dispatcher, into a
+            // spawned task per HTTP/2 stream); moving a pointer is free.
+            Box::pin(async move {
                 let idle = cfg.stream_idle_timeout;
                 let resp = handle(cfg, ctx, down, req).await;
                 Ok::<_, Infallible>(Watched::wrap(resp, idle, Some(active)))
-            }
+            })
         })
     };
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);

@@ -7,10 +7,16 @@
 //!
 //! Correct only because label sets are never removed from the metric
 //! vectors (a removed child would keep counting unseen).
+//!
+//! The peer is compared by identity: peers come from a bounded interner,
+//! so equal descriptions are almost always one `Arc`, and an entry holds
+//! its `Arc`, so an address cannot be reused for another peer while the
+//! entry lives. Two `Arc`s with equal content only cost a second entry
+//! with the same handles.
 
 use std::collections::HashMap;
-use std::hash::{DefaultHasher, Hash, Hasher};
-use std::sync::Mutex;
+use std::hash::{BuildHasher, Hash, Hasher};
+use std::sync::{Arc, Mutex};
 
 use prometheus::{Histogram, IntCounter};
 
@@ -24,7 +30,7 @@ const MAX_ENTRIES: usize = 4096;
 #[derive(Debug, Clone, Copy)]
 pub struct HttpInputs<'a> {
     pub reporter: &'a str,
-    pub peer: Option<&'a Workload>,
+    pub peer: Option<&'a Arc<Workload>>,
     pub downstream_principal: Option<&'a str>,
     pub cluster: &'a str,
     pub grpc: bool,
@@ -37,9 +43,11 @@ pub struct HttpInputs<'a> {
 
 impl HttpInputs<'_> {
     fn fingerprint(&self) -> u64 {
-        let mut h = DefaultHasher::new();
+        // Not keyed: the inputs come from this proxy's own configuration
+        // and the interner, not from a client that could aim collisions.
+        let mut h = foldhash::fast::FixedState::with_seed(0).build_hasher();
         self.reporter.hash(&mut h);
-        self.peer.hash(&mut h);
+        self.peer.map(Arc::as_ptr).hash(&mut h);
         self.downstream_principal.hash(&mut h);
         self.cluster.hash(&mut h);
         self.grpc.hash(&mut h);
@@ -54,7 +62,7 @@ impl HttpInputs<'_> {
 #[derive(Debug)]
 struct OwnedInputs {
     reporter: String,
-    peer: Option<Workload>,
+    peer: Option<Arc<Workload>>,
     downstream_principal: Option<String>,
     cluster: String,
     grpc: bool,
@@ -85,7 +93,11 @@ impl OwnedInputs {
             && self.reporter == i.reporter
             && self.cluster == i.cluster
             && self.flags == i.flags
-            && self.peer.as_ref() == i.peer
+            && match (&self.peer, i.peer) {
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                (None, None) => true,
+                _ => false,
+            }
             && self.downstream_principal.as_deref() == i.downstream_principal
             && self.grpc_status.as_deref() == i.grpc_status
             && self.local_id.as_deref() == i.local_id
@@ -180,7 +192,11 @@ mod tests {
         }
     }
 
-    fn inputs<'a>(peer: Option<&'a Workload>, status: u16, id: Option<&'a str>) -> HttpInputs<'a> {
+    fn inputs<'a>(
+        peer: Option<&'a Arc<Workload>>,
+        status: u16,
+        id: Option<&'a str>,
+    ) -> HttpInputs<'a> {
         HttpInputs {
             reporter: "source",
             peer,
@@ -220,14 +236,14 @@ mod tests {
     #[test]
     fn any_differing_input_gets_its_own_label_set() {
         let cache = HandleCache::default();
-        let peer = Workload {
+        let peer = Arc::new(Workload {
             name: "reviews".into(),
             ..Default::default()
-        };
-        let other_peer = Workload {
+        });
+        let other_peer = Arc::new(Workload {
             name: "ratings".into(),
             ..Default::default()
-        };
+        });
         let cases = [
             inputs(None, 200, None),
             inputs(None, 503, None),

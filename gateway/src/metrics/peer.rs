@@ -8,7 +8,7 @@
 
 use base64::Engine as _;
 use envoy_types::pb::google::protobuf::{value::Kind, ListValue, Struct, Value};
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use prost::Message as _;
 use serde_json::{Map, Value as Json};
 
@@ -17,8 +17,8 @@ use std::sync::Arc;
 use super::workload::Workload;
 use super::Metrics;
 
-pub const PEER_METADATA: &str = "x-envoy-peer-metadata";
-pub const PEER_METADATA_ID: &str = "x-envoy-peer-metadata-id";
+pub const PEER_METADATA: HeaderName = HeaderName::from_static("x-envoy-peer-metadata");
+pub const PEER_METADATA_ID: HeaderName = HeaderName::from_static("x-envoy-peer-metadata-id");
 
 /// Peer metadata keys Istio exchanges; everything else in the node
 /// metadata (addresses, interception settings) stays private.

@@ -23,7 +23,7 @@ pub struct HttpCall<'a> {
     pub downstream_principal: Option<&'a str>,
     /// The other side, from peer metadata (request headers inbound,
     /// response headers outbound) and certificates.
-    pub peer: Option<&'a Workload>,
+    pub peer: Option<&'a Arc<Workload>>,
     /// The upstream cluster the request was sent to.
     pub cluster: Option<&'a str>,
     pub grpc: bool,
@@ -148,7 +148,7 @@ impl Metrics {
     fn http_handles(&self, c: &HttpCall<'_>) -> HttpHandles {
         let labels = self.call_labels(
             c.reporter,
-            c.peer,
+            c.peer.map(|p| &**p),
             c.downstream_principal,
             c.cluster.unwrap_or(""),
             if c.grpc { "grpc" } else { "http" },

@@ -86,7 +86,11 @@ pub async fn relay(
     let progress = Progress::new(Instant::now());
     let both = async {
         let r = match splice::plain(down, up) {
-            Ok(plain) => splice::relay(plain, &progress).await,
+            Ok(plain) if plain.worth_splicing() => splice::relay(plain, &progress).await,
+            Ok(plain) => {
+                let (down, up) = plain.into_streams();
+                copy_both(down, up, &progress).await
+            }
             Err((down, up)) => copy_both(down, up, &progress).await,
         };
         r.map_err(|(direction, source)| RelayError::Io { direction, source })
