@@ -419,32 +419,35 @@ wrk_run() {
 
 # hey_run KEY URL [hey args]: ~1,000 req/s over 16 connections; p50/p99 in ms.
 hey_run() {
-  local key="$1" url="$2" out
+  local key="$1" url="$2" out p50 p99
   shift 2
   taskset -c 1 hey -q 62 -c 16 -z "${WARM}s" "$@" "$url" >/dev/null
   out="$(taskset -c 1 hey -q 62 -c 16 -z "${DUR}s" "$@" "$url")"
-  put "$key.p50" "$(awk '/ 50%+ in/ {printf "%.3f", $3 * 1000}' <<<"$out")"
-  put "$key.p99" "$(awk '/ 99%+ in/ {printf "%.3f", $3 * 1000}' <<<"$out")"
+  p50="$(awk '/ 50%+ in/ {printf "%.3f", $3 * 1000}' <<<"$out")"
+  p99="$(awk '/ 99%+ in/ {printf "%.3f", $3 * 1000}' <<<"$out")"
+  put "$key.p50" "$p50"
+  put "$key.p99" "$p99"
   put "$key.qps" "$(awk '/Requests\/sec/ {printf "%.0f", $2}' <<<"$out")"
   if ! grep -q '\[200\]' <<<"$out" || grep -q 'Error distribution' <<<"$out"; then
     log "$key: errors or non-200: $(sed -n '/Status code/,$p' <<<"$out" | tr '\n' ' ')"
   fi
-  log "$key: p50 $(get "$key.p50") ms p99 $(get "$key.p99") ms"
+  log "$key: p50 $p50 ms p99 $p99 ms"
 }
 
 # h2_run KEY URL PID: HTTP/2 max throughput (64 connections x 10 streams).
 h2_run() {
-  local key="$1" url="$2" pid="$3" out t0 t1 reqs
+  local key="$1" url="$2" pid="$3" out t0 t1 reqs rps
   taskset -c 1 h2load -c 64 -m 10 -t 1 -D "$WARM" "$url" >/dev/null
   t0="$(ticks "$pid")"
   out="$(taskset -c 1 h2load -c 64 -m 10 -t 1 -D "$DUR" "$url")"
   t1="$(ticks "$pid")"
-  put "$key.rps" "$(awk '/^finished in/ {gsub(",", ""); print $4}' <<<"$out")"
+  rps="$(awk '/^finished in/ {gsub(",", ""); print $4}' <<<"$out")"
+  put "$key.rps" "$rps"
   reqs="$(awk '/^requests:/ {print $8}' <<<"$out")"
   put "$key.cpu_ms_per_1k" "$(awk -v d=$((t1 - t0)) -v hz="$hz" -v n="$reqs" 'BEGIN {printf "%.1f", d * 1000 / hz / n * 1000}')"
   put "$key.cpu_pct" "$(awk -v d=$((t1 - t0)) -v hz="$hz" -v s="$DUR" 'BEGIN {printf "%.0f", d / hz / s * 100}')"
   grep -q 'errored 0\b\|0 errored' <<<"$out" || log "$key: $(grep '^requests:' <<<"$out")"
-  log "$key: $(get "$key.rps") req/s"
+  log "$key: $rps req/s"
 }
 
 # pass_run KEY IP PORT: best of 3 downloads of the big file over TLS, MB/s.
