@@ -67,7 +67,6 @@ impl Plain {
     /// faster while splice halved this process's CPU (docs/benchmarks.md).
     /// Across a NIC the device gathers the fragments instead.
     pub fn worth_splicing(&self) -> bool {
-        let remote = |s: &TcpStream| s.peer_addr().is_ok_and(|a| !a.ip().is_loopback());
         remote(&self.down) && remote(&self.up)
     }
 
@@ -77,6 +76,16 @@ impl Plain {
             Box::new(Rewind::new(self.prefix, self.down)),
             Box::new(self.up),
         )
+    }
+}
+
+/// Whether the socket's peer is on another host, as far as the socket
+/// tells: not loopback, and not this socket's own address (a workload and
+/// its sidecar talking over the pod IP).
+fn remote(s: &TcpStream) -> bool {
+    match (s.peer_addr(), s.local_addr()) {
+        (Ok(peer), Ok(local)) => !peer.ip().is_loopback() && peer.ip() != local.ip(),
+        _ => false,
     }
 }
 
