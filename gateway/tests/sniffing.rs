@@ -5,11 +5,8 @@
 
 mod support;
 
-use bytes::Bytes;
 use envoy_types::pb::envoy::config::listener::v3::{FilterChain, Listener};
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
-use http_body_util::{BodyExt, Full};
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use isthmus_control::translate::listener::sniff::sniffing;
 use support::ads::ScriptedAds;
 use support::http::*;
@@ -41,25 +38,6 @@ fn sniffed_listener() -> Listener {
             ..Default::default()
         },
     )
-}
-
-/// GET / over h2c with prior knowledge (no Upgrade dance).
-async fn h2c_get(at: std::net::SocketAddr) -> (u16, String) {
-    let tcp = TcpStream::connect(at).await.expect("connect");
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2 handshake");
-    let driver = tokio::spawn(conn);
-    let req = ::http::Request::builder()
-        .uri(format!("http://{at}/h2"))
-        .body(Full::new(Bytes::new()))
-        .expect("request");
-    let resp = send.send_request(req).await.expect("h2c request");
-    let status = resp.status().as_u16();
-    let body = resp.into_body().collect().await.expect("body").to_bytes();
-    driver.abort();
-    (status, String::from_utf8_lossy(&body).into_owned())
 }
 
 /// A server-first TCP app: greets, then echoes one line.
@@ -108,7 +86,8 @@ async fn http1_h2c_and_raw_tcp_share_one_sniffed_port() {
     let (status, _, body) = get(&client(), at, "anything", "/h1", &[]).await;
     assert_eq!((status.as_u16(), body.as_str()), (200, "web"));
     // h2c with prior knowledge.
-    assert_eq!(h2c_get(at).await, (200, "web".to_string()));
+    let (status, _, body) = h2c_get(at, &at.to_string(), "/h2").await;
+    assert_eq!((status.as_u16(), body.as_str()), (200, "web"));
     // Raw TCP bytes that are not HTTP: the TCP chain, bytes unchanged.
     let reply = roundtrip(at, "\x00\x01binary hello").await.expect("tcp");
     assert_eq!(reply, "raw:\x00\x01binary hello");

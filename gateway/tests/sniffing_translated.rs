@@ -30,7 +30,7 @@ use envoy_types::pb::envoy::config::core::v3::{address, socket_address::PortSpec
 use envoy_types::pb::envoy::config::endpoint::v3::{lb_endpoint, ClusterLoadAssignment};
 use envoy_types::pb::envoy::config::listener::v3::Listener;
 use envoy_types::pb::google::protobuf::Any;
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use isthmus_control::translate::generator::generate;
 use isthmus_control::translate::{Inputs, LocalSettings, ProxyFlavor};
@@ -38,7 +38,7 @@ use isthmus_federation::RegistrySnapshot;
 use isthmus_xds::{Names, Proxy, TypeUrl};
 use prost::Message;
 use support::ads::ScriptedAds;
-use support::http::{client, get, RDS};
+use support::http::{client, get, h2c_get, RDS};
 use support::pki::Ca;
 use support::resources::*;
 use support::*;
@@ -216,34 +216,6 @@ async fn echo(at: SocketAddr, bytes: &[u8]) -> Vec<u8> {
     back
 }
 
-/// GET over h2c with prior knowledge; (status, HTTP version the app saw).
-async fn h2c_get(at: SocketAddr) -> (u16, String) {
-    let tcp = TcpStream::connect(at).await.expect("connect");
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2 handshake");
-    let driver = tokio::spawn(conn);
-    let req = ::http::Request::builder()
-        .uri(format!("http://{HOST}/h2"))
-        .body(Full::new(Bytes::new()))
-        .expect("request");
-    let resp = tokio::time::timeout(WAIT, send.send_request(req))
-        .await
-        .expect("h2c answer in time")
-        .expect("h2c request");
-    let status = resp.status().as_u16();
-    let version = resp
-        .headers()
-        .get("x-app-version")
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .to_string();
-    let _ = resp.into_body().collect().await;
-    driver.abort();
-    (status, version)
-}
-
 /// `istio_requests_total` series of one reporter with this response code.
 async fn requests(gw: &isthmus_gateway::Gateway, reporter: &str, code: u16) -> f64 {
     let (_, m) = admin_get(gw.admin_address(), "/metrics").await;
@@ -333,7 +305,9 @@ async fn unnamed_port_is_sniffed_outbound_and_inbound_through_translation() {
     assert_eq!(status.as_u16(), 418, "the header-matched abort applies");
     assert_eq!(app_hits.load(Ordering::SeqCst), hits, "aborted locally");
     // h2c on the same port: HTTP too, and HTTP/2 all the way to the app.
-    assert_eq!(h2c_get(outbound_at).await, (200, "HTTP/2.0".to_string()));
+    let (status, headers, _) = h2c_get(outbound_at, HOST, "/h2").await;
+    assert_eq!(status.as_u16(), 200);
+    assert_eq!(headers["x-app-version"], "HTTP/2.0");
     // Raw bytes on the same port: the TCP chain, byte-exact both ways.
     let raw: Vec<u8> = (0u8..=255)
         .chain(b"\r\nnot http\r\n\r\n".iter().copied())
@@ -360,7 +334,9 @@ async fn unnamed_port_is_sniffed_outbound_and_inbound_through_translation() {
     let (status, headers, body) = get(&c, inbound_at, HOST, "/in", &[]).await;
     assert_eq!((status.as_u16(), body.as_str()), (200, "app"));
     assert_eq!(headers["x-app-version"], "HTTP/1.1");
-    assert_eq!(h2c_get(inbound_at).await, (200, "HTTP/2.0".to_string()));
+    let (status, headers, _) = h2c_get(inbound_at, HOST, "/h2").await;
+    assert_eq!(status.as_u16(), 200);
+    assert_eq!(headers["x-app-version"], "HTTP/2.0");
     assert_eq!(
         requests(&server, "destination", 200).await - before,
         2.0,

@@ -236,6 +236,37 @@ pub async fn get(
     )
 }
 
+/// GET `http://{host}{path}` sent to `at` over h2c with prior knowledge
+/// (no Upgrade); (status, headers, body).
+pub async fn h2c_get(
+    at: SocketAddr,
+    host: &str,
+    path: &str,
+) -> (StatusCode, http::HeaderMap, String) {
+    let tcp = tokio::net::TcpStream::connect(at).await.expect("connect");
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2 handshake");
+    let driver = tokio::spawn(conn);
+    let req = Request::builder()
+        .uri(format!("http://{host}{path}"))
+        .body(Full::new(Bytes::new()))
+        .expect("request");
+    let resp = tokio::time::timeout(super::WAIT, send.send_request(req))
+        .await
+        .expect("h2c answer in time")
+        .expect("h2c request");
+    let (parts, body) = resp.into_parts();
+    let body = body.collect().await.expect("body").to_bytes();
+    driver.abort();
+    (
+        parts.status,
+        parts.headers,
+        String::from_utf8_lossy(&body).into_owned(),
+    )
+}
+
 fn ads() -> ConfigSource {
     ConfigSource {
         config_source_specifier: Some(ConfigSourceSpecifier::Ads(AggregatedConfigSource {})),
