@@ -16,8 +16,8 @@ const WAIT: Duration = Duration::from_secs(10);
 
 use isthmus_identity::ca::{create_intermediate, create_root, IntermediateOptions, RootOptions};
 use isthmus_identity::{
-    static_bundle, tls, Authority, CaClient, CaClientConfig, CaClientTls, CaMetrics, CaService,
-    CaServiceConfig, CertManager, CertManagerConfig, ClientError, FileAuthenticator, LeafPolicy,
+    static_bundle, tls, Authority, CaClient, CaClientConfig, CaMetrics, CaService, CaServiceConfig,
+    CertManager, CertManagerConfig, ChannelTls, ClientError, FileAuthenticator, LeafPolicy,
     PeerPolicy, SpiffeId, TokenTable, TrustBundle,
 };
 
@@ -108,7 +108,7 @@ fn client(ca: &Ca, token: &str) -> CaClient {
     )
     .unwrap();
     let mut cfg = CaClientConfig::new(ca.addr.to_string());
-    cfg.tls = Some(CaClientTls {
+    cfg.tls = Some(ChannelTls {
         config,
         server_name: rustls::pki_types::ServerName::try_from("isthmus-control.istio-system.svc")
             .unwrap(),

@@ -1,16 +1,11 @@
 //! Client of `IstioCertificateService`: sends a CSR, returns the chain.
 
-use std::sync::Arc;
 use std::time::Duration;
 
-use hyper_util::rt::TokioIo;
-use rustls::ClientConfig;
-use rustls_pki_types::ServerName;
-use tokio::net::TcpStream;
-use tokio_rustls::TlsConnector;
 use tonic::metadata::MetadataValue;
 use tonic::transport::{Channel, Endpoint};
 
+use crate::channel::ChannelTls;
 use crate::manager::CertificateSigner;
 use crate::service::pb;
 
@@ -33,19 +28,12 @@ pub enum ClientError {
     Authority(#[from] crate::ca::CaError),
 }
 
-/// TLS towards the CA; the config's verifier decides which CA identity is accepted.
-#[derive(Clone, Debug)]
-pub struct CaClientTls {
-    pub config: Arc<ClientConfig>,
-    pub server_name: ServerName<'static>,
-}
-
 #[derive(Clone, Debug)]
 pub struct CaClientConfig {
     /// `host:port` of the CA.
     pub addr: String,
     /// `None` means plaintext (only for tests and loopback).
-    pub tls: Option<CaClientTls>,
+    pub tls: Option<ChannelTls>,
     /// Bootstrap token sent as `authorization: Bearer <token>`.
     pub token: Option<String>,
     pub timeout: Duration,
@@ -81,30 +69,9 @@ impl CaClient {
             .map_err(|_| ClientError::BadAddress(addr.clone()))?
             .connect_timeout(self.config.timeout)
             .timeout(self.config.timeout);
-        let connected = match &self.config.tls {
-            None => endpoint.connect().await,
-            Some(tls) => {
-                let connector = TlsConnector::from(Arc::clone(&tls.config));
-                let server_name = tls.server_name.clone();
-                let target = addr.clone();
-                endpoint
-                    .connect_with_connector(tower::service_fn(
-                        move |_uri: tonic::transport::Uri| {
-                            let connector = connector.clone();
-                            let server_name = server_name.clone();
-                            let target = target.clone();
-                            async move {
-                                let tcp = TcpStream::connect(&target).await?;
-                                let _ = tcp.set_nodelay(true);
-                                let tls = connector.connect(server_name, tcp).await?;
-                                Ok::<_, std::io::Error>(TokioIo::new(tls))
-                            }
-                        },
-                    ))
-                    .await
-            }
-        };
-        connected.map_err(|source| ClientError::Connect { addr, source })
+        crate::channel::connect(&endpoint, self.config.tls.clone())
+            .await
+            .map_err(|source| ClientError::Connect { addr, source })
     }
 
     /// Sends `csr_pem`; returns the PEM chain, leaf first.

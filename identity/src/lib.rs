@@ -21,6 +21,7 @@ pub mod auth;
 pub mod bundle;
 pub mod ca;
 pub mod ca_trust;
+pub mod channel;
 pub mod cli;
 pub mod client;
 pub mod files;
@@ -39,8 +40,9 @@ pub use auth::{AuthError, Authenticator, CallerContext, FileAuthenticator, Token
 pub use bundle::{BundleDiff, Fingerprint, TrustBundle};
 pub use ca::{Authority, CaError, CaMaterial, KeyAlgorithm, LeafPolicy};
 pub use ca_trust::{control_plane_trust, follow_control_plane_trust, renew_on_bundle_change};
+pub use channel::ChannelTls;
 pub use cli::{run, CaCommand};
-pub use client::{CaClient, CaClientConfig, CaClientTls, ClientError};
+pub use client::{CaClient, CaClientConfig, ClientError};
 pub use manager::{
     AuthoritySigner, CertManager, CertManagerConfig, CertWatch, CertificateSigner, ManagerError,
     RenewHandle,

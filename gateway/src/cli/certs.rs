@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use anyhow::Context;
 use isthmus_identity::{
-    client::{CaClient, CaClientConfig, CaClientTls},
-    CertManager, CertManagerConfig, CertWatch, PeerPolicy, SpiffeId, TrustBundle,
+    client::{CaClient, CaClientConfig},
+    CertManager, CertManagerConfig, CertWatch, ChannelTls, PeerPolicy, SpiffeId, TrustBundle,
     CONTROL_NAMESPACE, CONTROL_SERVICE_ACCOUNT,
 };
 use rustls::pki_types::ServerName;
@@ -77,7 +77,7 @@ pub(super) async fn certificates(args: &GatewayArgs, ca: &str) -> anyhow::Result
         );
         let mut client = CaClientConfig::new(ca);
         client.token = token;
-        client.tls = tls.ok().map(|config| CaClientTls {
+        client.tls = tls.ok().map(|config| ChannelTls {
             config,
             server_name: ServerName::try_from("isthmus-control").expect("static name is valid"),
         });

@@ -107,10 +107,11 @@ async fn run(
 ) {
     let Collector::Grpc(uri) = &c;
     let channel = match tonic::transport::Endpoint::from_shared(uri.clone()) {
-        Ok(ep) => ep
-            .connect_timeout(Duration::from_secs(5))
-            .timeout(opts.timeout)
-            .connect_lazy(),
+        Ok(ep) => isthmus_identity::channel::connect_lazy(
+            &ep.connect_timeout(Duration::from_secs(5))
+                .timeout(opts.timeout),
+            None,
+        ),
         Err(e) => {
             tracing::warn!(collector = %uri, error = %e, "invalid OTLP collector address; spans are dropped");
             while rx.recv().await.is_some() {}

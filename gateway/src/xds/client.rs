@@ -148,11 +148,13 @@ impl XdsClient {
     pub(super) async fn channel(&self) -> Result<tonic::transport::Channel, XdsError> {
         match &self.target {
             Some(t) => t.connect(&self.address).await,
-            None => tonic::transport::Endpoint::from_shared(self.address.clone())
-                .map_err(|e| XdsError::Address(self.address.clone(), e.to_string()))?
-                .connect()
-                .await
-                .map_err(|e| XdsError::Connect(self.address.clone(), e.to_string())),
+            None => {
+                let endpoint = tonic::transport::Endpoint::from_shared(self.address.clone())
+                    .map_err(|e| XdsError::Address(self.address.clone(), e.to_string()))?;
+                isthmus_identity::channel::connect(&endpoint, None)
+                    .await
+                    .map_err(|e| XdsError::Connect(self.address.clone(), e.to_string()))
+            }
         }
     }
 

@@ -11,9 +11,8 @@
 
 use std::sync::Arc;
 
-use hyper_util::rt::TokioIo;
+use isthmus_identity::ChannelTls;
 use rustls::pki_types::ServerName;
-use tokio::net::TcpStream;
 use tonic::transport::{Channel, Endpoint, Uri};
 
 use super::XdsError;
@@ -109,43 +108,27 @@ impl XdsTarget {
     /// Connects (TCP, and TLS when configured) and returns a gRPC channel.
     pub async fn connect(&self, display: &str) -> Result<Channel, XdsError> {
         let connect_err = |e: String| XdsError::Connect(display.to_string(), e);
-        // The URI only names the `:authority`; the connector below dials
+        // The URI only names the `:authority`; the shared connector dials
         // and does TLS itself, so tonic never needs its own TLS features.
         let endpoint = Endpoint::from_shared(format!("http://{}", self.authority))
             .map_err(|e| connect_err(e.to_string()))?
             .connect_timeout(std::time::Duration::from_secs(10))
             .http2_keep_alive_interval(std::time::Duration::from_secs(30))
             .keep_alive_while_idle(true);
-        match &self.transport {
-            XdsTransport::Plaintext => endpoint
-                .connect()
-                .await
-                .map_err(|e| connect_err(error_chain(&e))),
+        let tls = match &self.transport {
+            XdsTransport::Plaintext => None,
             XdsTransport::Tls {
                 cert,
                 server_identity,
-            } => {
-                let config = client_config(cert, server_identity).map_err(connect_err)?;
-                let connector = tokio_rustls::TlsConnector::from(config);
-                let server_name = ServerName::try_from(self.host.clone())
-                    .map_err(|_| connect_err(format!("{:?} is not a valid TLS name", self.host)))?;
-                let target = self.authority.clone();
-                endpoint
-                    .connect_with_connector(tower::service_fn(move |_: Uri| {
-                        let connector = connector.clone();
-                        let server_name = server_name.clone();
-                        let target = target.clone();
-                        async move {
-                            let tcp = TcpStream::connect(&target).await?;
-                            let _ = tcp.set_nodelay(true);
-                            let tls = connector.connect(server_name, tcp).await?;
-                            Ok::<_, std::io::Error>(TokioIo::new(tls))
-                        }
-                    }))
-                    .await
-                    .map_err(|e| connect_err(error_chain(&e)))
-            }
-        }
+            } => Some(ChannelTls {
+                config: client_config(cert, server_identity).map_err(connect_err)?,
+                server_name: ServerName::try_from(self.host.clone())
+                    .map_err(|_| connect_err(format!("{:?} is not a valid TLS name", self.host)))?,
+            }),
+        };
+        isthmus_identity::channel::connect(&endpoint, tls)
+            .await
+            .map_err(|e| connect_err(error_chain(&e)))
     }
 }
 

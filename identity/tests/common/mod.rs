@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use isthmus_identity::auth::{FileAuthenticator, TokenTable};
 use isthmus_identity::ca::{create_intermediate, create_root, IntermediateOptions, RootOptions};
-use isthmus_identity::client::{CaClient, CaClientConfig, CaClientTls};
+use isthmus_identity::client::{CaClient, CaClientConfig};
 use isthmus_identity::manager::{CertManager, CertManagerConfig};
 use isthmus_identity::service::{CaMetrics, CaService, CaServiceConfig, RateLimit};
+use isthmus_identity::ChannelTls;
 use isthmus_identity::{
     static_bundle, tls, Authority, CaMaterial, LeafPolicy, PeerPolicy, SpiffeId, TrustBundle,
 };
@@ -173,7 +174,7 @@ impl CaServer {
         )
         .unwrap();
         let mut cfg = CaClientConfig::new(self.addr.to_string());
-        cfg.tls = Some(CaClientTls {
+        cfg.tls = Some(ChannelTls {
             config,
             server_name: rustls_pki_types::ServerName::try_from("isthmus-ca.istio-system.svc")
                 .unwrap(),
