@@ -16,6 +16,7 @@ mod listener;
 mod origination;
 pub(crate) mod route;
 mod route_action;
+pub(crate) mod route_match;
 mod secret;
 mod server_tls;
 
@@ -38,10 +39,13 @@ pub use listener::{
 };
 pub use origination::{ClientCertSource, Origination};
 pub use route::{
-    route_config_from_proto, Action, AppendAction, ClusterChoice, ForwardAction, HashOn,
-    HeaderMatch, HeaderMatchKind, HeaderOp, HeaderOps, Mirror, PathMatch, Pattern, QueryMatch,
-    Redirect, RetryOn, RetryPolicy, Route, RouteMatch, RouteTable, StringMatch, StringMatchCase,
-    VirtualHost, WeightedTarget, GRPC_RETRY_CODES,
+    route_config_from_proto, Action, AppendAction, ClusterChoice, ForwardAction, HashOn, HeaderOp,
+    HeaderOps, Mirror, Redirect, RetryOn, RetryPolicy, Route, RouteTable, VirtualHost,
+    WeightedTarget, GRPC_RETRY_CODES,
+};
+pub use route_match::{
+    HeaderMatch, HeaderMatchKind, PathMatch, Pattern, QueryMatch, RouteMatch, StringMatch,
+    StringMatchCase,
 };
 pub use secret::{secret_from_proto, SecretConfig};
 pub use server_tls::ServerCertSource;

@@ -14,9 +14,10 @@ use envoy_types::pb::envoy::extensions::retry::priority::previous_priorities::v3
 
 use super::common::{duration, unpack};
 use super::route::{
-    AppendAction, ClusterChoice, ForwardAction, HashOn, HeaderOp, HeaderOps, Mirror, Pattern,
-    Redirect, RetryOn, RetryPolicy, WeightedTarget, GRPC_RETRY_CODES,
+    AppendAction, ClusterChoice, ForwardAction, HashOn, HeaderOp, HeaderOps, Mirror, Redirect,
+    RetryOn, RetryPolicy, WeightedTarget, GRPC_RETRY_CODES,
 };
+use super::route_match::Pattern;
 use super::{ConfigError, Ctx};
 
 pub(crate) fn forward(ctx: &Ctx, f: &str, a: &RouteAction) -> Result<ForwardAction, ConfigError> {

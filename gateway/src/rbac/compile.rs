@@ -22,7 +22,7 @@ use prost::Message;
 use super::{
     Cidr, MetadataMatch, Permission, Policy, Principal, RbacAction, RbacFilter, Rules, ValueMatch,
 };
-use crate::config::route::{header_match, string_match as string};
+use crate::config::route_match::{header_match, string_match as string};
 use crate::config::{ConfigError, Ctx, HeaderMatch, StringMatchCase};
 
 /// Deep trees are refused rather than risking stack exhaustion while

@@ -15,7 +15,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Serialize;
 
 use crate::config::common::unpack;
-use crate::config::route::route_match;
+use crate::config::route_match::route_match;
 use crate::config::{ConfigError, Ctx, RouteMatch};
 
 pub const JWT_AUTHN_FILTER: &str = "envoy.filters.http.jwt_authn";
