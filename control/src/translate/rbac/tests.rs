@@ -1,3 +1,6 @@
+use envoy_types::pb::envoy::r#type::matcher::v3::string_matcher::MatchPattern;
+
+use super::condition::claim_path;
 use super::*;
 use crate::config::ObjectMeta;
 
