@@ -1,0 +1,193 @@
+//! Retry policies: retries that skip dead and failing hosts and a dead
+//! priority, retriable statuses sent to another host, and streaming gRPC
+//! requests retried on connect failures.
+
+use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
+use envoy_types::pb::envoy::config::route::v3::{retry_policy::RetryHostPredicate, RetryPolicy};
+use envoy_types::util::pack_any;
+
+use super::{http_gateway, u32v};
+use crate::support::ads::ScriptedAds;
+use crate::support::http::*;
+use crate::support::resources::*;
+
+fn retry_all() -> RetryPolicy {
+    RetryPolicy {
+        retry_on: "5xx,connect-failure,refused-stream,reset".into(),
+        num_retries: u32v(3),
+        retry_host_predicate: vec![RetryHostPredicate {
+            name: "envoy.retry_host_predicates.previous_hosts".into(),
+            config_type: Some(
+                envoy_types::pb::envoy::config::route::v3::retry_policy::retry_host_predicate::ConfigType::TypedConfig(
+                    pack_any(TypedExtensionConfig::default()),
+                ),
+            ),
+        }],
+        ..Default::default()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_hide_dead_hosts_failing_hosts_and_a_dead_priority() {
+    let mut a = HttpBackend::start("a").await;
+    let mut b = HttpBackend::start("b").await;
+    let c_backend = HttpBackend::start("c").await;
+    let ads = ScriptedAds::start().await;
+    ads.set(CDS, vec![named("svc", eds_cluster("svc"))]);
+    ads.set(
+        EDS,
+        vec![named(
+            "svc",
+            cla("svc", &[(0, &[a.addr, b.addr]), (1, &[c_backend.addr])]),
+        )],
+    );
+    let mut action = to_cluster("svc");
+    action.retry_policy = Some(retry_all());
+    ads.set(
+        RDS,
+        vec![named(
+            "80",
+            route_config("80", &["*"], vec![prefix_route("all", "/", action)]),
+        )],
+    );
+    let (_gw, at) = http_gateway(&ads).await;
+    let c = client();
+    for _ in 0..20 {
+        let (status, _, body) = get(&c, at, "svc", "/", &[]).await;
+        assert_eq!(status, 200);
+        assert!(
+            body == "a" || body == "b",
+            "priority 0 serves while healthy: {body}"
+        );
+    }
+    a.kill().await;
+    for i in 0..30 {
+        let (status, _, body) = get(&c, at, "svc", "/", &[]).await;
+        assert_eq!(
+            (status.as_u16(), body.as_str()),
+            (200, "b"),
+            "request {i} after a died"
+        );
+    }
+    b.kill().await;
+    for i in 0..30 {
+        let (status, _, body) = get(&c, at, "svc", "/", &[]).await;
+        assert_eq!(
+            (status.as_u16(), body.as_str()),
+            (200, "c"),
+            "request {i} after priority 0 died"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retriable_status_goes_to_another_host() {
+    let bad = HttpBackend::failing("bad", 503).await;
+    let good = HttpBackend::start("good").await;
+    let ads = ScriptedAds::start().await;
+    ads.set(CDS, vec![named("svc", eds_cluster("svc"))]);
+    ads.set(
+        EDS,
+        vec![named("svc", cla("svc", &[(0, &[bad.addr, good.addr])]))],
+    );
+    let mut action = to_cluster("svc");
+    action.retry_policy = Some(retry_all());
+    ads.set(
+        RDS,
+        vec![named(
+            "80",
+            route_config("80", &["*"], vec![prefix_route("all", "/", action)]),
+        )],
+    );
+    let (_gw, at) = http_gateway(&ads).await;
+    let c = client();
+    for i in 0..40 {
+        let (status, _, body) = get(&c, at, "svc", "/", &[]).await;
+        assert_eq!(
+            (status.as_u16(), body.as_str()),
+            (200, "good"),
+            "request {i}"
+        );
+    }
+    assert!(
+        bad.hits() > 0,
+        "some first tries hit the failing host and were retried"
+    );
+    assert_eq!(good.hits(), 40);
+    // When every host fails, retries run out and the last 503 is returned.
+    let before = bad.hits() + good.hits();
+    let (status, _, _) = get(&c, at, "svc", "/", &[("x-status", "503")]).await;
+    assert_eq!(status, 503);
+    assert_eq!(
+        bad.hits() + good.hits() - before,
+        4,
+        "1 try + num_retries 3"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn streaming_grpc_requests_retry_connect_failures() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, StreamBody};
+    use hyper::body::Frame;
+    let alive = HttpBackend::start("alive").await;
+    let dead = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+        l.local_addr().expect("addr")
+    };
+    let ads = ScriptedAds::start().await;
+    ads.set(CDS, vec![named("grpc", with_h2(eds_cluster("grpc")))]);
+    ads.set(
+        EDS,
+        vec![named("grpc", cla("grpc", &[(0, &[dead, alive.addr])]))],
+    );
+    let mut action = to_cluster("grpc");
+    action.retry_policy = Some(RetryPolicy {
+        retry_on: "connect-failure,unavailable".into(),
+        num_retries: u32v(2),
+        ..retry_all()
+    });
+    ads.set(
+        RDS,
+        vec![named(
+            "80",
+            route_config("80", &["*"], vec![prefix_route("all", "/", action)]),
+        )],
+    );
+    let (_gw, at) = http_gateway(&ads).await;
+    let tcp = tokio::net::TcpStream::connect(at).await.expect("connect");
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(tcp),
+    )
+    .await
+    .expect("h2c");
+    tokio::spawn(conn);
+    for i in 0..10 {
+        let (tx, rx) =
+            tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(2);
+        let req = ::http::Request::builder()
+            .method("POST")
+            .uri("http://grpc.test/svc.S/Call")
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(StreamBody::new(
+                tokio_stream::wrappers::ReceiverStream::new(rx),
+            ))
+            .expect("request");
+        tx.send(Ok(Frame::data(Bytes::from(format!("call-{i}")))))
+            .await
+            .expect("send");
+        drop(tx);
+        let resp = send.send_request(req).await.expect("response");
+        assert_eq!(resp.status(), 200, "call {i}");
+        let collected = resp.into_body().collect().await.expect("body");
+        let trailers = collected.trailers().cloned().expect("trailers");
+        assert_eq!(collected.to_bytes(), Bytes::from(format!("call-{i}")));
+        assert_eq!(
+            trailers.get("grpc-status").map(|v| v.as_bytes()),
+            Some(&b"0"[..])
+        );
+    }
+    assert_eq!(alive.hits(), 10);
+}
