@@ -150,11 +150,24 @@ pub(crate) fn tracing_from_proto(
     } else {
         format!("http://{target}")
     };
-    if uri.parse::<http::Uri>().is_err() {
-        return Err(ctx.err(
-            format!("{pf}.typed_config.grpc_service.google_grpc.target_uri"),
-            format!("{uri:?} is not a valid address (expected host:port)"),
-        ));
+    let field = || format!("{pf}.typed_config.grpc_service.google_grpc.target_uri");
+    match uri.parse::<http::Uri>() {
+        Err(_) => {
+            return Err(ctx.err(
+                field(),
+                format!("{uri:?} is not a valid address (expected host:port)"),
+            ))
+        }
+        // The exporter speaks plaintext gRPC (a collector on the node or
+        // behind the mesh's own mTLS); dialling a TLS port in plaintext
+        // would only drop every span.
+        Ok(u) if u.scheme_str() != Some("http") => return Err(ctx.err(
+            field(),
+            format!(
+                "{uri:?}: only plaintext collectors (host:port or http://host:port) are supported"
+            ),
+        )),
+        Ok(_) => {}
     }
     cfg.collector = Some(Collector::Grpc(uri));
     Ok(cfg)
@@ -232,5 +245,19 @@ mod tests {
         .expect_err("envoy_grpc");
         assert!(e.field.ends_with("envoy_grpc"), "{e}");
         assert!(e.reason.contains("google_grpc"), "{e}");
+        let e = tracing_from_proto(
+            &ctx,
+            "tracing",
+            &Tracing {
+                provider: otel(TargetSpecifier::GoogleGrpc(grpc_service::GoogleGrpc {
+                    target_uri: "https://collector.example:4317".into(),
+                    ..Default::default()
+                })),
+                ..Default::default()
+            },
+        )
+        .expect_err("https collector");
+        assert!(e.field.ends_with("google_grpc.target_uri"), "{e}");
+        assert!(e.reason.contains("plaintext"), "{e}");
     }
 }
