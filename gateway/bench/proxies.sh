@@ -701,7 +701,7 @@ section="$work/section.md"
   echo
   echo "- HTTP/1.1 throughput at least HAProxy's: $(verdict "$(g isthmus.rps) >= $(g haproxy.rps)") ($(ratio "$(g isthmus.rps)" "$(g haproxy.rps)"))."
   echo "- p99 added latency no worse than HAProxy's: $(verdict "$(g isthmus.add_p99) <= $(g haproxy.add_p99)") ($(g isthmus.add_p99) vs $(g haproxy.add_p99) ms)."
-  echo "- Passthrough at least 90% of direct: $(verdict "$(g isthmus.mbps) >= 0.9 * $(g direct.mbps)") ($(ratio "$(g isthmus.mbps)" "$(g direct.mbps)"))."
+  echo "- Passthrough at least 90% of direct: $(verdict "$(g isthmus.mbps) >= 0.9 * $(g direct.mbps)") ($(g isthmus.mbps) of $(g direct.mbps) MB/s, $(awk -v a="$(g isthmus.mbps)" -v b="$(g direct.mbps)" 'BEGIN { printf "%.3f", a / b }'))."
   echo "- Idle sidecar under 15 MB: $(verdict "$(g sidecar.rss_idle_kb) * 1024 < 15000000") ($(awk -v k="$(g sidecar.rss_idle_kb)" 'BEGIN { printf "%.1f", k * 1024 / 1e6 }') MB)."
   echo "- TLS termination throughput at least HAProxy's: HTTP/1.1 $(verdict "$(g tls.isthmus.rps) >= $(g tls.haproxy.rps)") ($(ratio "$(g tls.isthmus.rps)" "$(g tls.haproxy.rps)")), HTTP/2 $(verdict "$(g h2.isthmus.rps) >= $(g h2.haproxy.rps)") ($(ratio "$(g h2.isthmus.rps)" "$(g h2.haproxy.rps)"))."
   echo "- TLS termination p99 no worse than HAProxy's: HTTP/1.1 $(verdict "$(g tls.isthmus.p99) <= $(g tls.haproxy.p99)"), HTTP/2 $(verdict "$(g h2.isthmus.p99) <= $(g h2.haproxy.p99)")."
