@@ -161,12 +161,10 @@ pub(crate) fn tracing_from_proto(
         // The exporter speaks plaintext gRPC (a collector on the node or
         // behind the mesh's own mTLS); dialling a TLS port in plaintext
         // would only drop every span.
-        Ok(u) if u.scheme_str() != Some("http") => return Err(ctx.err(
-            field(),
-            format!(
-                "{uri:?}: only plaintext collectors (host:port or http://host:port) are supported"
-            ),
-        )),
+        Ok(u) if u.scheme_str() != Some("http") => {
+            let why = "only plaintext collectors (host:port or http://host:port) are supported";
+            return Err(ctx.err(field(), format!("{uri:?}: {why}")));
+        }
         Ok(_) => {}
     }
     cfg.collector = Some(Collector::Grpc(uri));
