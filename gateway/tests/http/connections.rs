@@ -8,7 +8,7 @@ use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use envoy_types::util::pack_any;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use super::{http_gateway, u32v};
+use super::{http_gateway, route_all_to_app, u32v};
 use crate::support::ads::ScriptedAds;
 use crate::support::http::*;
 use crate::support::resources::*;
@@ -18,19 +18,7 @@ use crate::support::*;
 async fn malformed_and_oversized_requests_are_refused() {
     let app = HttpBackend::start("app").await;
     let ads = ScriptedAds::start().await;
-    ads.set(CDS, vec![named("app", eds_cluster("app"))]);
-    ads.set(EDS, vec![named("app", cla("app", &[(0, &[app.addr])]))]);
-    ads.set(
-        RDS,
-        vec![named(
-            "80",
-            route_config(
-                "80",
-                &["*"],
-                vec![prefix_route("all", "/", to_cluster("app"))],
-            ),
-        )],
-    );
+    route_all_to_app(&ads, eds_cluster("app"), app.addr);
     let (gw, at) = http_gateway(&ads).await;
     async fn raw(at: std::net::SocketAddr, req: &[u8]) -> String {
         let mut s = tokio::net::TcpStream::connect(at).await.expect("connect");
@@ -67,19 +55,7 @@ async fn malformed_and_oversized_requests_are_refused() {
 async fn websocket_upgrade_passes_through() {
     let app = HttpBackend::start("app").await;
     let ads = ScriptedAds::start().await;
-    ads.set(CDS, vec![named("app", eds_cluster("app"))]);
-    ads.set(EDS, vec![named("app", cla("app", &[(0, &[app.addr])]))]);
-    ads.set(
-        RDS,
-        vec![named(
-            "80",
-            route_config(
-                "80",
-                &["*"],
-                vec![prefix_route("all", "/", to_cluster("app"))],
-            ),
-        )],
-    );
+    route_all_to_app(&ads, eds_cluster("app"), app.addr);
     let (_gw, at) = http_gateway(&ads).await;
     let mut s = tokio::net::TcpStream::connect(at).await.expect("connect");
     s.write_all(
@@ -194,19 +170,7 @@ async fn idle_upstream_connections_are_closed() {
             ..Default::default()
         }),
     );
-    ads.set(CDS, vec![named("app", c)]);
-    ads.set(EDS, vec![named("app", cla("app", &[(0, &[app.addr])]))]);
-    ads.set(
-        RDS,
-        vec![named(
-            "80",
-            route_config(
-                "80",
-                &["*"],
-                vec![prefix_route("all", "/", to_cluster("app"))],
-            ),
-        )],
-    );
+    route_all_to_app(&ads, c, app.addr);
     let (gw, at) = http_gateway(&ads).await;
     let client = client();
     assert_eq!(get(&client, at, "app", "/", &[]).await.0, 200);

@@ -26,6 +26,28 @@ fn u32v(value: u32) -> Option<UInt32Value> {
     Some(UInt32Value { value })
 }
 
+/// Cluster `app` (as given) with one endpoint at `app`, and RDS route `80`
+/// sending every path to it.
+fn route_all_to_app(
+    ads: &ScriptedAds,
+    cluster: envoy_types::pb::envoy::config::cluster::v3::Cluster,
+    app: std::net::SocketAddr,
+) {
+    ads.set(CDS, vec![named("app", cluster)]);
+    ads.set(EDS, vec![named("app", cla("app", &[(0, &[app])]))]);
+    ads.set(
+        RDS,
+        vec![named(
+            "80",
+            route_config(
+                "80",
+                &["*"],
+                vec![prefix_route("all", "/", to_cluster("app"))],
+            ),
+        )],
+    );
+}
+
 /// A gateway with one HTTP listener on RDS route `routes`; returns it and the listener address.
 async fn http_gateway(ads: &ScriptedAds) -> (isthmus_gateway::Gateway, std::net::SocketAddr) {
     ads.set(

@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::r#type::v3::{fractional_percent::DenominatorType, Fr
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use envoy_types::util::pack_any;
 
-use super::{http_gateway, u32v};
+use super::{http_gateway, route_all_to_app, u32v};
 use crate::support::ads::ScriptedAds;
 use crate::support::http::*;
 use crate::support::resources::*;
@@ -122,19 +122,7 @@ async fn circuit_breaker_overflow_is_503_uo() {
         }],
         ..Default::default()
     });
-    ads.set(CDS, vec![named("app", cluster)]);
-    ads.set(EDS, vec![named("app", cla("app", &[(0, &[app.addr])]))]);
-    ads.set(
-        RDS,
-        vec![named(
-            "80",
-            route_config(
-                "80",
-                &["*"],
-                vec![prefix_route("all", "/", to_cluster("app"))],
-            ),
-        )],
-    );
+    route_all_to_app(&ads, cluster, app.addr);
     let (gw, at) = http_gateway(&ads).await;
     let mut tasks = tokio::task::JoinSet::new();
     for _ in 0..8 {

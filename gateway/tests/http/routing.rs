@@ -145,11 +145,9 @@ fn route_action_weighted(
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn rds_over_delta_updates_routes_live_and_nacks_bad_ones() {
-    let v1 = HttpBackend::start("v1").await;
-    let v2 = HttpBackend::start("v2").await;
-    let ads = ScriptedAds::start_delta().await;
+/// Clusters `v1` and `v2` at `v1`/`v2`, and RDS route `80` sending every
+/// path to `v1`.
+fn serve_v1(ads: &ScriptedAds, v1: std::net::SocketAddr, v2: std::net::SocketAddr) {
     ads.set(
         CDS,
         vec![
@@ -160,8 +158,8 @@ async fn rds_over_delta_updates_routes_live_and_nacks_bad_ones() {
     ads.set(
         EDS,
         vec![
-            named("v1", cla("v1", &[(0, &[v1.addr])])),
-            named("v2", cla("v2", &[(0, &[v2.addr])])),
+            named("v1", cla("v1", &[(0, &[v1])])),
+            named("v2", cla("v2", &[(0, &[v2])])),
         ],
     );
     ads.set(
@@ -175,6 +173,14 @@ async fn rds_over_delta_updates_routes_live_and_nacks_bad_ones() {
             ),
         )],
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rds_over_delta_updates_routes_live_and_nacks_bad_ones() {
+    let v1 = HttpBackend::start("v1").await;
+    let v2 = HttpBackend::start("v2").await;
+    let ads = ScriptedAds::start_delta().await;
+    serve_v1(&ads, v1.addr, v2.addr);
     let (_gw, at) = http_gateway(&ads).await;
     let c = client();
     assert_eq!(get(&c, at, "svc", "/", &[]).await.2, "v1");
@@ -234,31 +240,7 @@ async fn rds_over_delta_updates_routes_live_and_nacks_bad_ones() {
         "static stability"
     );
     let ads = ScriptedAds::start_delta_on(addr).await;
-    ads.set(
-        CDS,
-        vec![
-            named("v1", eds_cluster("v1")),
-            named("v2", eds_cluster("v2")),
-        ],
-    );
-    ads.set(
-        EDS,
-        vec![
-            named("v1", cla("v1", &[(0, &[v1.addr])])),
-            named("v2", cla("v2", &[(0, &[v2.addr])])),
-        ],
-    );
-    ads.set(
-        RDS,
-        vec![named(
-            "80",
-            route_config(
-                "80",
-                &["*"],
-                vec![prefix_route("all", "/", to_cluster("v1"))],
-            ),
-        )],
-    );
+    serve_v1(&ads, v1.addr, v2.addr);
     ads.set(
         LDS,
         vec![named("http", http_listener("http", any_port(), rds("80")))],
