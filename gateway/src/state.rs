@@ -30,7 +30,13 @@ pub struct ResourceSet {
 }
 
 /// Route configurations received over RDS, read per request.
-pub type RouteTables = HashMap<String, Arc<RouteTable>>;
+pub type RouteTables = FastMap<String, Arc<RouteTable>>;
+
+/// A map looked up on every request. Its keys come from the control plane
+/// (cluster and route names, endpoint addresses), not from clients, so the
+/// fast hash needs no protection against chosen collisions; std's SipHash
+/// cost more than the rest of the lookup.
+pub type FastMap<K, V> = HashMap<K, V, foldhash::fast::RandomState>;
 
 impl SecretLookup for BTreeMap<String, SecretConfig> {
     fn roots(&self, name: &str) -> Option<(Vec<Vec<u8>>, Vec<SanMatcher>)> {
@@ -131,7 +137,7 @@ impl ClusterRuntime {
 
 #[derive(Debug, Default)]
 pub struct ClusterTable {
-    pub clusters: HashMap<String, Arc<ClusterRuntime>>,
+    pub clusters: FastMap<String, Arc<ClusterRuntime>>,
 }
 
 impl ClusterTable {
@@ -149,7 +155,7 @@ pub fn build_clusters(
     previous: &ClusterTable,
     secrets_changed: bool,
 ) -> ClusterTable {
-    let mut clusters = HashMap::new();
+    let mut clusters = FastMap::default();
     for (name, cfg) in &set.clusters {
         let prev = previous.clusters.get(name);
         let (la, warm) = match &cfg.discovery {

@@ -169,7 +169,7 @@ pub struct VirtualHost {
     /// Lower-case domains: exact, `*.suffix`/`*suffix`, `prefix*`, or `*`.
     pub domains: Vec<String>,
     /// `require_tls`: plaintext requests get a 301 to `https://`
-    /// (a Gateway server's `httpsRedirect`; crate::http::router::tls_redirect).
+    /// (a Gateway server's `httpsRedirect`; crate::http::router::decide).
     pub require_tls: bool,
     pub routes: Vec<Route>,
     pub headers: HeaderOps,

@@ -3,7 +3,6 @@
 //! multiplexing (one shared connection per host). The lock is held only to
 //! take or return a sender, never across an await.
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
@@ -52,7 +51,7 @@ pub struct ClusterPool {
     sweeping: AtomicBool,
 }
 
-type Hosts = HashMap<SocketAddr, HostConns>;
+type Hosts = crate::state::FastMap<SocketAddr, HostConns>;
 
 /// A sender ready for one request.
 #[derive(Debug)]

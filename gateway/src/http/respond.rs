@@ -24,37 +24,62 @@ pub const HOP_BY_HOP: [HeaderName; 7] = [
     http::header::TE,
     http::header::TRAILER,
 ];
+/// `HOP_BY_HOP`'s index of `TE` (`trailers` in it is kept).
+const TE_INDEX: usize = 5;
 
 pub fn strip_hop_by_hop(h: &mut HeaderMap, keep_upgrade: bool) {
-    // Most messages carry none: one pass over the names (comparing
-    // pre-parsed names is cheap) saves parsing and hashing seven lookups.
-    if !h.keys().any(|k| HOP_BY_HOP.contains(k)) {
+    // One pass over the names present (comparing pre-parsed names is
+    // cheap); most messages carry none or only `Connection`, and each
+    // lookup by name costs a hash.
+    let mut present = 0u8;
+    for k in h.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|n| n == k) {
+            present |= 1 << i;
+        }
+    }
+    if present == 0 {
         return;
     }
     // Headers named in `Connection` are hop-by-hop too.
-    let named: Vec<String> = h
-        .get_all(http::header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|s| s.trim().to_ascii_lowercase())
-        .filter(|s| !(s.is_empty() || (keep_upgrade && s == "upgrade")))
-        .collect();
-    let te_trailers = h
-        .get(http::header::TE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|v| {
-            v.split(',')
-                .any(|p| p.trim().eq_ignore_ascii_case("trailers"))
-        });
-    for n in &HOP_BY_HOP {
-        if keep_upgrade && (n == http::header::UPGRADE || n == http::header::CONNECTION) {
+    let mut named: Vec<HeaderName> = Vec::new();
+    for v in h.get_all(http::header::CONNECTION) {
+        let Ok(v) = v.to_str() else { continue };
+        for token in v.split(',').map(str::trim) {
+            // `close` is an option, not a header; hop-by-hop names (usually
+            // `keep-alive`) go anyway. Neither needs parsing as a name.
+            if token.is_empty()
+                || (keep_upgrade && token.eq_ignore_ascii_case("upgrade"))
+                || token.eq_ignore_ascii_case("close")
+                || HOP_BY_HOP
+                    .iter()
+                    .any(|n| n.as_str().eq_ignore_ascii_case(token))
+            {
+                continue;
+            }
+            // `HeaderName` parsing lower-cases; a token that is no header
+            // name names nothing to remove.
+            if let Ok(n) = HeaderName::from_bytes(token.as_bytes()) {
+                named.push(n);
+            }
+        }
+    }
+    let te_trailers = present & (1 << TE_INDEX) != 0
+        && h.get(http::header::TE)
+            .and_then(|v| v.to_str().ok())
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|p| p.trim().eq_ignore_ascii_case("trailers"))
+            });
+    for (i, n) in HOP_BY_HOP.iter().enumerate() {
+        if present & (1 << i) == 0
+            || (keep_upgrade && (n == http::header::UPGRADE || n == http::header::CONNECTION))
+        {
             continue;
         }
         h.remove(n);
     }
     for n in named {
-        h.remove(n.as_str());
+        h.remove(n);
     }
     if te_trailers {
         h.insert(http::header::TE, HeaderValue::from_static("trailers"));
@@ -340,6 +365,17 @@ mod tests {
         strip_hop_by_hop(&mut h, false);
         assert_eq!(names(&h), ["host", "te"]);
         assert_eq!(h["te"], "trailers");
+    }
+
+    #[test]
+    fn te_without_trailers_goes_and_odd_connection_tokens_are_ignored() {
+        let mut h = headers(&[
+            ("connection", "close, , not a name"),
+            ("te", "deflate"),
+            ("accept", "*/*"),
+        ]);
+        strip_hop_by_hop(&mut h, false);
+        assert_eq!(names(&h), ["accept"]);
     }
 
     #[test]

@@ -31,6 +31,8 @@ pub(super) async fn backoff(attempt: u32) {
     tokio::time::sleep(Duration::from_millis(ms)).await;
 }
 
+const GRPC_STATUS: http::HeaderName = http::HeaderName::from_static("grpc-status");
+
 pub(super) fn retriable_response<B>(p: &RetryPolicy, r: &Response<B>) -> bool {
     let s = r.status().as_u16();
     if p.on.five_xx && s >= 500 {
@@ -42,9 +44,13 @@ pub(super) fn retriable_response<B>(p: &RetryPolicy, r: &Response<B>) -> bool {
     if p.on.retriable_status_codes && p.retriable_status_codes.contains(&s) {
         return true;
     }
+    // Only a policy with gRPC conditions looks (most have none).
+    if !p.on.grpc.iter().any(|on| *on) {
+        return false;
+    }
     if let Some(code) = r
         .headers()
-        .get("grpc-status")
+        .get(&GRPC_STATUS)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u32>().ok())
     {

@@ -26,6 +26,9 @@ pub struct RequestMeta<'a> {
 pub enum Decision<'t> {
     /// No virtual host or no route matched (404, response flag NR).
     NoRoute,
+    /// A plaintext request to a virtual host that requires TLS: 301 to
+    /// this location, before any route is matched, as Envoy does.
+    TlsRedirect { location: String },
     Forward {
         vhost: &'t VirtualHost,
         route: &'t Route,
@@ -55,6 +58,16 @@ pub fn decide<'t>(table: &'t RouteTable, req: &RequestMeta<'_>, draw: f64) -> De
     let Some(vhost) = select_vhost(&table.virtual_hosts, req.authority) else {
         return Decision::NoRoute;
     };
+    if vhost.require_tls && req.scheme != "https" {
+        // The same host without its port, the same path and query.
+        return Decision::TlsRedirect {
+            location: format!(
+                "https://{}{}",
+                strip_port(req.authority),
+                req.path_and_query
+            ),
+        };
+    }
     let Some(route) = vhost.routes.iter().find(|r| matches(&r.matcher, req)) else {
         return Decision::NoRoute;
     };
@@ -97,28 +110,15 @@ pub fn decide<'t>(table: &'t RouteTable, req: &RequestMeta<'_>, draw: f64) -> De
     }
 }
 
-/// Where a plaintext request to a virtual host that requires TLS is sent
-/// (301, before any route is matched, as Envoy does): the same host without
-/// its port, the same path and query, over `https`.
-pub fn tls_redirect(table: &RouteTable, req: &RequestMeta<'_>) -> Option<String> {
-    if req.scheme == "https" {
-        return None;
-    }
-    let vhost = select_vhost(&table.virtual_hosts, req.authority)?;
-    if !vhost.require_tls {
-        return None;
-    }
-    Some(format!(
-        "https://{}{}",
-        strip_port(req.authority),
-        req.path_and_query
-    ))
-}
-
 /// Envoy's order: exact domain, then longest suffix wildcard, then longest
 /// prefix wildcard, then `*`. The authority is tried as sent, then without port.
 pub fn select_vhost<'t>(hosts: &'t [VirtualHost], authority: &str) -> Option<&'t VirtualHost> {
-    let host = authority.to_ascii_lowercase();
+    // Hosts are nearly always sent in lower case already.
+    let host: std::borrow::Cow<'_, str> = if authority.bytes().any(|b| b.is_ascii_uppercase()) {
+        authority.to_ascii_lowercase().into()
+    } else {
+        authority.into()
+    };
     if let Some(v) = select_exact_host(hosts, &host) {
         return Some(v);
     }

@@ -239,7 +239,38 @@ fn cluster_of(d: &Decision<'_>) -> String {
         } => format!("redirect {status} {location}"),
         Decision::Direct { status, .. } => format!("direct {status}"),
         Decision::NoRoute => "none".into(),
+        Decision::TlsRedirect { location } => format!("tls-redirect {location}"),
     }
+}
+
+#[test]
+fn plaintext_to_a_tls_only_host_is_redirected_before_routing() {
+    use envoy_types::pb::envoy::config::route::v3::virtual_host::TlsRequirementType;
+    let rc = RouteConfiguration {
+        name: "tls".into(),
+        virtual_hosts: vec![PbVhost {
+            name: "secure".into(),
+            domains: vec!["shop.example.com".into()],
+            require_tls: TlsRequirementType::All as i32,
+            routes: vec![r("all", PathSpecifier::Prefix("/".into()), to("shop"))],
+            ..Default::default()
+        }],
+        ..Default::default()
+    };
+    let t = route_config_from_proto(&rc).expect("valid");
+    assert_eq!(
+        cluster_of(&go(&t, "shop.example.com:8080", "/cart?id=1", &[], 0.1)),
+        "tls-redirect https://shop.example.com/cart?id=1"
+    );
+    let h = http::HeaderMap::new();
+    let meta = RequestMeta {
+        method: &Method::GET,
+        authority: "shop.example.com",
+        path_and_query: "/cart",
+        scheme: "https",
+        headers: &h,
+    };
+    assert_eq!(cluster_of(&decide(&t, &meta, 0.1)), "shop");
 }
 
 #[test]

@@ -264,19 +264,19 @@ async fn route_request(
         scheme,
         headers: req.headers(),
     };
-    if let Some(location) = super::router::tls_redirect(&table, &meta) {
-        let mut r = Response::new(super::empty());
-        *r.status_mut() = StatusCode::MOVED_PERMANENTLY;
-        if let Ok(v) = http::HeaderValue::from_str(&location) {
-            r.headers_mut().insert(http::header::LOCATION, v);
-        }
-        return r;
-    }
     let decision = decide(&table, &meta, draw);
     let (vhost, route) = match &decision {
         Decision::NoRoute => {
             log.flags.add("NR");
             return local(StatusCode::NOT_FOUND, "no route\n", &log.flags);
+        }
+        Decision::TlsRedirect { location } => {
+            let mut r = Response::new(super::empty());
+            *r.status_mut() = StatusCode::MOVED_PERMANENTLY;
+            if let Ok(v) = http::HeaderValue::from_str(location) {
+                r.headers_mut().insert(http::header::LOCATION, v);
+            }
+            return r;
         }
         Decision::Forward { vhost, route, .. }
         | Decision::Redirect { vhost, route, .. }
@@ -309,7 +309,7 @@ async fn route_request(
     }
     let levels_resp = [&route.headers, &vhost.headers, &table.headers];
     let mut resp = match decision {
-        Decision::NoRoute => unreachable_no_route(log),
+        Decision::NoRoute | Decision::TlsRedirect { .. } => unreachable_no_route(log),
         Decision::Direct { status, body, .. } => {
             let mut r = Response::new(full(body.unwrap_or("").to_string()));
             *r.status_mut() = StatusCode::from_u16(status).unwrap_or(StatusCode::OK);
@@ -361,8 +361,8 @@ async fn route_request(
     resp
 }
 
-/// `decide` returned NoRoute earlier and the function returned then; kept
-/// total without a panic.
+/// `decide` returned NoRoute or TlsRedirect earlier and the function
+/// returned then; kept total without a panic.
 fn unreachable_no_route(log: &mut RequestLog) -> Response<Body> {
     log.flags.add("NR");
     local(StatusCode::NOT_FOUND, "no route\n", &log.flags)

@@ -270,6 +270,11 @@ impl LoadBalancer {
             Panic,
         }
         let (prio, tier) = match &view.loads {
+            // Usually one priority carries all the load: no draw needed.
+            Some((h, _)) if h.iter().any(|l| *l >= 100.0) => (
+                h.iter().position(|l| *l >= 100.0).unwrap_or(0),
+                Tier::Healthy,
+            ),
             Some((h, d)) => {
                 let n = h.len();
                 let all: Vec<f64> = h.iter().chain(d).copied().collect();

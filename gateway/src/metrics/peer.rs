@@ -73,10 +73,28 @@ impl OwnHeaders {
     }
 }
 
+/// Whether either exchange header is present. Most messages carry neither,
+/// and one pass comparing the names present is cheaper than hashing both
+/// names for two lookups that find nothing.
+fn carries_exchange(h: &HeaderMap) -> bool {
+    h.keys()
+        .any(|k| k == PEER_METADATA || k == PEER_METADATA_ID)
+}
+
+fn remove_exchange(h: &mut HeaderMap) {
+    if carries_exchange(h) {
+        h.remove(PEER_METADATA);
+        h.remove(PEER_METADATA_ID);
+    }
+}
+
 /// Removes the exchange headers and returns what the peer said about
 /// itself; `None` when absent or malformed (a malformed header is dropped,
 /// never forwarded).
 pub fn take(h: &mut HeaderMap) -> Option<Workload> {
+    if !carries_exchange(h) {
+        return None;
+    }
     let id = h.remove(PEER_METADATA_ID);
     let raw = h.remove(PEER_METADATA)?;
     if raw.len() > MAX_HEADER {
@@ -114,8 +132,7 @@ impl Exchange {
         if !destination {
             // The application's own copy is not ours to forward; the
             // router adds this proxy's headers towards mesh upstreams.
-            h.remove(PEER_METADATA);
-            h.remove(PEER_METADATA_ID);
+            remove_exchange(h);
             return (Exchange::default(), None);
         }
         let said = take(h);
@@ -143,8 +160,7 @@ impl Exchange {
     /// response's headers and removes them before the caller sees them.
     pub fn on_response(&self, metrics: &Metrics, h: &mut HeaderMap) -> Option<Arc<Workload>> {
         if self.destination {
-            h.remove(PEER_METADATA);
-            h.remove(PEER_METADATA_ID);
+            remove_exchange(h);
             if self.spoke {
                 if let Some(own) = metrics.local().exchange_headers() {
                     own.insert(h);
