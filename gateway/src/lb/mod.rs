@@ -270,18 +270,18 @@ impl LoadBalancer {
             Panic,
         }
         let (prio, tier) = match &view.loads {
-            // Usually one priority carries all the load: no draw needed.
-            Some((h, _)) if h.iter().any(|l| *l >= 100.0) => (
-                h.iter().position(|l| *l >= 100.0).unwrap_or(0),
-                Tier::Healthy,
-            ),
             Some((h, d)) => {
-                let n = h.len();
-                let all: Vec<f64> = h.iter().chain(d).copied().collect();
-                match pick_weighted(&all, rng.random::<f64>()) {
-                    Some(i) if i < n => (i, Tier::Healthy),
-                    Some(i) => (i - n, Tier::Degraded),
-                    None => (0, Tier::Panic),
+                // Usually one priority carries all the load: no draw needed.
+                if let Some(i) = h.iter().position(|l| *l >= 100.0) {
+                    (i, Tier::Healthy)
+                } else {
+                    let n = h.len();
+                    let all: Vec<f64> = h.iter().chain(d).copied().collect();
+                    match pick_weighted(&all, rng.random::<f64>()) {
+                        Some(i) if i < n => (i, Tier::Healthy),
+                        Some(i) => (i - n, Tier::Degraded),
+                        None => (0, Tier::Panic),
+                    }
                 }
             }
             // Nothing healthy or degraded: Envoy's panic mode routes to all hosts of P0.
