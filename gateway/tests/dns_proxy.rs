@@ -17,7 +17,7 @@ use isthmus_gateway::dnsproxy::{NameInfo, NameTable, NAME_TABLE_RESOURCE, NAME_T
 use isthmus_gateway::{Gateway, GatewayConfig};
 use support::ads::ScriptedAds;
 use support::http::{
-    client, get, http_listener, prefix_route, rds, route_config, to_cluster, HttpBackend,
+    any_host_routes, client, get, http_listener, prefix_route, rds, to_cluster, HttpBackend,
 };
 use support::resources::*;
 use support::*;
@@ -117,13 +117,9 @@ async fn answers_remote_only_services_from_the_name_table_and_forwards_the_rest(
     );
     ads.set(
         RDS,
-        vec![named(
+        vec![any_host_routes(
             "r",
-            route_config(
-                "r",
-                &["*"],
-                vec![prefix_route("all", "/", to_cluster("reviews"))],
-            ),
+            vec![prefix_route("all", "/", to_cluster("reviews"))],
         )],
     );
     ads.set(

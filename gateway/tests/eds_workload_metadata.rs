@@ -87,13 +87,9 @@ async fn outbound_calls_carry_destination_labels_from_eds_metadata() {
     );
     ads.set(
         RDS,
-        vec![named(
+        vec![any_host_routes(
             "out_http",
-            route_config(
-                "out_http",
-                &["*"],
-                vec![prefix_route("default", "/", to_cluster("web"))],
-            ),
+            vec![prefix_route("default", "/", to_cluster("web"))],
         )],
     );
     ads.set(

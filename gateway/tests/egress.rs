@@ -35,7 +35,7 @@ use isthmus_xds::{Names, Proxy, TypeUrl};
 use prost::Message;
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use support::ads::ScriptedAds;
-use support::http::{client, get, http_listener, prefix_route, rds, route_config, to_cluster};
+use support::http::{any_host_routes, client, get, http_listener, prefix_route, rds, to_cluster};
 use support::pki::Ca;
 use support::resources::*;
 use support::*;
@@ -299,16 +299,12 @@ async fn service_entry_dns_with_tls_origination_follows_ttls_and_keeps_last_good
     );
     ads.set(
         RDS,
-        vec![named(
+        vec![any_host_routes(
             "r",
-            route_config(
-                "r",
-                &["*"],
-                vec![
-                    prefix_route("wrong", "/wrong-ca", to_cluster("wrong-ca")),
-                    prefix_route("all", "/", to_cluster(CLUSTER)),
-                ],
-            ),
+            vec![
+                prefix_route("wrong", "/wrong-ca", to_cluster("wrong-ca")),
+                prefix_route("all", "/", to_cluster(CLUSTER)),
+            ],
         )],
     );
     ads.set(
@@ -427,13 +423,9 @@ async fn sidecar_to_egress_gateway_over_mtls_then_tls_origination() {
     );
     ads_s.set(
         RDS,
-        vec![named(
+        vec![any_host_routes(
             "r",
-            route_config(
-                "r",
-                &["*"],
-                vec![prefix_route("all", "/", to_cluster("to-egress"))],
-            ),
+            vec![prefix_route("all", "/", to_cluster("to-egress"))],
         )],
     );
     ads_s.set(

@@ -121,13 +121,9 @@ async fn peers_announcing_new_workloads_stop_adding_series_at_the_bound() {
     );
     ads.set(
         RDS,
-        vec![named(
+        vec![any_host_routes(
             "inbound|http|9080",
-            route_config(
-                "inbound|http|9080",
-                &["*"],
-                vec![prefix_route("default", "/", to_cluster(INBOUND))],
-            ),
+            vec![prefix_route("default", "/", to_cluster(INBOUND))],
         )],
     );
     ads.set(

@@ -118,13 +118,9 @@ async fn success_rate_ejects_the_flaky_backend_only() {
     ads.set(EDS, vec![named("svc", cla("svc", &[(0, &addrs)]))]);
     ads.set(
         RDS,
-        vec![named(
+        vec![any_host_routes(
             "80",
-            route_config(
-                "80",
-                &["*"],
-                vec![prefix_route("all", "/", to_cluster("svc"))],
-            ),
+            vec![prefix_route("all", "/", to_cluster("svc"))],
         )],
     );
     ads.set(

@@ -73,9 +73,9 @@ async fn set_policy(ads: &ScriptedAds, policy: RetryPolicy) {
     action.retry_policy = Some(policy);
     ads.set(
         RDS,
-        vec![named(
+        vec![any_host_routes(
             "80",
-            route_config("80", &["*"], vec![prefix_route("all", "/", action)]),
+            vec![prefix_route("all", "/", action)],
         )],
     );
     assert!(ads.wait_ack(RDS, WAIT).await, "route update ACKed");
@@ -98,9 +98,9 @@ async fn retries_leave_a_priority_whose_only_host_refuses() {
     action.retry_policy = Some(istio_default());
     ads.set(
         RDS,
-        vec![named(
+        vec![any_host_routes(
             "80",
-            route_config("80", &["*"], vec![prefix_route("all", "/", action)]),
+            vec![prefix_route("all", "/", action)],
         )],
     );
     ads.set(

@@ -58,9 +58,9 @@ async fn setup(
     action.timeout = route_timeout_ms.and_then(ms);
     ads.set(
         RDS,
-        vec![named(
+        vec![any_host_routes(
             "80",
-            route_config("80", &["*"], vec![prefix_route("all", "/", action)]),
+            vec![prefix_route("all", "/", action)],
         )],
     );
     ads.set(LDS, vec![named("http", listener_with(edit))]);

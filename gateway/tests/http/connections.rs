@@ -121,16 +121,12 @@ async fn max_requests_per_connection_limits_reuse() {
     );
     ads.set(
         RDS,
-        vec![named(
+        vec![any_host_routes(
             "80",
-            route_config(
-                "80",
-                &["*"],
-                vec![
-                    prefix_route("one", "/one", to_cluster("one")),
-                    prefix_route("many", "/", to_cluster("many")),
-                ],
-            ),
+            vec![
+                prefix_route("one", "/one", to_cluster("one")),
+                prefix_route("many", "/", to_cluster("many")),
+            ],
         )],
     );
     let (gw, at) = http_gateway(&ads).await;

@@ -37,13 +37,9 @@ fn route_all_to_app(
     ads.set(EDS, vec![named("app", cla("app", &[(0, &[app])]))]);
     ads.set(
         RDS,
-        vec![named(
+        vec![any_host_routes(
             "80",
-            route_config(
-                "80",
-                &["*"],
-                vec![prefix_route("all", "/", to_cluster("app"))],
-            ),
+            vec![prefix_route("all", "/", to_cluster("app"))],
         )],
     );
 }

@@ -63,13 +63,9 @@ async fn fault_delay_and_abort() {
     );
     ads.set(
         RDS,
-        vec![named(
+        vec![any_host_routes(
             "80",
-            route_config(
-                "80",
-                &["*"],
-                vec![delay, abort, prefix_route("rest", "/", to_cluster("app"))],
-            ),
+            vec![delay, abort, prefix_route("rest", "/", to_cluster("app"))],
         )],
     );
     let (gw, at) = http_gateway(&ads).await;
@@ -195,9 +191,9 @@ async fn http_5xx_feed_outlier_detection_and_mirrors_get_copies() {
     }];
     ads.set(
         RDS,
-        vec![named(
+        vec![any_host_routes(
             "80",
-            route_config("80", &["*"], vec![prefix_route("all", "/", action)]),
+            vec![prefix_route("all", "/", action)],
         )],
     );
     let (gw, at) = http_gateway(&ads).await;

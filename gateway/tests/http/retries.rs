@@ -45,9 +45,9 @@ async fn retries_hide_dead_hosts_failing_hosts_and_a_dead_priority() {
     action.retry_policy = Some(retry_all());
     ads.set(
         RDS,
-        vec![named(
+        vec![any_host_routes(
             "80",
-            route_config("80", &["*"], vec![prefix_route("all", "/", action)]),
+            vec![prefix_route("all", "/", action)],
         )],
     );
     let (_gw, at) = http_gateway(&ads).await;
@@ -94,9 +94,9 @@ async fn retriable_status_goes_to_another_host() {
     action.retry_policy = Some(retry_all());
     ads.set(
         RDS,
-        vec![named(
+        vec![any_host_routes(
             "80",
-            route_config("80", &["*"], vec![prefix_route("all", "/", action)]),
+            vec![prefix_route("all", "/", action)],
         )],
     );
     let (_gw, at) = http_gateway(&ads).await;
@@ -149,9 +149,9 @@ async fn streaming_grpc_requests_retry_connect_failures() {
     });
     ads.set(
         RDS,
-        vec![named(
+        vec![any_host_routes(
             "80",
-            route_config("80", &["*"], vec![prefix_route("all", "/", action)]),
+            vec![prefix_route("all", "/", action)],
         )],
     );
     let (_gw, at) = http_gateway(&ads).await;

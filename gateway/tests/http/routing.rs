@@ -164,13 +164,9 @@ fn serve_v1(ads: &ScriptedAds, v1: std::net::SocketAddr, v2: std::net::SocketAdd
     );
     ads.set(
         RDS,
-        vec![named(
+        vec![any_host_routes(
             "80",
-            route_config(
-                "80",
-                &["*"],
-                vec![prefix_route("all", "/", to_cluster("v1"))],
-            ),
+            vec![prefix_route("all", "/", to_cluster("v1"))],
         )],
     );
 }
@@ -212,13 +208,9 @@ async fn rds_over_delta_updates_routes_live_and_nacks_bad_ones() {
     // A good update applies without touching the listener or the keep-alive connection.
     ads.set(
         RDS,
-        vec![named(
+        vec![any_host_routes(
             "80",
-            route_config(
-                "80",
-                &["*"],
-                vec![prefix_route("all", "/", to_cluster("v2"))],
-            ),
+            vec![prefix_route("all", "/", to_cluster("v2"))],
         )],
     );
     let deadline = Instant::now() + WAIT;

@@ -353,6 +353,14 @@ pub fn route_config(name: &str, domains: &[&str], routes: Vec<Route>) -> RouteCo
     }
 }
 
+/// RDS resource `name`: one virtual host for every authority with `routes`.
+pub fn any_host_routes(
+    name: &str,
+    routes: Vec<Route>,
+) -> (String, envoy_types::pb::google::protobuf::Any) {
+    super::resources::named(name, route_config(name, &["*"], routes))
+}
+
 pub fn set_header(k: &str, v: &str) -> HeaderValueOption {
     HeaderValueOption {
         header: Some(PbHeaderValue {
