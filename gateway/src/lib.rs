@@ -188,7 +188,9 @@ impl Gateway {
             (Some(t), Some(cert)) => Some(tunnel::endpoint(*t, cert)?),
         };
         let ctx = proxy::connection::ProxyContext {
-            tunnel: tunnel_endpoint.clone().map(tunnel::TunnelClient::new),
+            tunnel: tunnel_endpoint
+                .clone()
+                .map(|ep| tunnel::TunnelClient::new(ep, metrics.clone())),
             clusters: clusters_rx.clone(),
             routes: routes_rx,
             metrics: metrics.clone(),
@@ -204,7 +206,18 @@ impl Gateway {
             Some(ep) => {
                 let addr = ep.local_addr().ok();
                 tracing::info!(address = ?addr, "QUIC tunnel listening");
-                tokio::spawn(tunnel::serve(ep, listeners.by_port(), ctx, stop.clone()));
+                // A tunnel endpoint exists only with a certificate (checked above).
+                let cert = config
+                    .cert
+                    .clone()
+                    .ok_or(GatewayError::TunnelWithoutCertificate)?;
+                tokio::spawn(tunnel::serve(
+                    ep,
+                    cert,
+                    listeners.by_port(),
+                    ctx,
+                    stop.clone(),
+                ));
                 addr
             }
             None => None,

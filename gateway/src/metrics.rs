@@ -61,6 +61,8 @@ pub struct Metrics {
     pub outlier_ejections_total: IntCounterVec,
     /// Connections to tunnel clusters by the transport that carried them.
     pub tunnel_connections_total: IntCounterVec,
+    /// Tunnel handshakes by side and kind (full, resumed, 0-RTT accepted or refused).
+    pub tunnel_handshakes_total: IntCounterVec,
     pub bytes_total: IntCounterVec,
     pub tcp_connections_opened: IntCounterVec,
     pub xds_updates_total: IntCounterVec,
@@ -118,6 +120,7 @@ impl Metrics {
             upstream_cx_none_healthy: counter(&r, "upstream_cx_none_healthy_total", "Connections refused because the cluster had no host", &["cluster"])?,
             outlier_ejections_total: counter(&r, "outlier_detection_ejections_total", "Hosts ejected by outlier detection", &["cluster"])?,
             tunnel_connections_total: counter(&r, "tunnel_connections_total", "Connections to clusters marked for the QUIC tunnel, by the transport that carried them (quic, or tcp as the fallback)", &["cluster", "transport"])?,
+            tunnel_handshakes_total: counter(&r, "tunnel_handshakes_total", "QUIC tunnel handshakes by side (client, server) and kind: full; resumed (server); 0rtt_accepted, 0rtt_refused (client: the peer took, or refused and the streams were sent again)", &["side", "kind"])?,
             bytes_total: counter(&r, "bytes_total", "Bytes proxied", &["listener", "direction"])?,
             tcp_connections_opened: counter(
                 &r,

@@ -27,6 +27,13 @@ pub async fn write_header<W: AsyncWrite + Unpin>(
     sni: &str,
     port: u16,
 ) -> Result<(), HeaderError> {
+    w.write_all(&encode_header(sni, port)?).await?;
+    Ok(())
+}
+
+/// The header's bytes (kept by a 0-RTT stream to send again if the peer
+/// refuses the early data).
+pub fn encode_header(sni: &str, port: u16) -> Result<Vec<u8>, HeaderError> {
     if sni.len() > MAX_SNI {
         return Err(HeaderError::SniTooLong(sni.len()));
     }
@@ -39,8 +46,7 @@ pub async fn write_header<W: AsyncWrite + Unpin>(
     buf.extend_from_slice(&(sni.len() as u16).to_be_bytes());
     buf.extend_from_slice(sni.as_bytes());
     buf.extend_from_slice(&port.to_be_bytes());
-    w.write_all(&buf).await?;
-    Ok(())
+    Ok(buf)
 }
 
 pub async fn read_header<R: AsyncRead + Unpin>(r: &mut R) -> Result<(String, u16), HeaderError> {

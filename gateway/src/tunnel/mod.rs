@@ -9,23 +9,22 @@
 //! never hold workload keys). When QUIC is unavailable the caller falls
 //! back to TCP to the same address.
 
+mod client;
+mod early;
 mod header;
 mod server;
+mod sessions;
 mod trust;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::io::AsyncWriteExt;
-use tokio::sync::watch;
-
-pub use header::{read_header, write_header, HeaderError, MAX_SNI};
-pub use server::serve;
+pub use client::{TunnelClient, FIRST_WAIT};
+pub use header::{encode_header, read_header, write_header, HeaderError, MAX_SNI};
+pub use server::{accept, serve};
 pub use trust::TunnelVerifier;
 
-use crate::proxy::BoxIo;
 use crate::tls::{provider, CertReceiver, SpiffeVerifier, WatchResolver};
 
 /// ALPN of the tunnel; anything else is refused.
@@ -82,14 +81,15 @@ pub fn endpoint(cfg: TunnelConfig, cert: &CertReceiver) -> Result<quinn::Endpoin
         .with_client_cert_verifier(verifier.clone())
         .with_cert_resolver(Arc::new(WatchResolver(cert.clone())));
     server.alpn_protocols = vec![ALPN.to_vec()];
-    // No session resumption: a resumed handshake presents and verifies no
-    // certificate, so it would carry the identity and the trust of the
-    // first handshake across rotations (a peer moved to a new root would
-    // still be seen under the old one, and a retired root would still be
-    // accepted). Tunnel connections are long-lived; a full handshake per
-    // connection costs nothing that matters.
-    server.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    server.send_tls13_tickets = 0;
+    // Resumption and 0-RTT, safely: stateful single-use tickets (replayed
+    // early data finds no ticket), dropped whenever this gateway's
+    // certificate or trust changes (a resumed handshake verifies no
+    // certificate), and the identity restored from a ticket is checked
+    // against the current trust again before a stream is served
+    // (`server::accept`). See `sessions`.
+    server.session_storage = Arc::new(sessions::ServerSessions::new(cert));
+    server.send_tls13_tickets = 1;
+    server.max_early_data_size = u32::MAX;
     let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(provider()))
         .with_protocol_versions(&[&rustls::version::TLS13])
         .map_err(tls)?
@@ -97,7 +97,9 @@ pub fn endpoint(cfg: TunnelConfig, cert: &CertReceiver) -> Result<quinn::Endpoin
         .with_custom_certificate_verifier(verifier)
         .with_client_cert_resolver(Arc::new(WatchResolver(cert.clone())));
     client.alpn_protocols = vec![ALPN.to_vec()];
-    client.resumption = rustls::client::Resumption::disabled();
+    client.resumption =
+        rustls::client::Resumption::store(Arc::new(sessions::ClientSessions::new(cert)));
+    client.enable_early_data = true;
     let server = quinn::crypto::rustls::QuicServerConfig::try_from(server)
         .map_err(|e| TunnelError::Tls(e.to_string()))?;
     let client = quinn::crypto::rustls::QuicClientConfig::try_from(client)
@@ -110,192 +112,4 @@ pub fn endpoint(cfg: TunnelConfig, cert: &CertReceiver) -> Result<quinn::Endpoin
         quinn::Endpoint::server(server, cfg.bind).map_err(|e| TunnelError::Bind(cfg.bind, e))?;
     ep.set_default_client_config(client);
     Ok(ep)
-}
-
-/// Opens tunnel streams; one QUIC connection per peer, reused.
-///
-/// Falling back never costs a request more than [`FIRST_WAIT`]: the first
-/// handshake to a peer is awaited that long (a healthy path answers in one
-/// round trip), after which the caller uses TCP while the handshake goes on
-/// in the background. A peer whose handshake failed is reached over TCP for
-/// [`RETRY_AFTER`]; then one background handshake probes QUIC again while
-/// connections keep using TCP.
-#[derive(Debug, Clone)]
-pub struct TunnelClient {
-    endpoint: quinn::Endpoint,
-    conns: Arc<Mutex<HashMap<SocketAddr, Peer>>>,
-}
-
-#[derive(Debug, Clone)]
-enum Peer {
-    Up(quinn::Connection),
-    /// A handshake is running; its result arrives on the channel. Callers
-    /// wait for it (at most [`FIRST_WAIT`]) only when `wait`: not while
-    /// re-probing a peer known to be down.
-    Connecting {
-        rx: watch::Receiver<Option<Result<quinn::Connection, String>>>,
-        wait: bool,
-    },
-    /// The last handshake failed; use TCP until then instead of paying the
-    /// handshake timeout on every connection.
-    DownUntil(tokio::time::Instant),
-}
-
-/// How long a peer whose tunnel handshake failed is reached over TCP only.
-const RETRY_AFTER: Duration = Duration::from_secs(10);
-
-/// How long a connection waits for a peer's first QUIC handshake before
-/// taking TCP.
-pub const FIRST_WAIT: Duration = Duration::from_millis(500);
-
-impl TunnelClient {
-    pub fn new(endpoint: quinn::Endpoint) -> Self {
-        Self {
-            endpoint,
-            conns: Arc::default(),
-        }
-    }
-
-    async fn connection(
-        &self,
-        peer: SocketAddr,
-        timeout: Duration,
-    ) -> Result<quinn::Connection, TunnelError> {
-        let (mut pending, wait) = {
-            let mut conns = self.conns.lock().unwrap_or_else(|p| p.into_inner());
-            match conns.get(&peer).cloned() {
-                Some(Peer::Up(c)) if c.close_reason().is_none() => return Ok(c),
-                Some(Peer::DownUntil(t)) if tokio::time::Instant::now() < t => {
-                    return Err(TunnelError::Connect(
-                        peer,
-                        "tunnel recently unreachable".into(),
-                    ))
-                }
-                Some(Peer::Connecting { rx, wait }) => (rx, wait),
-                // Known down: probe in the background only.
-                Some(Peer::DownUntil(_)) => {
-                    let rx = self.spawn_handshake(peer, timeout);
-                    conns.insert(
-                        peer,
-                        Peer::Connecting {
-                            rx: rx.clone(),
-                            wait: false,
-                        },
-                    );
-                    (rx, false)
-                }
-                // Never tried, or the connection died (e.g. UDP was cut
-                // and the idle timeout closed it).
-                _ => {
-                    let rx = self.spawn_handshake(peer, timeout);
-                    conns.insert(
-                        peer,
-                        Peer::Connecting {
-                            rx: rx.clone(),
-                            wait: true,
-                        },
-                    );
-                    (rx, true)
-                }
-            }
-        };
-        if !wait {
-            return Err(TunnelError::Connect(
-                peer,
-                "probing the tunnel in the background".into(),
-            ));
-        }
-        let waited = tokio::time::timeout(FIRST_WAIT.min(timeout), async {
-            match pending.wait_for(|r| r.is_some()).await {
-                Ok(r) => r.clone(),
-                Err(_) => Some(Err("handshake task ended".to_string())),
-            }
-        })
-        .await;
-        match waited {
-            Ok(Some(Ok(c))) => Ok(c),
-            Ok(Some(Err(e))) => Err(TunnelError::Connect(peer, e)),
-            Ok(None) | Err(_) => Err(TunnelError::Connect(
-                peer,
-                format!(
-                    "no QUIC handshake within {:?}; using TCP while it continues",
-                    FIRST_WAIT.min(timeout)
-                ),
-            )),
-        }
-    }
-
-    /// Starts a handshake whose outcome updates the peer table.
-    fn spawn_handshake(
-        &self,
-        peer: SocketAddr,
-        timeout: Duration,
-    ) -> watch::Receiver<Option<Result<quinn::Connection, String>>> {
-        let (tx, rx) = watch::channel(None);
-        let this = self.clone();
-        tokio::spawn(async move {
-            let result = this.handshake(peer, timeout).await;
-            let entry = match &result {
-                Ok(c) => Peer::Up(c.clone()),
-                Err(e) => {
-                    tracing::warn!(%peer, error = %e, retry_in = ?RETRY_AFTER, "QUIC tunnel unavailable; using TCP to this peer");
-                    Peer::DownUntil(tokio::time::Instant::now() + RETRY_AFTER)
-                }
-            };
-            this.conns
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(peer, entry);
-            tx.send_replace(Some(result.map_err(|e| e.to_string())));
-        });
-        rx
-    }
-
-    async fn handshake(
-        &self,
-        peer: SocketAddr,
-        timeout: Duration,
-    ) -> Result<quinn::Connection, TunnelError> {
-        // The peer's certificate is checked against the bundle (any gateway
-        // identity); the server name is not a DNS identity.
-        let connecting = self
-            .endpoint
-            .connect(peer, "isthmus-tunnel")
-            .map_err(|e| TunnelError::Connect(peer, e.to_string()))?;
-        let conn = tokio::time::timeout(timeout, connecting)
-            .await
-            .map_err(|_| TunnelError::Connect(peer, "handshake timed out".into()))?
-            .map_err(|e| TunnelError::Connect(peer, e.to_string()))?;
-        tracing::info!(%peer, "QUIC tunnel connected to peer gateway");
-        Ok(conn)
-    }
-
-    /// A stream to `peer` carrying a connection for `sni` on the peer's
-    /// listener `port`; `timeout` bounds a new QUIC handshake (the peer
-    /// cluster's connect timeout).
-    pub async fn open(
-        &self,
-        peer: SocketAddr,
-        sni: &str,
-        port: u16,
-        timeout: Duration,
-    ) -> Result<BoxIo, TunnelError> {
-        let conn = self.connection(peer, timeout).await?;
-        let (mut send, recv) = match conn.open_bi().await {
-            Ok(s) => s,
-            Err(e) => {
-                // A dead cached connection: forget it so the next call reconnects.
-                self.conns
-                    .lock()
-                    .unwrap_or_else(|p| p.into_inner())
-                    .remove(&peer);
-                return Err(TunnelError::Stream(peer, e.to_string()));
-            }
-        };
-        write_header(&mut send, sni, port).await?;
-        send.flush()
-            .await
-            .map_err(|e| TunnelError::Stream(peer, e.to_string()))?;
-        Ok(Box::new(tokio::io::join(recv, send)))
-    }
 }

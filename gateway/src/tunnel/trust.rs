@@ -62,6 +62,20 @@ impl TunnelVerifier {
     }
 }
 
+impl TunnelVerifier {
+    /// Checks a client's chain again against the current trust and time:
+    /// for an identity restored from a session ticket, which was verified
+    /// when the ticket was issued, not now.
+    pub fn recheck_client(&self, chain: &[CertificateDer<'_>]) -> Result<(), rustls::Error> {
+        let (end_entity, intermediates) = chain
+            .split_first()
+            .ok_or(rustls::Error::NoCertificatesPresented)?;
+        self.current()?
+            .verify_client_cert(end_entity, intermediates, UnixTime::now())
+            .map(|_| ())
+    }
+}
+
 impl ServerCertVerifier for TunnelVerifier {
     fn verify_server_cert(
         &self,
