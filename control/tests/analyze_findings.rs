@@ -89,6 +89,12 @@ const CASES: &[(&str, Code, &str, usize)] = &[
         "value: 150",
         0,
     ),
+    (
+        "retry-budget-percentage",
+        Code::InvalidPercentage,
+        "percent: 150",
+        0,
+    ),
     ("invalid-regex", Code::InvalidRegex, "regex:", 0),
     (
         "jwt-without-issuer",

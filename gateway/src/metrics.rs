@@ -71,6 +71,7 @@ pub struct Metrics {
     /// xDS connection state, config freshness, certificate expiry.
     pub health: Health,
     pub upstream_rq_retry: IntCounterVec,
+    pub upstream_rq_retry_overflow: IntCounterVec,
     pub upstream_rq_overflow: IntCounterVec,
     /// RBAC decisions (crate::rbac): allowed, denied, logged.
     pub rbac_decisions: IntCounterVec,
@@ -132,6 +133,7 @@ impl Metrics {
             istio: IstioMetrics::new(&r)?,
             health: Health::new(&r)?,
             upstream_rq_retry: counter(&r, "upstream_rq_retry_total", "HTTP request retries", &["cluster"])?,
+            upstream_rq_retry_overflow: counter(&r, "upstream_rq_retry_overflow_total", "HTTP retries not attempted because the cluster's max_retries or retry budget was used up (response flag UO)", &["cluster"])?,
             upstream_rq_overflow: counter(&r, "upstream_rq_pending_overflow_http_total", "HTTP requests refused by max_requests / max_pending_requests (response flag UO)", &["cluster"])?,
             rbac_decisions: counter(&r, "rbac_decisions_total", "RBAC filter decisions by listener, protocol (http/tcp), result (allowed/denied/logged) and the denying filter's stat prefix", &["listener", "protocol", "result", "stat_prefix"])?,
             local: LocalProxy::default(),

@@ -106,6 +106,8 @@ pub struct ClusterCounters {
     pub pending: AtomicU64,
     /// In-flight HTTP requests (`max_requests`).
     pub requests: AtomicU64,
+    /// Retries in flight (`max_retries`, the retry budget).
+    pub retries: AtomicU64,
 }
 
 #[derive(Debug)]

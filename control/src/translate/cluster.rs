@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration as StdDuration;
 
 use envoy_types::pb::envoy::config::cluster::v3::{
-    circuit_breakers::Thresholds,
+    circuit_breakers::{thresholds::RetryBudget as ThresholdsRetryBudget, Thresholds},
     cluster::{
         self, ClusterDiscoveryType, CommonLbConfig, DiscoveryType, EdsClusterConfig, LbConfig,
         LbPolicy, MaglevLbConfig, RingHashLbConfig,
@@ -228,7 +228,7 @@ pub fn outbound(ctx: &Context<'_>, target: &Target<'_>) -> Option<Cluster> {
         apply_load_balancer(&mut c, policy.load_balancer.as_ref(), ctx.flavor);
     }
     if ctx.flavor == ProxyFlavor::Envoy {
-        c.circuit_breakers = Some(circuit_breakers(pool));
+        c.circuit_breakers = Some(circuit_breakers(pool, policy.retry_budget.as_ref()));
         if let Some(keepalive) = pool
             .and_then(|p| p.tcp.as_ref())
             .and_then(|t| t.tcp_keepalive.as_ref())
@@ -377,7 +377,10 @@ fn apply_load_balancer(c: &mut Cluster, lb: Option<&LoadBalancerSettings>, flavo
     } as i32;
 }
 
-fn circuit_breakers(pool: Option<&ConnectionPoolSettings>) -> CircuitBreakers {
+fn circuit_breakers(
+    pool: Option<&ConnectionPoolSettings>,
+    budget: Option<&crate::config::RetryBudget>,
+) -> CircuitBreakers {
     let tcp = pool.and_then(|p| p.tcp.as_ref());
     let http = pool.and_then(|p| p.http.as_ref());
     let limit = |v: Option<i32>| {
@@ -393,6 +396,11 @@ fn circuit_breakers(pool: Option<&ConnectionPoolSettings>) -> CircuitBreakers {
             max_pending_requests: Some(limit(http.and_then(|h| h.http1_max_pending_requests))),
             max_requests: Some(limit(http.and_then(|h| h.http2_max_requests))),
             max_retries: Some(limit(http.and_then(|h| h.max_retries))),
+            retry_budget: budget.map(|b| ThresholdsRetryBudget {
+                budget_percent: b.percent.map(|value| Percent { value }),
+                min_retry_concurrency: b.min_retry_concurrency.map(u32v),
+                ..Default::default()
+            }),
             track_remaining: true,
             ..Default::default()
         }],

@@ -5,7 +5,7 @@
 
 use crate::config::{
     ClientTlsSettings, ConnectionPoolSettings, DestinationRuleSpec, LoadBalancerSettings,
-    OutlierDetection, PortTrafficPolicy, TrafficPolicy,
+    OutlierDetection, PortTrafficPolicy, RetryBudget, TrafficPolicy,
 };
 
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -14,10 +14,16 @@ pub struct EffectivePolicy {
     pub connection_pool: Option<ConnectionPoolSettings>,
     pub outlier_detection: Option<OutlierDetection>,
     pub tls: Option<ClientTlsSettings>,
+    /// Set at the destination or subset level only (Istio has no
+    /// port-level retry budget).
+    pub retry_budget: Option<RetryBudget>,
 }
 
 impl EffectivePolicy {
     fn apply(&mut self, policy: &TrafficPolicy, port: u16) {
+        if let Some(b) = &policy.retry_budget {
+            self.retry_budget = Some(b.clone());
+        }
         self.overlay(
             policy.load_balancer.as_ref(),
             policy.connection_pool.as_ref(),

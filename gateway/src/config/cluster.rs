@@ -64,6 +64,32 @@ pub struct CircuitBreakerThresholds {
     pub max_connections: u32,
     pub max_pending_requests: u32,
     pub max_requests: u32,
+    /// Retries in flight to the cluster at once (Istio's `maxRetries`);
+    /// ignored when `retry_budget` is set.
+    pub max_retries: u32,
+    pub retry_budget: Option<RetryBudget>,
+}
+
+/// Envoy's retry budget: retries in flight may be `per_million` of the
+/// cluster's active and pending requests, and never fewer than
+/// `min_concurrency`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct RetryBudget {
+    pub per_million: u32,
+    pub min_concurrency: u32,
+}
+
+impl CircuitBreakerThresholds {
+    /// How many retries may be in flight with `active` requests (in flight
+    /// or waiting for a connection) to the cluster.
+    pub fn retry_limit(&self, active: u64) -> u64 {
+        match self.retry_budget {
+            Some(b) => {
+                (active * u64::from(b.per_million) / 1_000_000).max(u64::from(b.min_concurrency))
+            }
+            None => u64::from(self.max_retries),
+        }
+    }
 }
 
 impl Default for CircuitBreakerThresholds {
@@ -73,6 +99,8 @@ impl Default for CircuitBreakerThresholds {
             max_connections: 1024,
             max_pending_requests: 1024,
             max_requests: 1024,
+            max_retries: 3,
+            retry_budget: None,
         }
     }
 }
@@ -272,12 +300,31 @@ pub fn cluster_from_proto(c: &Cluster) -> Result<ClusterConfig, ConfigError> {
             if let Some(v) = &t.max_requests {
                 circuit_breakers.max_requests = v.value;
             }
-            if t.retry_budget.is_some() {
-                return Err(ctx.err(
-                    format!("{f}.retry_budget"),
-                    "retry budgets are not supported yet",
-                ));
+            if let Some(v) = &t.max_retries {
+                circuit_breakers.max_retries = v.value;
             }
+            if let Some(b) = &t.retry_budget {
+                // Envoy's defaults: 20%, at least 3.
+                let percent = b.budget_percent.as_ref().map_or(20.0, |p| p.value);
+                if !(0.0..=100.0).contains(&percent) {
+                    return Err(ctx.err(
+                        format!("{f}.retry_budget.budget_percent"),
+                        format!("must be within 0 and 100, got {percent}"),
+                    ));
+                }
+                if b.budget_interval.is_some() {
+                    return Err(ctx.err(
+                        format!("{f}.retry_budget.budget_interval"),
+                        "a budget over a time window is not supported; the budget counts the requests in flight",
+                    ));
+                }
+                circuit_breakers.retry_budget = Some(RetryBudget {
+                    per_million: (percent * 10_000.0).round() as u32,
+                    min_concurrency: b.min_retry_concurrency.as_ref().map_or(3, |v| v.value),
+                });
+            }
+            // The first thresholds of the priority apply (Envoy).
+            break;
         }
     }
     let outlier = match &c.outlier_detection {

@@ -22,7 +22,7 @@ mod server_tls;
 
 pub use cluster::{
     cluster_from_proto, CircuitBreakerThresholds, ClusterConfig, Discovery, HttpUpstreamOptions,
-    LbPolicy, OutlierConfig, SuccessRateConfig, UpstreamProtocol, UpstreamTls,
+    LbPolicy, OutlierConfig, RetryBudget, SuccessRateConfig, UpstreamProtocol, UpstreamTls,
 };
 pub use common::{SanMatcher, Validation};
 pub use dns_cluster::{DnsDiscovery, DnsHost, DnsKind, LookupFamily, DEFAULT_DNS_REFRESH};

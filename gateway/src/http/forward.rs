@@ -21,7 +21,9 @@ use rand::Rng;
 use super::mirror::mirror;
 use super::pool::{Sender, Wire};
 use super::respond::{apply_ops, local, strip_hop_by_hop, RequestLog};
-use super::retry::{backoff, retriable_error, retriable_response, tried_priorities};
+use super::retry::{
+    admit_retry, backoff, retriable_error, retriable_response, tried_priorities, RetrySlot,
+};
 use super::timeouts::{StreamClock, Tracked};
 use super::upgrade::{is_upgrade, tunnel};
 use super::{full, Body, BoxError};
@@ -158,6 +160,8 @@ pub async fn forward(
     let mut tried: Vec<SocketAddr> = Vec::new();
     let mut left_priorities: Vec<u32> = Vec::new();
     let mut attempt = 0u32;
+    // Held while a retry is in flight (the cluster's retry circuit breaker).
+    let mut retry_slot = None;
     loop {
         attempt += 1;
         log.attempts = attempt;
@@ -224,15 +228,14 @@ pub async fn forward(
                 }
                 let status = resp.status();
                 record_outcome(ctx, &cluster, addr, status);
-                if can_retry && f.retry.is_some_and(|p| retriable_response(p, &resp)) {
-                    ctx.metrics
-                        .upstream_rq_retry
-                        .with_label_values(&[f.cluster])
-                        .inc();
-                    backoff(attempt).await;
-                    continue;
-                }
-                if attempt > 1 && f.retry.is_some_and(|p| retriable_response(p, &resp)) {
+                let retriable = f.retry.is_some_and(|p| retriable_response(p, &resp));
+                if can_retry && retriable {
+                    if let Some(slot) = retry(ctx, &cluster, f.cluster, log) {
+                        retry_slot = Some(slot);
+                        backoff(attempt).await;
+                        continue;
+                    }
+                } else if attempt > 1 && retriable {
                     log.flags.add("URX");
                 }
                 if status == StatusCode::SWITCHING_PROTOCOLS {
@@ -256,23 +259,45 @@ pub async fn forward(
                 }
                 let retriable = f.retry.is_some_and(|p| retriable_error(p, &e));
                 if can_retry && retriable {
-                    ctx.metrics
-                        .upstream_rq_retry
-                        .with_label_values(&[f.cluster])
-                        .inc();
-                    backoff(attempt).await;
-                    continue;
-                }
-                if attempt > 1 {
+                    if let Some(slot) = retry(ctx, &cluster, f.cluster, log) {
+                        retry_slot = Some(slot);
+                        backoff(attempt).await;
+                        continue;
+                    }
+                } else if attempt > 1 {
                     log.flags.add("URX");
                 }
+                drop(retry_slot);
                 return error_response(ctx, f.cluster, e, log);
             }
         }
     }
 }
 
-/// The priorities of the hosts tried so far (`previous_priorities`).
+/// Counts a retry and holds its slot, or counts the overflow (flag `UO`)
+/// when the cluster's retry circuit breaker is full; the answer at hand
+/// is then returned as it is.
+fn retry(
+    ctx: &ProxyContext,
+    cluster: &ClusterRuntime,
+    name: &str,
+    log: &mut RequestLog,
+) -> Option<RetrySlot> {
+    let Some(slot) = admit_retry(cluster) else {
+        ctx.metrics
+            .upstream_rq_retry_overflow
+            .with_label_values(&[name])
+            .inc();
+        log.flags.add("UO");
+        return None;
+    };
+    ctx.metrics
+        .upstream_rq_retry
+        .with_label_values(&[name])
+        .inc();
+    Some(slot)
+}
+
 fn error_response(
     ctx: &ProxyContext,
     cluster: &str,

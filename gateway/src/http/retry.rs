@@ -1,7 +1,10 @@
 //! The retry policy's decisions: whether an answer or an error is retried,
-//! how long to wait, and which priorities earlier attempts used.
+//! how long to wait, which priorities earlier attempts used, and whether
+//! the cluster's retry circuit breaker lets one more retry run.
 
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Response;
@@ -9,7 +12,32 @@ use rand::Rng;
 
 use super::forward::AttemptError;
 use crate::config::{RetryPolicy, GRPC_RETRY_CODES};
-use crate::state::ClusterRuntime;
+use crate::state::{ClusterCounters, ClusterRuntime};
+
+/// One retry in flight to a cluster, counted until dropped (after the
+/// retried attempt, when the next decision is made or the answer returned).
+pub(super) struct RetrySlot(Arc<ClusterCounters>);
+
+impl Drop for RetrySlot {
+    fn drop(&mut self) {
+        self.0.retries.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A slot for one more retry, or `None` when the cluster's `max_retries`
+/// or retry budget is used up (Envoy's `upstream_rq_retry_overflow`).
+/// The budget is taken of the requests in flight and waiting for a
+/// connection right now, the retries among them included.
+pub(super) fn admit_retry(cluster: &ClusterRuntime) -> Option<RetrySlot> {
+    let c = &cluster.counters;
+    let active = c.requests.load(Ordering::Acquire) + c.pending.load(Ordering::Acquire);
+    let limit = cluster.config.circuit_breakers.retry_limit(active);
+    if c.retries.fetch_add(1, Ordering::AcqRel) >= limit {
+        c.retries.fetch_sub(1, Ordering::AcqRel);
+        return None;
+    }
+    Some(RetrySlot(c.clone()))
+}
 
 pub(super) fn tried_priorities(cluster: &ClusterRuntime, tried: &[SocketAddr]) -> Vec<u32> {
     let mut out: Vec<u32> = cluster

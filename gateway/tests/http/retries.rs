@@ -2,8 +2,12 @@
 //! priority, retriable statuses sent to another host, and streaming gRPC
 //! requests retried on connect failures.
 
+use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::thresholds::RetryBudget;
+use envoy_types::pb::envoy::config::cluster::v3::circuit_breakers::Thresholds;
+use envoy_types::pb::envoy::config::cluster::v3::CircuitBreakers;
 use envoy_types::pb::envoy::config::core::v3::TypedExtensionConfig;
 use envoy_types::pb::envoy::config::route::v3::{retry_policy::RetryHostPredicate, RetryPolicy};
+use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::util::pack_any;
 
 use super::{http_gateway, u32v};
@@ -190,4 +194,170 @@ async fn streaming_grpc_requests_retry_connect_failures() {
         );
     }
     assert_eq!(alive.hits(), 10);
+}
+
+/// A cluster `app` whose retry circuit breaker is `thresholds`, behind a
+/// route that retries a 5xx once.
+async fn retry_breaker_gateway(
+    app: std::net::SocketAddr,
+    thresholds: Thresholds,
+) -> (ScriptedAds, isthmus_gateway::Gateway, std::net::SocketAddr) {
+    let ads = ScriptedAds::start().await;
+    let mut cluster = eds_cluster("app");
+    cluster.circuit_breakers = Some(CircuitBreakers {
+        thresholds: vec![thresholds],
+        ..Default::default()
+    });
+    ads.set(CDS, vec![named("app", cluster)]);
+    ads.set(EDS, vec![named("app", cla("app", &[(0, &[app])]))]);
+    let mut action = to_cluster("app");
+    action.retry_policy = Some(RetryPolicy {
+        retry_on: "5xx".into(),
+        num_retries: u32v(1),
+        ..Default::default()
+    });
+    ads.set(
+        RDS,
+        vec![any_host_routes(
+            "80",
+            vec![prefix_route("all", "/", action)],
+        )],
+    );
+    let (gw, at) = http_gateway(&ads).await;
+    (ads, gw, at)
+}
+
+/// `n` requests at once that the backend answers 503 after `ms`.
+async fn failing_burst(at: std::net::SocketAddr, n: usize, ms: u64) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for _ in 0..n {
+        tasks.spawn(async move {
+            let delay = ms.to_string();
+            get(
+                &client(),
+                at,
+                "app",
+                "/",
+                &[("x-status", "503"), ("x-delay-ms", delay.as_str())],
+            )
+            .await
+            .0
+        });
+    }
+    while let Some(r) = tasks.join_next().await {
+        assert_eq!(
+            r.expect("join"),
+            503,
+            "the backend's answer, retried or not"
+        );
+    }
+}
+
+/// Retries, retries refused by the breaker, and answers logged with flag UO.
+async fn retry_counters(gw: &isthmus_gateway::Gateway) -> (f64, f64, f64) {
+    let (_, m) = crate::support::admin_get(gw.admin_address(), "/metrics").await;
+    let get = |name: &str| {
+        crate::support::metric(&m, &format!("{name}{{cluster=\"app\"}}")).unwrap_or(0.0)
+    };
+    let uo: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("istio_requests_total") && l.contains("response_flags=\"UO\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    (
+        get("isthmus_gateway_upstream_rq_retry_total"),
+        get("isthmus_gateway_upstream_rq_retry_overflow_total"),
+        uo,
+    )
+}
+
+/// Istio's `maxRetries`: four requests fail at once and want a retry each;
+/// one retry may be in flight, so three answers come back unretried (UO).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn max_retries_bounds_retries_in_flight() {
+    let app = HttpBackend::start("app").await;
+    let (_ads, gw, at) = retry_breaker_gateway(
+        app.addr,
+        Thresholds {
+            max_retries: u32v(1),
+            ..Default::default()
+        },
+    )
+    .await;
+    // Each attempt takes 1 s, so the one retry is still running when the
+    // other three answers arrive (a few milliseconds after the first).
+    failing_burst(at, 4, 1000).await;
+    assert_eq!(app.hits(), 5, "4 first tries and 1 retry");
+    assert_eq!(retry_counters(&gw).await, (1.0, 3.0, 3.0));
+}
+
+/// Envoy's retry budget: retries in flight may be 10% of the requests in
+/// flight, at least 1. Alone, four failing requests get one retry; beside
+/// 20 slow requests in flight, they get two (10% of 20 to 25 requests).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retry_budget_scales_with_requests_in_flight() {
+    let app = HttpBackend::start("app").await;
+    let (_ads, gw, at) = retry_breaker_gateway(
+        app.addr,
+        Thresholds {
+            // Ignored: the budget decides.
+            max_retries: u32v(0),
+            retry_budget: Some(RetryBudget {
+                budget_percent: Some(Percent { value: 10.0 }),
+                min_retry_concurrency: u32v(1),
+                ..Default::default()
+            }),
+            ..Default::default()
+        },
+    )
+    .await;
+    failing_burst(at, 4, 1000).await;
+    assert_eq!(app.hits(), 5);
+    assert_eq!(retry_counters(&gw).await, (1.0, 3.0, 3.0));
+
+    let mut background = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        background.spawn(async move {
+            get(&client(), at, "app", "/", &[("x-delay-ms", "4000")])
+                .await
+                .0
+        });
+    }
+    let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
+    while app.hits() < 25 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the 20 slow requests never reached the backend"
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    }
+    failing_burst(at, 4, 1000).await;
+    assert_eq!(app.hits(), 25 + 6, "4 first tries and 2 retries");
+    while let Some(r) = background.join_next().await {
+        assert_eq!(r.expect("join"), 200);
+    }
+    assert_eq!(retry_counters(&gw).await, (3.0, 5.0, 5.0));
+}
+
+/// A budget percentage outside 0–100 is refused (NACKed) with its path.
+#[test]
+fn a_retry_budget_over_100_percent_is_refused() {
+    let mut cluster = eds_cluster("app");
+    cluster.circuit_breakers = Some(CircuitBreakers {
+        thresholds: vec![Thresholds {
+            retry_budget: Some(RetryBudget {
+                budget_percent: Some(Percent { value: 150.0 }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }],
+        ..Default::default()
+    });
+    let err = isthmus_gateway::config::cluster_from_proto(&cluster)
+        .expect_err("150% refused")
+        .to_string();
+    assert!(
+        err.contains("retry_budget.budget_percent") && err.contains("150"),
+        "{err}"
+    );
 }

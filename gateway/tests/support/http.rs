@@ -167,8 +167,13 @@ async fn answer(
             .body(Full::new(Bytes::new()).boxed_unsync())
             .expect("response");
     }
-    if path == "/hold" {
-        tokio::time::sleep(Duration::from_secs(1)).await;
+    let delay_ms = req
+        .headers()
+        .get("x-delay-ms")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(ms) = delay_ms.or((path == "/hold").then_some(1000)) {
+        tokio::time::sleep(Duration::from_millis(ms)).await;
     }
     if grpc {
         // Echo each request frame as it arrives, then OK trailers.

@@ -153,6 +153,23 @@ fn check_destination(dest: &Destination, path: &str, out: &mut Issues) {
 }
 
 fn traffic_policy(tp: &TrafficPolicy, path: &str, out: &mut Issues) {
+    if let Some(b) = &tp.retry_budget {
+        let p = format!("{path}.retryBudget");
+        if b.percent.is_some_and(|v| !(0.0..=100.0).contains(&v)) {
+            out.push(
+                Code::InvalidPercentage,
+                format!("{p}.percent"),
+                "percent must be within 0 and 100",
+            );
+        }
+        if b.budget_interval.is_some() {
+            out.push(
+                Code::InvalidField,
+                format!("{p}.budgetInterval"),
+                "a budget over a time window is not supported; the budget counts the requests in flight",
+            );
+        }
+    }
     load_balancer(&tp.load_balancer, &format!("{path}.loadBalancer"), out);
     connection_pool(&tp.connection_pool, &format!("{path}.connectionPool"), out);
     outlier_detection(
