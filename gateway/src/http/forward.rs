@@ -220,57 +220,43 @@ pub async fn forward(
         };
         let can_retry = attempt <= retries
             && matches!(body, ReqBody::Buffered(_) | ReqBody::Streaming(Some(_)));
-        match result {
-            (addr, Ok(mut resp)) => {
-                if let Some(a) = addr {
-                    tried.push(a);
-                    log.upstream_host = Some(a);
-                }
-                let status = resp.status();
-                record_outcome(ctx, &cluster, addr, status);
-                let retriable = f.retry.is_some_and(|p| retriable_response(p, &resp));
-                if can_retry && retriable {
-                    if let Some(slot) = retry(ctx, &cluster, f.cluster, log) {
-                        retry_slot = Some(slot);
-                        backoff(attempt).await;
-                        continue;
-                    }
-                } else if attempt > 1 && retriable {
-                    log.flags.add("URX");
-                }
-                if status == StatusCode::SWITCHING_PROTOCOLS {
-                    if let Some(down) = down_upgrade {
-                        let up = hyper::upgrade::on(&mut resp);
-                        tokio::spawn(tunnel(down, up));
-                    }
-                }
-                let (mut rp, rb) = resp.into_parts();
-                strip_hop_by_hop(&mut rp.headers, status == StatusCode::SWITCHING_PROTOCOLS);
-                apply_ops(&mut rp.headers, f.header_levels.iter().copied(), false);
-                return Response::from_parts(
-                    rp,
-                    rb.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
-                );
+        let (addr, outcome) = result;
+        if let Some(a) = addr {
+            tried.push(a);
+            log.upstream_host = Some(a);
+        }
+        let retriable = match &outcome {
+            Ok(resp) => {
+                record_outcome(ctx, &cluster, addr, resp.status());
+                f.retry.is_some_and(|p| retriable_response(p, resp))
             }
-            (addr, Err(e)) => {
-                if let Some(a) = addr {
-                    tried.push(a);
-                    log.upstream_host = Some(a);
-                }
-                let retriable = f.retry.is_some_and(|p| retriable_error(p, &e));
-                if can_retry && retriable {
-                    if let Some(slot) = retry(ctx, &cluster, f.cluster, log) {
-                        retry_slot = Some(slot);
-                        backoff(attempt).await;
-                        continue;
-                    }
-                } else if attempt > 1 {
-                    log.flags.add("URX");
-                }
-                drop(retry_slot);
-                return error_response(ctx, f.cluster, e, log);
+            Err(e) => f.retry.is_some_and(|p| retriable_error(p, e)),
+        };
+        if can_retry && retriable {
+            if let Some(slot) = retry(ctx, &cluster, f.cluster, log) {
+                retry_slot = Some(slot);
+                backoff(attempt).await;
+                continue;
+            }
+        } else if attempt > 1 && (retriable || outcome.is_err()) {
+            log.flags.add("URX");
+        }
+        drop(retry_slot);
+        let mut resp = match outcome {
+            Ok(resp) => resp,
+            Err(e) => return error_response(ctx, f.cluster, e, log),
+        };
+        let status = resp.status();
+        if status == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(down) = down_upgrade {
+                let up = hyper::upgrade::on(&mut resp);
+                tokio::spawn(tunnel(down, up));
             }
         }
+        let (mut rp, rb) = resp.into_parts();
+        strip_hop_by_hop(&mut rp.headers, status == StatusCode::SWITCHING_PROTOCOLS);
+        apply_ops(&mut rp.headers, f.header_levels.iter().copied(), false);
+        return Response::from_parts(rp, rb.map_err(|e| Box::new(e) as BoxError).boxed_unsync());
     }
 }
 

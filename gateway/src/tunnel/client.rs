@@ -212,8 +212,8 @@ impl TunnelClient {
                             this.down(peer, &TunnelError::Connect(peer, e.to_string()));
                         } else {
                             tracing::info!(%peer, early_data_accepted = ok, "QUIC tunnel resumed with peer gateway");
+                            this.count(if ok { "0rtt_accepted" } else { "0rtt_refused" });
                         }
-                        this.count(if ok { "0rtt_accepted" } else { "0rtt_refused" });
                         tx.send_replace(Some(ok));
                     });
                     return Ok(Tunnel { conn, settled });

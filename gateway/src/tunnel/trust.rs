@@ -60,9 +60,7 @@ impl TunnelVerifier {
         *cache = Some((cert, verifier.clone()));
         Ok(verifier)
     }
-}
 
-impl TunnelVerifier {
     /// Checks a client's chain again against the current trust and time:
     /// for an identity restored from a session ticket, which was verified
     /// when the ticket was issued, not now.
