@@ -233,6 +233,8 @@ pub async fn forward(
             Err(e) => f.retry.is_some_and(|p| retriable_error(p, e)),
         };
         if can_retry && retriable {
+            // The retried attempt is over; its slot must not count against the next.
+            retry_slot = None;
             if let Some(slot) = retry(ctx, &cluster, f.cluster, log) {
                 retry_slot = Some(slot);
                 backoff(attempt).await;

@@ -197,7 +197,7 @@ async fn streaming_grpc_requests_retry_connect_failures() {
 }
 
 /// A cluster `app` whose retry circuit breaker is `thresholds`, behind a
-/// route that retries a 5xx once.
+/// route that retries a 5xx twice.
 async fn retry_breaker_gateway(
     app: std::net::SocketAddr,
     thresholds: Thresholds,
@@ -213,7 +213,7 @@ async fn retry_breaker_gateway(
     let mut action = to_cluster("app");
     action.retry_policy = Some(RetryPolicy {
         retry_on: "5xx".into(),
-        num_retries: u32v(1),
+        num_retries: u32v(2),
         ..Default::default()
     });
     ads.set(
@@ -273,6 +273,7 @@ async fn retry_counters(gw: &isthmus_gateway::Gateway) -> (f64, f64, f64) {
 
 /// Istio's `maxRetries`: four requests fail at once and want a retry each;
 /// one retry may be in flight, so three answers come back unretried (UO).
+/// The one retried gets its second retry too: a finished retry frees its slot.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn max_retries_bounds_retries_in_flight() {
     let app = HttpBackend::start("app").await;
@@ -287,13 +288,14 @@ async fn max_retries_bounds_retries_in_flight() {
     // Each attempt takes 1 s, so the one retry is still running when the
     // other three answers arrive (a few milliseconds after the first).
     failing_burst(at, 4, 1000).await;
-    assert_eq!(app.hits(), 5, "4 first tries and 1 retry");
-    assert_eq!(retry_counters(&gw).await, (1.0, 3.0, 3.0));
+    assert_eq!(app.hits(), 6, "4 first tries and 2 retries of one request");
+    assert_eq!(retry_counters(&gw).await, (2.0, 3.0, 3.0));
 }
 
 /// Envoy's retry budget: retries in flight may be 10% of the requests in
-/// flight, at least 1. Alone, four failing requests get one retry; beside
-/// 20 slow requests in flight, they get two (10% of 20 to 25 requests).
+/// flight, at least 1. Alone, four failing requests get one retry in flight
+/// (one of them is retried, twice); beside 20 slow requests in flight, they
+/// get two (10% of 20 to 25 requests).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn retry_budget_scales_with_requests_in_flight() {
     let app = HttpBackend::start("app").await;
@@ -312,8 +314,8 @@ async fn retry_budget_scales_with_requests_in_flight() {
     )
     .await;
     failing_burst(at, 4, 1000).await;
-    assert_eq!(app.hits(), 5);
-    assert_eq!(retry_counters(&gw).await, (1.0, 3.0, 3.0));
+    assert_eq!(app.hits(), 6);
+    assert_eq!(retry_counters(&gw).await, (2.0, 3.0, 3.0));
 
     let mut background = tokio::task::JoinSet::new();
     for _ in 0..20 {
@@ -324,7 +326,7 @@ async fn retry_budget_scales_with_requests_in_flight() {
         });
     }
     let deadline = tokio::time::Instant::now() + std::time::Duration::from_secs(10);
-    while app.hits() < 25 {
+    while app.hits() < 26 {
         assert!(
             tokio::time::Instant::now() < deadline,
             "the 20 slow requests never reached the backend"
@@ -332,11 +334,11 @@ async fn retry_budget_scales_with_requests_in_flight() {
         tokio::time::sleep(std::time::Duration::from_millis(10)).await;
     }
     failing_burst(at, 4, 1000).await;
-    assert_eq!(app.hits(), 25 + 6, "4 first tries and 2 retries");
+    assert_eq!(app.hits(), 26 + 8, "4 first tries, 2 of them retried twice");
     while let Some(r) = background.join_next().await {
         assert_eq!(r.expect("join"), 200);
     }
-    assert_eq!(retry_counters(&gw).await, (3.0, 5.0, 5.0));
+    assert_eq!(retry_counters(&gw).await, (6.0, 5.0, 5.0));
 }
 
 /// A budget percentage outside 0–100 is refused (NACKed) with its path.
