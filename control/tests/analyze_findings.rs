@@ -95,6 +95,7 @@ const CASES: &[(&str, Code, &str, usize)] = &[
         "percent: 150",
         0,
     ),
+    ("ignored-field", Code::IgnoredField, "tunnel:", 0),
     ("invalid-regex", Code::InvalidRegex, "regex:", 0),
     (
         "jwt-without-issuer",

@@ -70,6 +70,7 @@ codes! {
     InvalidStringMatch = "ISM0104", Error, "a string match that sets none or several of exact, prefix, regex";
     WeightsNotHundred = "ISM0105", Error, "route destination weights that do not sum to 100";
     InvalidField = "ISM0106", Error, "a value that is out of range or malformed for its field";
+    IgnoredField = "ISM0107", Warning, "a field Isthmus reads but does not carry out; it has no effect";
     ReferencedSubsetNotFound = "ISM0201", Error, "a route to a subset that no DestinationRule for the host defines";
     ReferencedHostNotFound = "ISM0202", Warning, "a destination host that matches no ServiceEntry, ServiceImport or export";
     GatewayNotFound = "ISM0203", Error, "a VirtualService bound to a Gateway that does not exist";

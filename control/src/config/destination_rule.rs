@@ -83,6 +83,8 @@ pub struct PortTrafficPolicy {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct TunnelSettings {
+    /// `CONNECT` (Istio's default) or `POST`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub protocol: String,
     pub target_host: String,
     pub target_port: u32,

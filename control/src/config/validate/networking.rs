@@ -153,6 +153,13 @@ fn check_destination(dest: &Destination, path: &str, out: &mut Issues) {
 }
 
 fn traffic_policy(tp: &TrafficPolicy, path: &str, out: &mut Issues) {
+    if tp.tunnel.is_some() {
+        out.push(
+            Code::IgnoredField,
+            format!("{path}.tunnel"),
+            "tunnelling TCP over HTTP CONNECT/POST is not supported; connections to this destination go directly, not through the tunnel",
+        );
+    }
     if let Some(b) = &tp.retry_budget {
         let p = format!("{path}.retryBudget");
         if b.percent.is_some_and(|v| !(0.0..=100.0).contains(&v)) {
