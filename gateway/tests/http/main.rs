@@ -26,6 +26,17 @@ fn u32v(value: u32) -> Option<UInt32Value> {
     Some(UInt32Value { value })
 }
 
+/// RDS route `80`: every host and path to `action`.
+fn route_all(ads: &ScriptedAds, action: envoy_types::pb::envoy::config::route::v3::RouteAction) {
+    ads.set(
+        RDS,
+        vec![any_host_routes(
+            "80",
+            vec![prefix_route("all", "/", action)],
+        )],
+    );
+}
+
 /// Cluster `app` (as given) with one endpoint at `app`, and RDS route `80`
 /// sending every path to it.
 fn route_all_to_app(
@@ -35,13 +46,7 @@ fn route_all_to_app(
 ) {
     ads.set(CDS, vec![named("app", cluster)]);
     ads.set(EDS, vec![named("app", cla("app", &[(0, &[app])]))]);
-    ads.set(
-        RDS,
-        vec![any_host_routes(
-            "80",
-            vec![prefix_route("all", "/", to_cluster("app"))],
-        )],
-    );
+    route_all(ads, to_cluster("app"));
 }
 
 /// A gateway with one HTTP listener on RDS route `routes`; returns it and the listener address.

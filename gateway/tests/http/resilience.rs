@@ -14,7 +14,7 @@ use envoy_types::pb::envoy::r#type::v3::{fractional_percent::DenominatorType, Fr
 use envoy_types::pb::google::protobuf::Duration as PbDuration;
 use envoy_types::util::pack_any;
 
-use super::{http_gateway, route_all_to_app, u32v};
+use super::{http_gateway, route_all, route_all_to_app, u32v};
 use crate::support::ads::ScriptedAds;
 use crate::support::http::*;
 use crate::support::resources::*;
@@ -189,13 +189,7 @@ async fn http_5xx_feed_outlier_detection_and_mirrors_get_copies() {
         cluster: "shadow".into(),
         ..Default::default()
     }];
-    ads.set(
-        RDS,
-        vec![any_host_routes(
-            "80",
-            vec![prefix_route("all", "/", action)],
-        )],
-    );
+    route_all(&ads, action);
     let (gw, at) = http_gateway(&ads).await;
     let c = client();
     let mut statuses = Vec::new();

@@ -10,7 +10,7 @@ use envoy_types::pb::envoy::config::route::v3::{retry_policy::RetryHostPredicate
 use envoy_types::pb::envoy::r#type::v3::Percent;
 use envoy_types::util::pack_any;
 
-use super::{http_gateway, u32v};
+use super::{http_gateway, route_all, u32v};
 use crate::support::ads::ScriptedAds;
 use crate::support::http::*;
 use crate::support::resources::*;
@@ -47,13 +47,7 @@ async fn retries_hide_dead_hosts_failing_hosts_and_a_dead_priority() {
     );
     let mut action = to_cluster("svc");
     action.retry_policy = Some(retry_all());
-    ads.set(
-        RDS,
-        vec![any_host_routes(
-            "80",
-            vec![prefix_route("all", "/", action)],
-        )],
-    );
+    route_all(&ads, action);
     let (_gw, at) = http_gateway(&ads).await;
     let c = client();
     for _ in 0..20 {
@@ -96,13 +90,7 @@ async fn retriable_status_goes_to_another_host() {
     );
     let mut action = to_cluster("svc");
     action.retry_policy = Some(retry_all());
-    ads.set(
-        RDS,
-        vec![any_host_routes(
-            "80",
-            vec![prefix_route("all", "/", action)],
-        )],
-    );
+    route_all(&ads, action);
     let (_gw, at) = http_gateway(&ads).await;
     let c = client();
     for i in 0..40 {
@@ -151,13 +139,7 @@ async fn streaming_grpc_requests_retry_connect_failures() {
         num_retries: u32v(2),
         ..retry_all()
     });
-    ads.set(
-        RDS,
-        vec![any_host_routes(
-            "80",
-            vec![prefix_route("all", "/", action)],
-        )],
-    );
+    route_all(&ads, action);
     let (_gw, at) = http_gateway(&ads).await;
     let tcp = tokio::net::TcpStream::connect(at).await.expect("connect");
     let (mut send, conn) = hyper::client::conn::http2::handshake(
@@ -216,13 +198,7 @@ async fn retry_breaker_gateway(
         num_retries: u32v(2),
         ..Default::default()
     });
-    ads.set(
-        RDS,
-        vec![any_host_routes(
-            "80",
-            vec![prefix_route("all", "/", action)],
-        )],
-    );
+    route_all(&ads, action);
     let (gw, at) = http_gateway(&ads).await;
     (ads, gw, at)
 }
