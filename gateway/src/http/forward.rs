@@ -51,6 +51,8 @@ pub struct Forwarding<'a> {
     pub peer: SocketAddr,
     /// The destination before an iptables REDIRECT (`ORIGINAL_DST` clusters).
     pub original_dst: Option<SocketAddr>,
+    /// The stream's activity clock, which the request body moves.
+    pub clock: &'a StreamClock,
 }
 
 pub(super) enum ReqBody {
@@ -102,9 +104,8 @@ pub async fn forward(
     let upgrade = is_upgrade(&req);
     let down_upgrade = upgrade.then(|| hyper::upgrade::on(&mut req));
     let version = req.version();
-    let clock = req.extensions().get::<StreamClock>().cloned();
     let (mut parts, body) = req.into_parts();
-    let body = Tracked::new(body, clock);
+    let body = Tracked::new(body, f.clock.clone());
     strip_hop_by_hop(&mut parts.headers, upgrade);
     apply_ops(&mut parts.headers, f.header_levels.iter().copied(), true);
     if cluster.tls.is_some() && log.reporter == "source" {
@@ -191,21 +192,25 @@ pub async fn forward(
         } else {
             Head::Shared(&parts)
         };
-        let one = one_attempt(
-            ctx,
-            &cluster,
-            wire,
-            hash,
-            &exclude,
-            pinned.as_ref(),
-            head,
-            &mut body,
-            f.path,
-            &authority,
-            per_try,
-        );
+        // Made inside each arm: a future held in a variable and then
+        // wrapped in the timeout would be stored twice in this future.
+        let one = || {
+            one_attempt(
+                ctx,
+                &cluster,
+                wire,
+                hash,
+                &exclude,
+                pinned.as_ref(),
+                head,
+                &mut body,
+                f.path,
+                &authority,
+                per_try,
+            )
+        };
         let result = match overall {
-            Some(deadline) => match tokio::time::timeout_at(deadline, one).await {
+            Some(deadline) => match tokio::time::timeout_at(deadline, one()).await {
                 Ok(r) => r,
                 Err(_) => {
                     log.flags.add("UT");
@@ -216,7 +221,7 @@ pub async fn forward(
                     );
                 }
             },
-            None => one.await,
+            None => one().await,
         };
         let can_retry = attempt <= retries
             && matches!(body, ReqBody::Buffered(_) | ReqBody::Streaming(Some(_)));
@@ -439,31 +444,13 @@ pub(super) async fn one_attempt(
     let addr = host.addr;
     let sender = match cluster.http_pool.take(addr, wire) {
         Some(s) => s,
-        None => {
-            let alpn = super::mesh_alpn::offer(cluster.config.tls.as_ref(), wire);
-            let up =
-                match upstream::connect_host_with_alpn(cluster, &host, &ctx.metrics, alpn).await {
-                    Ok(u) => u,
-                    Err(UpstreamError::Overflow { .. })
-                    | Err(UpstreamError::PendingOverflow { .. }) => {
-                        return (None, Err(AttemptError::Overflow))
-                    }
-                    Err(UpstreamError::UnknownCluster(_)) => {
-                        return (None, Err(AttemptError::NoCluster))
-                    }
-                    Err(UpstreamError::NoHost(_)) => return (None, Err(AttemptError::NoHost)),
-                    Err(e) => return (Some(addr), Err(AttemptError::Connect(e.to_string()))),
-                };
-            match cluster.http_pool.handshake(up, wire).await {
-                Ok(s) => s,
-                Err(e) => {
-                    return (
-                        Some(addr),
-                        Err(AttemptError::Connect(format!("HTTP handshake: {e}"))),
-                    )
-                }
-            }
-        }
+        // Boxed: opening a connection (TCP, TLS, the HTTP handshake) is a
+        // large future that only a pool miss needs; inline, its size would
+        // be carried, and copied, by every request's future.
+        None => match Box::pin(open(ctx, cluster, &host, wire)).await {
+            Ok(s) => s,
+            Err((tried, e)) => return (tried.then_some(addr), Err(e)),
+        },
     };
     // The body is taken only now: a connect failure leaves a streaming body
     // unread, so that attempt can still be retried elsewhere.
@@ -551,6 +538,31 @@ pub(super) async fn one_attempt(
     }
     drop(slot);
     (Some(addr), result)
+}
+
+/// A new connection to `host`, ready for one request. The error says
+/// whether the host was tried (it counts for `previous_hosts`).
+async fn open(
+    ctx: &ProxyContext,
+    cluster: &ClusterRuntime,
+    host: &crate::lb::Host,
+    wire: Wire,
+) -> Result<Sender, (bool, AttemptError)> {
+    let alpn = super::mesh_alpn::offer(cluster.config.tls.as_ref(), wire);
+    let up = match upstream::connect_host_with_alpn(cluster, host, &ctx.metrics, alpn).await {
+        Ok(u) => u,
+        Err(UpstreamError::Overflow { .. }) | Err(UpstreamError::PendingOverflow { .. }) => {
+            return Err((false, AttemptError::Overflow))
+        }
+        Err(UpstreamError::UnknownCluster(_)) => return Err((false, AttemptError::NoCluster)),
+        Err(UpstreamError::NoHost(_)) => return Err((false, AttemptError::NoHost)),
+        Err(e) => return Err((true, AttemptError::Connect(e.to_string()))),
+    };
+    cluster
+        .http_pool
+        .handshake(up, wire)
+        .await
+        .map_err(|e| (true, AttemptError::Connect(format!("HTTP handshake: {e}"))))
 }
 
 fn classify(e: &hyper::Error) -> AttemptError {

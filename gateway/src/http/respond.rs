@@ -176,7 +176,6 @@ pub struct RequestLog {
     pub downstream: Option<std::net::SocketAddr>,
     pub source_principal: Option<String>,
     pub route: Option<String>,
-    pub vhost: Option<String>,
     pub cluster: Option<String>,
     pub upstream_host: Option<std::net::SocketAddr>,
     pub attempts: u32,

@@ -50,6 +50,13 @@ pub enum ServeError {
     Http(String),
 }
 
+/// What every request of one connection shares.
+struct Conn {
+    cfg: Arc<HttpConfig>,
+    ctx: ProxyContext,
+    down: Downstream,
+}
+
 /// Serves one connection until it closes.
 pub async fn serve(
     cfg: Arc<HttpConfig>,
@@ -88,20 +95,21 @@ pub async fn serve(
         .http2()
         .max_header_list_size(u32::try_from(cfg.max_request_headers_bytes).unwrap_or(u32::MAX))
         .timer(hyper_util::rt::TokioTimer::new());
-    let down = Arc::new(down);
     let activity = ConnActivity::default();
     let idle_timeout = cfg.idle_timeout;
+    // One reference per request, not one per field of the context.
+    let shared = Arc::new(Conn { cfg, ctx, down });
     let svc = {
         let activity = activity.clone();
         hyper::service::service_fn(move |req: Request<Incoming>| {
-            let (cfg, ctx, down) = (cfg.clone(), ctx.clone(), down.clone());
+            let conn = shared.clone();
             let active = activity.begin();
             // Boxed: the request's future is several kilobytes, and hyper
             // moves the service future around (into its dispatcher, into a
             // spawned task per HTTP/2 stream); moving a pointer is free.
             Box::pin(async move {
-                let idle = cfg.stream_idle_timeout;
-                let resp = handle(cfg, ctx, down, req).await;
+                let idle = conn.cfg.stream_idle_timeout;
+                let resp = handle(&conn, req).await;
                 Ok::<_, Infallible>(Watched::wrap(resp, idle, Some(active)))
             })
         })
@@ -136,12 +144,8 @@ fn reporter(listener: &str) -> &'static str {
     }
 }
 
-async fn handle(
-    cfg: Arc<HttpConfig>,
-    ctx: ProxyContext,
-    down: Arc<Downstream>,
-    mut req: Request<Incoming>,
-) -> Response<Body> {
+async fn handle(conn: &Conn, mut req: Request<Incoming>) -> Response<Body> {
+    let Conn { cfg, ctx, down } = conn;
     let start = Instant::now();
     let (exchange, peer) = crate::metrics::peer::Exchange::on_request(
         &ctx.metrics,
@@ -182,9 +186,8 @@ async fn handle(
         .as_ref()
         .map(|t| t.on_request(req.headers_mut(), if down.tls { "https" } else { "http" }));
     let clock = StreamClock::start();
-    req.extensions_mut().insert(clock.clone());
     let routed = tokio::select! {
-        r = route_request(&cfg, &ctx, &down, req, authority, &path, &mut log) => Ok(r),
+        r = route_request(cfg, ctx, down, req, authority, &path, &clock, &mut log) => Ok(r),
         e = clock.expired(cfg.stream_idle_timeout, cfg.request_timeout) => Err(e),
     };
     let mut resp = routed.unwrap_or_else(|e| timed_out(e, &mut log));
@@ -194,12 +197,13 @@ async fn handle(
     if let Some(callee) = exchange.on_response(&ctx.metrics, resp.headers_mut()) {
         log.peer = Some(callee);
     } else if log.reporter == "source" && log.peer.is_none() {
-        log.peer = crate::proxy::connection::upstream_workload_of(&ctx, &log);
+        log.peer = crate::proxy::connection::upstream_workload_of(ctx, &log);
     }
     log.status = resp.status().as_u16();
     Logged::wrap(resp, log, start, ctx.metrics.clone())
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn route_request(
     cfg: &HttpConfig,
     ctx: &ProxyContext,
@@ -207,6 +211,7 @@ async fn route_request(
     mut req: Request<Incoming>,
     authority: Option<String>,
     path: &str,
+    clock: &StreamClock,
     log: &mut RequestLog,
 ) -> Response<Body> {
     if super::head_limit::exceeded(&req, cfg.max_request_headers_bytes) {
@@ -282,7 +287,6 @@ async fn route_request(
         | Decision::Redirect { vhost, route, .. }
         | Decision::Direct { vhost, route, .. } => (*vhost, *route),
     };
-    log.vhost = Some(vhost.name.clone());
     log.route = Some(route.name.clone());
     let rate_headers = match crate::authn::ratelimit::admit_route(
         cfg.ratelimit.as_deref(),
@@ -351,6 +355,7 @@ async fn route_request(
                 retry: action.retry.as_ref().or(vhost.retry.as_ref()),
                 peer: down.peer,
                 original_dst: down.original_dst,
+                clock,
             };
             forward(ctx, f, req, log).await
         }

@@ -95,15 +95,13 @@ impl StreamClock {
 #[derive(Debug)]
 pub struct Tracked<B> {
     inner: B,
-    clock: Option<StreamClock>,
+    clock: StreamClock,
 }
 
 impl<B: HttpBody + Unpin> Tracked<B> {
-    pub fn new(inner: B, clock: Option<StreamClock>) -> Self {
+    pub fn new(inner: B, clock: StreamClock) -> Self {
         if inner.is_end_stream() {
-            if let Some(c) = &clock {
-                c.request_done();
-            }
+            clock.request_done();
         }
         Self { inner, clock }
     }
@@ -118,13 +116,11 @@ impl<B: HttpBody + Unpin> HttpBody for Tracked<B> {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
         let r = Pin::new(&mut self.inner).poll_frame(cx);
-        if let Some(c) = &self.clock {
-            match &r {
-                Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => c.request_done(),
-                Poll::Ready(Some(Ok(_))) => c.touch(),
-                Poll::Ready(None) => c.request_done(),
-                _ => {}
-            }
+        match &r {
+            Poll::Ready(Some(Ok(_))) if self.inner.is_end_stream() => self.clock.request_done(),
+            Poll::Ready(Some(Ok(_))) => self.clock.touch(),
+            Poll::Ready(None) => self.clock.request_done(),
+            _ => {}
         }
         r
     }
