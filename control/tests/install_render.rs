@@ -486,7 +486,9 @@ fn dockerfile_builds_the_binary_the_manifests_run() {
     // The proxy containers' command.
     let gateway_cargo = std::fs::read_to_string(root.join("gateway/Cargo.toml")).unwrap();
     assert!(gateway_cargo.contains("[[bin]]\nname = \"isthmus-gateway\""));
-    assert!(dockerfile.contains("--bin isthmus-gateway"));
+    assert!(dockerfile.contains("gateway/build-proxy.sh /usr/local/bin/isthmus-gateway"));
+    let build_proxy = std::fs::read_to_string(root.join("gateway/build-proxy.sh")).unwrap();
+    assert!(build_proxy.contains("--bin isthmus-gateway"));
     assert!(dockerfile.contains(&format!(
         "COPY --from=build {0} {0}",
         install::proxy::PROXY_COMMAND

@@ -23,7 +23,8 @@
 # Environment: ISTHMUS_BIN=path (the `isthmus` binary, for the control
 # plane) and ISTHMUS_GATEWAY_BIN=path (the proxy binary, `isthmus-gateway`)
 # skip the builds (default: `isthmus` with --release and `isthmus-gateway`
-# with --profile proxy, into CARGO_TARGET_DIR or target);
+# as the image ships it, by gateway/build-proxy.sh, into CARGO_TARGET_DIR or
+# target);
 # DUR=seconds per measurement (default 10); ROUNDS=rounds of the
 # throughput and latency measurements, the proxies interleaved in each, the
 # median reported (default 3); IDLE_STARTS=starts of the sidecar whose
@@ -62,10 +63,10 @@ if [[ -n "${ISTHMUS_BIN:-}" && -n "${ISTHMUS_GATEWAY_BIN:-}" ]]; then
   gw="$ISTHMUS_GATEWAY_BIN"
 else
   cargo build --release -p isthmus-control --bin isthmus
-  # The proxy as the image ships it (Cargo.toml's `proxy` profile).
-  cargo build --profile proxy -p isthmus-gateway --bin isthmus-gateway
   bin="${CARGO_TARGET_DIR:-target}/release/isthmus"
-  gw="${CARGO_TARGET_DIR:-target}/proxy/isthmus-gateway"
+  # The proxy as the image ships it.
+  gw="${CARGO_TARGET_DIR:-target}/isthmus-gateway.shipped"
+  gateway/build-proxy.sh "$gw"
 fi
 bin="$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")"
 gw="$(cd "$(dirname "$gw")" && pwd)/$(basename "$gw")"
@@ -617,8 +618,8 @@ section="$work/section.md"
   echo "**Setup**, all on loopback. The backend is nginx (1 worker) serving a"
   echo "100-byte static file over HTTP and a ${BIG_MB} MiB file over TLS: a fast,"
   echo "well-understood server. Each proxy is pinned to CPU 0 with one worker:"
-  echo "Isthmus is \`isthmus-gateway --role ingress\` (the proxy-only binary, \`proxy\` profile: fat LTO,"
-  echo "mimalloc) with one worker (\`TOKIO_WORKER_THREADS=1\`, which runs tokio's"
+  echo "Isthmus is \`isthmus-gateway --role ingress\` (the proxy-only binary as the image ships it:"
+  echo "\`proxy\` profile with fat LTO, mimalloc, statically linked) with one worker (\`TOKIO_WORKER_THREADS=1\`, which runs tokio's"
   echo "single-threaded scheduler on the main thread), configured over xDS by a real"
   echo "\`isthmus control\` from Istio YAML (a Gateway with HTTP, HTTPS SIMPLE and TLS"
   echo "PASSTHROUGH servers, VirtualServices, one ServiceEntry per backend port, the"
