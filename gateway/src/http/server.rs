@@ -172,8 +172,6 @@ async fn handle(conn: &Conn, mut req: Request<Incoming>) -> Response<Body> {
         listener: down.listener.clone(),
         reporter: reporter(&down.listener),
         method: req.method().clone(),
-        authority: authority.clone().unwrap_or_default(),
-        path: path.clone(),
         protocol: protocol_name(req.version()),
         downstream: Some(down.peer),
         source_principal: down.identity.clone(),
@@ -187,9 +185,13 @@ async fn handle(conn: &Conn, mut req: Request<Incoming>) -> Response<Body> {
         .map(|t| t.on_request(req.headers_mut(), if down.tls { "https" } else { "http" }));
     let clock = StreamClock::start();
     let routed = tokio::select! {
-        r = route_request(cfg, ctx, down, req, authority, &path, &clock, &mut log) => Ok(r),
+        r = route_request(cfg, ctx, down, req, authority.as_deref(), &path, &clock, &mut log) => Ok(r),
         e = clock.expired(cfg.stream_idle_timeout, cfg.request_timeout) => Err(e),
     };
+    // Moved in only now: routing borrows them, and nothing reads them from
+    // the log before the response.
+    log.authority = authority.unwrap_or_default();
+    log.path = path;
     let mut resp = routed.unwrap_or_else(|e| timed_out(e, &mut log));
     if let Some(t) = log.telemetry.as_mut() {
         t.on_response(resp.headers());
@@ -209,7 +211,7 @@ async fn route_request(
     ctx: &ProxyContext,
     down: &Downstream,
     mut req: Request<Incoming>,
-    authority: Option<String>,
+    authority: Option<&str>,
     path: &str,
     clock: &StreamClock,
     log: &mut RequestLog,
@@ -239,12 +241,12 @@ async fn route_request(
     // jwt_authn runs first so RBAC sees the verified token (crate::authn).
     if let Some(jwt) = &cfg.jwt {
         let scheme = if down.tls { "https" } else { "http" };
-        if let Err(reply) = crate::authn::jwt::authenticate(jwt, &mut req, &authority, scheme) {
+        if let Err(reply) = crate::authn::jwt::authenticate(jwt, &mut req, authority, scheme) {
             return *reply;
         }
     }
     if let Some(denied) =
-        crate::rbac::check_request(&cfg.rbac, down, &req, &authority, path, &ctx.metrics, log)
+        crate::rbac::check_request(&cfg.rbac, down, &req, authority, path, &ctx.metrics, log)
     {
         return denied;
     }
@@ -264,7 +266,7 @@ async fn route_request(
     let draw = rand::rng().random::<f64>();
     let meta = RequestMeta {
         method: req.method(),
-        authority: &authority,
+        authority,
         path_and_query: path,
         scheme,
         headers: req.headers(),
@@ -345,7 +347,7 @@ async fn route_request(
             let f = Forwarding {
                 action,
                 cluster,
-                authority: &authority,
+                authority,
                 path: new_path.as_deref().unwrap_or(path),
                 scheme,
                 header_levels: target_ops
