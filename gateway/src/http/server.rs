@@ -185,7 +185,7 @@ async fn handle(conn: &Conn, mut req: Request<Incoming>) -> Response<Body> {
         .map(|t| t.on_request(req.headers_mut(), if down.tls { "https" } else { "http" }));
     let clock = StreamClock::start();
     let routed = tokio::select! {
-        r = route_request(cfg, ctx, down, req, authority.as_deref(), &path, &clock, &mut log) => Ok(r),
+        r = route_request(conn, req, authority.as_deref(), &path, &clock, &mut log) => Ok(r),
         e = clock.expired(cfg.stream_idle_timeout, cfg.request_timeout) => Err(e),
     };
     // Moved in only now: routing borrows them, and nothing reads them from
@@ -205,17 +205,15 @@ async fn handle(conn: &Conn, mut req: Request<Incoming>) -> Response<Body> {
     Logged::wrap(resp, log, start, ctx.metrics.clone())
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn route_request(
-    cfg: &HttpConfig,
-    ctx: &ProxyContext,
-    down: &Downstream,
+    conn: &Conn,
     mut req: Request<Incoming>,
     authority: Option<&str>,
     path: &str,
     clock: &StreamClock,
     log: &mut RequestLog,
 ) -> Response<Body> {
+    let Conn { cfg, ctx, down } = conn;
     if super::head_limit::exceeded(&req, cfg.max_request_headers_bytes) {
         // Envoy's HTTP/1 codec error: 431, and the connection closes.
         log.flags.add("DPE");
