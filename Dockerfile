@@ -1,9 +1,10 @@
 # syntax=docker/dockerfile:1
 # The one image that runs every Isthmus role: `isthmus control`, the proxy
 # `isthmus-gateway --role sidecar|east-west|ingress|egress` (the data plane
-# alone, built by gateway/build-proxy.sh: whole-program optimisation and
-# static linking, since a sidecar's resident memory is mostly the code it
-# maps), and the sidecar's capture init container
+# alone, built by gateway/build-proxy.sh: whole-program and profile-guided
+# optimisation, the profile from a training run of real traffic, and static
+# linking, since a sidecar's resident memory is mostly the code it maps),
+# and the sidecar's capture init container
 # (sh + iptables-restore).
 #
 #   docker build -t ghcr.io/isthmus-mesh/isthmus:0.1.0 .
@@ -20,7 +21,7 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
     cargo build --release --locked -p isthmus-control --bin isthmus \
     && install -m 0755 target/release/isthmus /usr/local/bin/isthmus \
-    && gateway/build-proxy.sh /usr/local/bin/isthmus-gateway
+    && ISTHMUS_BIN=/usr/local/bin/isthmus gateway/build-proxy.sh --pgo /usr/local/bin/isthmus-gateway
 
 FROM debian:bookworm-slim
 # ca-certificates: TLS to anything outside the mesh's own trust domain;

@@ -486,9 +486,12 @@ fn dockerfile_builds_the_binary_the_manifests_run() {
     // The proxy containers' command.
     let gateway_cargo = std::fs::read_to_string(root.join("gateway/Cargo.toml")).unwrap();
     assert!(gateway_cargo.contains("[[bin]]\nname = \"isthmus-gateway\""));
-    assert!(dockerfile.contains("gateway/build-proxy.sh /usr/local/bin/isthmus-gateway"));
+    assert!(dockerfile.contains("gateway/build-proxy.sh --pgo /usr/local/bin/isthmus-gateway"));
     let build_proxy = std::fs::read_to_string(root.join("gateway/build-proxy.sh")).unwrap();
     assert!(build_proxy.contains("--bin isthmus-gateway"));
+    // The profile-guided build trains the proxy with this script.
+    assert!(build_proxy.contains("gateway/pgo/train.sh"));
+    assert!(root.join("gateway/pgo/train.sh").is_file());
     assert!(dockerfile.contains(&format!(
         "COPY --from=build {0} {0}",
         install::proxy::PROXY_COMMAND

@@ -23,8 +23,8 @@
 # Environment: ISTHMUS_BIN=path (the `isthmus` binary, for the control
 # plane) and ISTHMUS_GATEWAY_BIN=path (the proxy binary, `isthmus-gateway`)
 # skip the builds (default: `isthmus` with --release and `isthmus-gateway`
-# as the image ships it, by gateway/build-proxy.sh, into CARGO_TARGET_DIR or
-# target);
+# as the image ships it, by `gateway/build-proxy.sh --pgo`, into
+# CARGO_TARGET_DIR or target);
 # DUR=seconds per measurement (default 10); ROUNDS=rounds of the
 # throughput and latency measurements, the proxies interleaved in each, the
 # median reported (default 3); IDLE_STARTS=starts of the sidecar whose
@@ -66,7 +66,7 @@ else
   bin="${CARGO_TARGET_DIR:-target}/release/isthmus"
   # The proxy as the image ships it.
   gw="${CARGO_TARGET_DIR:-target}/isthmus-gateway.shipped"
-  gateway/build-proxy.sh "$gw"
+  ISTHMUS_BIN="$bin" gateway/build-proxy.sh --pgo "$gw"
 fi
 bin="$(cd "$(dirname "$bin")" && pwd)/$(basename "$bin")"
 gw="$(cd "$(dirname "$gw")" && pwd)/$(basename "$gw")"
@@ -611,7 +611,7 @@ section="$work/section.md"
   echo "<!-- proxies-bench:start -->"
   echo "## Gateway data plane vs HAProxy and nginx (issues 6 and 7)"
   echo
-  echo "Run \`gateway/bench/proxies.sh\` (about 15 minutes plus the release build; it"
+  echo "Run \`gateway/bench/proxies.sh\` (about 15 minutes plus the release builds; it"
   echo "installs haproxy, nginx, wrk, hey and nghttp2-client from Debian when"
   echo "missing); it rewrites this section."
   echo
@@ -619,7 +619,7 @@ section="$work/section.md"
   echo "100-byte static file over HTTP and a ${BIG_MB} MiB file over TLS: a fast,"
   echo "well-understood server. Each proxy is pinned to CPU 0 with one worker:"
   echo "Isthmus is \`isthmus-gateway --role ingress\` (the proxy-only binary as the image ships it:"
-  echo "\`proxy\` profile with fat LTO, mimalloc, statically linked) with one worker (\`TOKIO_WORKER_THREADS=1\`, which runs tokio's"
+  echo "\`proxy\` profile with fat LTO, profile-guided optimisation, mimalloc, statically linked) with one worker (\`TOKIO_WORKER_THREADS=1\`, which runs tokio's"
   echo "single-threaded scheduler on the main thread), configured over xDS by a real"
   echo "\`isthmus control\` from Istio YAML (a Gateway with HTTP, HTTPS SIMPLE and TLS"
   echo "PASSTHROUGH servers, VirtualServices, one ServiceEntry per backend port, the"
