@@ -27,20 +27,20 @@
 # CARGO_TARGET_DIR or target);
 # DUR=seconds per measurement (default 10); ROUNDS=rounds of the
 # throughput and latency measurements, the proxies interleaved in each, the
-# median reported (default 3); IDLE_STARTS=starts of the sidecar whose
+# median reported (default 5); IDLE_STARTS=starts of the sidecar whose
 # idle memory is measured, the median reported (default 3); NOTE='...'
 # adds a sentence to the section; NO_DOC=1 prints the section instead of
 # writing the doc;
 # PERF_OUT=file also profiles the Isthmus ingress under load (perf).
-# Needs root for apt-get when a tool is missing. Takes about 15 minutes
-# (three rounds) plus the build.
+# Needs root for apt-get when a tool is missing. Takes about 20 minutes
+# (five rounds) plus the build.
 set -euo pipefail
 
 root="$(cd "$(dirname "$0")/../.." && pwd)"
 cd "$root"
 doc="docs/benchmarks.md"
 DUR="${DUR:-10}"
-ROUNDS="${ROUNDS:-3}"
+ROUNDS="${ROUNDS:-5}"
 IDLE_STARTS="${IDLE_STARTS:-3}"
 WARM=2
 
@@ -489,24 +489,37 @@ for i in $(seq "$IDLE_STARTS"); do
   log "sidecar start $i: $(rss_kb "$pid_sidecar") KiB"
 done
 
+# rounds STEP NAME...: STEP NAME for every NAME, ROUNDS times, starting
+# each round one NAME later, so that no proxy always runs right after the
+# same other one (runs here drift with the machine's load).
+rounds() {
+  local step="$1" round i
+  shift
+  local names=("$@")
+  for round in $(seq "$ROUNDS"); do
+    log "round $round of $ROUNDS"
+    for ((i = 0; i < ${#names[@]}; i++)); do
+      "$step" "${names[(i + round - 1) % ${#names[@]}]}"
+    done
+  done
+}
+declare -A http_url=([direct]="http://$BACKEND:18000/" [isthmus]="http://$ING:8080/"
+  [haproxy]="http://$HAP:8080/" [nginx]="http://$NGX:8080/")
+declare -A tls_url=([isthmus]="https://$ING:8443/" [haproxy]="https://$HAP:8443/"
+  [nginx]="https://$NGX:8443/")
+declare -A pid_of=([direct]=- [isthmus]="$pid_ingress" [haproxy]="$pid_haproxy"
+  [nginx]="$pid_nginx")
+
 log "HTTP/1.1 keep-alive, max throughput (wrk -c64, ${DUR}s each)"
-for round in $(seq "$ROUNDS"); do
-  log "round $round of $ROUNDS"
-  wrk_run direct "http://$BACKEND:18000/" -
-  wrk_run isthmus "http://$ING:8080/" "$pid_ingress"
-  put ingress.rss_load_kb "$(rss_kb "$pid_ingress")"
-  wrk_run haproxy "http://$HAP:8080/" "$pid_haproxy"
-  wrk_run nginx "http://$NGX:8080/" "$pid_nginx"
-done
+h1_max() {
+  wrk_run "$1" "${http_url[$1]}" "${pid_of[$1]}"
+  [[ "$1" != isthmus ]] || put ingress.rss_load_kb "$(rss_kb "$pid_ingress")"
+}
+rounds h1_max direct isthmus haproxy nginx
 
 log "fixed rate ~1,000 req/s, 16 connections (hey)"
-for round in $(seq "$ROUNDS"); do
-  log "round $round of $ROUNDS"
-  hey_run direct "http://$BACKEND:18000/"
-  hey_run isthmus "http://$ING:8080/"
-  hey_run haproxy "http://$HAP:8080/"
-  hey_run nginx "http://$NGX:8080/"
-done
+h1_rate() { hey_run "$1" "${http_url[$1]}"; }
+rounds h1_rate direct isthmus haproxy nginx
 
 log "TLS passthrough, ${BIG_MB} MiB download"
 pass_run direct "$BACKEND" 18443
@@ -527,29 +540,17 @@ put sidecar.rss_load_kb "$peak"
 put sidecar.rps "$(awk '/^Requests\/sec/ {print $2}' "$work/sidecar-wrk.out")"
 
 log "TLS termination: HTTP/1.1 max throughput (wrk)"
-for round in $(seq "$ROUNDS"); do
-  log "round $round of $ROUNDS"
-  wrk_run tls.isthmus "https://$ING:8443/" "$pid_ingress"
-  wrk_run tls.haproxy "https://$HAP:8443/" "$pid_haproxy"
-  wrk_run tls.nginx "https://$NGX:8443/" "$pid_nginx"
-done
+tls_max() { wrk_run "tls.$1" "${tls_url[$1]}" "${pid_of[$1]}"; }
+rounds tls_max isthmus haproxy nginx
 log "TLS termination: HTTP/2 max throughput (h2load -c64 -m10)"
-for round in $(seq "$ROUNDS"); do
-  log "round $round of $ROUNDS"
-  h2_run h2.isthmus "https://$ING:8443/" "$pid_ingress"
-  h2_run h2.haproxy "https://$HAP:8443/" "$pid_haproxy"
-  h2_run h2.nginx "https://$NGX:8443/" "$pid_nginx"
-done
+h2_max() { h2_run "h2.$1" "${tls_url[$1]}" "${pid_of[$1]}"; }
+rounds h2_max isthmus haproxy nginx
 log "TLS termination: fixed rate, HTTP/1.1 and HTTP/2 (hey)"
-for round in $(seq "$ROUNDS"); do
-  log "round $round of $ROUNDS"
-  hey_run tls.isthmus "https://$ING:8443/" -host bench.test
-  hey_run tls.haproxy "https://$HAP:8443/" -host bench.test
-  hey_run tls.nginx "https://$NGX:8443/" -host bench.test
-  hey_run h2.isthmus "https://$ING:8443/" -h2 -host bench.test
-  hey_run h2.haproxy "https://$HAP:8443/" -h2 -host bench.test
-  hey_run h2.nginx "https://$NGX:8443/" -h2 -host bench.test
-done
+tls_rate() {
+  hey_run "tls.$1" "${tls_url[$1]}" -host bench.test
+  hey_run "h2.$1" "${tls_url[$1]}" -h2 -host bench.test
+}
+rounds tls_rate isthmus haproxy nginx
 
 load_after="$(cut -d' ' -f1-3 /proc/loadavg)"
 
@@ -611,7 +612,7 @@ section="$work/section.md"
   echo "<!-- proxies-bench:start -->"
   echo "## Gateway data plane vs HAProxy and nginx (issues 6 and 7)"
   echo
-  echo "Run \`gateway/bench/proxies.sh\` (about 15 minutes plus the release builds; it"
+  echo "Run \`gateway/bench/proxies.sh\` (about 20 minutes plus the release builds; it"
   echo "installs haproxy, nginx, wrk, hey and nghttp2-client from Debian when"
   echo "missing); it rewrites this section."
   echo
@@ -636,7 +637,7 @@ section="$work/section.md"
   echo "started ${started}; load average (1/5/15 min) ${load_before} before,"
   echo "${load_after} after. ${DUR} s per measurement after a ${WARM} s warm-up, one"
   echo "proxy at a time, back to back; every throughput and fixed-rate figure is the"
-  echo "median of ${ROUNDS} rounds with the proxies interleaved in each round (single"
+  echo "median of ${ROUNDS} rounds with the proxies interleaved, in an order rotated each round (single"
   echo "runs on this shared machine moved by up to 15%)."
   if [[ -n "${NOTE:-}" ]]; then echo "${NOTE}"; fi
   echo
