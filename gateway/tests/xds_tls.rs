@@ -354,7 +354,12 @@ async fn reconnects_to_a_restarted_control_plane_with_the_rotated_certificate() 
     cert_tx.send_replace(rotated.borrow().clone());
     drop(rotated_tx);
 
-    first_rt.shutdown_background();
+    // Waits until the runtime's tasks are dropped, so the listener is
+    // closed before the second control plane binds the same address
+    // (shutdown_background returned before that and the bind could race).
+    tokio::task::spawn_blocking(move || first_rt.shutdown_timeout(Duration::from_secs(10)))
+        .await
+        .expect("first control plane's runtime shut down");
     drop(first);
     // Static stability: no control plane, same config, still serving.
     eventually_reply(bound, "control plane down", "httpbin").await;
