@@ -31,7 +31,9 @@
 # idle memory is measured, the median reported (default 3); NOTE='...'
 # adds a sentence to the section; NO_DOC=1 prints the section instead of
 # writing the doc;
-# PERF_OUT=file also profiles the Isthmus ingress under load (perf).
+# PERF_OUT=file also profiles the Isthmus ingress under load (perf);
+# HOLD=file measures nothing: it sets everything up, writes the addresses
+# and PIDs to the file and keeps it all running until interrupted.
 # Needs root for apt-get when a tool is missing. Takes about 20 minutes
 # (five rounds) plus the build.
 set -euo pipefail
@@ -380,6 +382,27 @@ done
 wait_http "https://big.bench.test:9443/index.html" --resolve "big.bench.test:9443:$ING"
 wait_http "https://big.bench.test:9443/index.html" --resolve "big.bench.test:9443:$HAP"
 
+if [[ -n "${HOLD:-}" ]]; then
+  # Keep the setup up for measuring by hand; what runs where goes to $HOLD.
+  {
+    echo "work=$work"
+    for p in ingress sidecar haproxy nginx backend control; do
+      v="pid_$p"
+      echo "$v=${!v}"
+    done
+    echo "http_direct=http://$BACKEND:18000/ http_isthmus=http://$ING:8080/"
+    echo "http_haproxy=http://$HAP:8080/ http_nginx=http://$NGX:8080/"
+    echo "https_isthmus=https://$ING:8443/ https_haproxy=https://$HAP:8443/ https_nginx=https://$NGX:8443/"
+    echo "pass_direct=$BACKEND:18443 pass_isthmus=$ING:9443 pass_haproxy=$HAP:9443"
+    echo "sidecar=http://$SIDE:18000/"
+  } | tr ' ' '\n' >"$HOLD"
+  log "set up; addresses and PIDs in $HOLD; holding until interrupted"
+  trap 'exit 0' INT TERM
+  sleep infinity &
+  pids+=($!)
+  wait $!
+fi
+
 # ---------------------------------------------------------------- measuring
 # CPU ticks (utime+stime) of a process and its children (nginx's worker).
 ticks() {
@@ -457,16 +480,31 @@ h2_run() {
   log "$key: $rps req/s"
 }
 
-# pass_run KEY IP PORT: best of 3 downloads of the big file over TLS, MB/s.
+# cpu1_ticks: CPU 1's busy and total ticks (/proc/stat; idle and iowait
+# are the 4th and 5th counters).
+cpu1_ticks() {
+  awk '$1 == "cpu1" {t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t}' /proc/stat
+}
+
+# pass_run KEY IP PORT PID: one download of the big file over TLS, MB/s,
+# the share of CPU 0 the proxy (PID, or - for none) used meanwhile, and how
+# busy CPU 1 (client and backend) was.
 pass_run() {
-  local key="$1" ip="$2" port="$3" best=0 s i
-  for i in 1 2 3; do
-    s="$(taskset -c 1 curl -sk --resolve "big.bench.test:$port:$ip" -o /dev/null \
-      -w '%{speed_download}' "https://big.bench.test:$port/big")"
-    best="$(awk -v a="$best" -v b="$s" 'BEGIN {print (b > a) ? b : a}')"
-  done
-  put "$key.mbps" "$(awk -v b="$best" 'BEGIN {printf "%.0f", b / 1e6}')"
-  log "$key: $(get "$key.mbps") MB/s"
+  local key="$1" ip="$2" port="$3" pid="$4" t0 t1 s0 s1 b c0 c1
+  t0="$([[ "$pid" == - ]] || ticks "$pid")"
+  c0="$(cpu1_ticks)"
+  s0="$(date +%s%N)"
+  b="$(taskset -c 1 curl -sk --resolve "big.bench.test:$port:$ip" -o /dev/null \
+    -w '%{speed_download}' "https://big.bench.test:$port/big")"
+  s1="$(date +%s%N)"
+  c1="$(cpu1_ticks)"
+  put "$key.mbps" "$(awk -v b="$b" 'BEGIN {printf "%.0f", b / 1e6}')"
+  put "$key.cpu1_pct" "$(awk -v a="$c0" -v b="$c1" 'BEGIN {split(a, x, " "); split(b, y, " "); printf "%.0f", (y[1] - x[1]) / (y[2] - x[2]) * 100}')"
+  if [[ "$pid" != - ]]; then
+    t1="$(ticks "$pid")"
+    put "$key.pass_cpu_pct" "$(awk -v d=$((t1 - t0)) -v hz="$hz" -v ns=$((s1 - s0)) 'BEGIN {printf "%.0f", d / hz / (ns / 1e9) * 100}')"
+  fi
+  log "$key: $(awk -v b="$b" 'BEGIN {printf "%.0f", b / 1e6}') MB/s"
 }
 
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
@@ -522,9 +560,12 @@ h1_rate() { hey_run "$1" "${http_url[$1]}"; }
 rounds h1_rate direct isthmus haproxy nginx
 
 log "TLS passthrough, ${BIG_MB} MiB download"
-pass_run direct "$BACKEND" 18443
-pass_run isthmus "$ING" 9443
-pass_run haproxy "$HAP" 9443
+declare -A pass_addr=([direct]="$BACKEND 18443" [isthmus]="$ING 9443" [haproxy]="$HAP 9443")
+pass_one() {
+  # shellcheck disable=SC2086 # "IP PORT"
+  pass_run "$1" ${pass_addr[$1]} "${pid_of[$1]}"
+}
+rounds pass_one direct isthmus haproxy
 
 log "sidecar under load"
 taskset -c 1 wrk -t1 -c64 -d"${DUR}s" "http://$SIDE:18000/" >"$work/sidecar-wrk.out" &
@@ -659,16 +700,23 @@ section="$work/section.md"
   echo
   echo "### TLS passthrough and memory (issue 6)"
   echo
-  echo "Best of 3 downloads of the ${BIG_MB} MiB file with curl over TLS (the backend"
-  echo "terminates TLS; the proxy routes on SNI and relays bytes): Isthmus's TLS"
-  echo "PASSTHROUGH server, HAProxy \`mode tcp\`, and direct. Isthmus copies (64 KiB"
-  echo "buffer) rather than splices here: both peers are on loopback, where splice(2)"
-  echo "was about 20% slower for the receiving client (\`gateway/src/proxy/splice.rs\`)."
+  echo "One download of the ${BIG_MB} MiB file with curl over TLS per round, the"
+  echo "median of $ROUNDS rounds (the backend terminates TLS; the proxy routes on SNI"
+  echo "and relays bytes): Isthmus's TLS PASSTHROUGH server, HAProxy \`mode tcp\`,"
+  echo "and direct. \"CPU 0 busy\" is the proxy's CPU time over the download's length,"
+  echo "\"CPU 1 busy\" that core's non-idle time (/proc/stat, kernel work included)."
+  echo "Isthmus copies (64 KiB buffer) rather than splices here: both peers are on"
+  echo "loopback, where splice(2) was slower for the receiving client"
+  echo "(\`gateway/src/proxy/splice.rs\`)."
   echo
   echo "| | direct | Isthmus | HAProxy | Isthmus / direct | Isthmus / HAProxy |"
   echo "|---|---|---|---|---|---|"
   printf '| MB/s | %s | %s | %s | %s | %s |\n' "$(g direct.mbps)" "$(g isthmus.mbps)" "$(g haproxy.mbps)" \
     "$(ratio "$(g isthmus.mbps)" "$(g direct.mbps)")" "$(ratio "$(g isthmus.mbps)" "$(g haproxy.mbps)")"
+  printf '| CPU 0 busy, the proxy (%%) | | %s | %s | | %s |\n' "$(g isthmus.pass_cpu_pct)" "$(g haproxy.pass_cpu_pct)" \
+    "$(ratio "$(g isthmus.pass_cpu_pct)" "$(g haproxy.pass_cpu_pct)")"
+  printf '| CPU 1 busy, client and backend (%%) | %s | %s | %s | | |\n' "$(g direct.cpu1_pct)" \
+    "$(g isthmus.cpu1_pct)" "$(g haproxy.cpu1_pct)"
   echo
   echo "Resident memory (VmRSS): the sidecar idle (connected to the control plane,"
   echo "certificate issued, listeners up, 2 s after it answers) $(mib "$(g sidecar.rss_idle_kb)") MiB,"
