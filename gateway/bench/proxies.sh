@@ -390,12 +390,12 @@ if [[ -n "${HOLD:-}" ]]; then
       v="pid_$p"
       echo "$v=${!v}"
     done
-    echo "http_direct=http://$BACKEND:18000/ http_isthmus=http://$ING:8080/"
-    echo "http_haproxy=http://$HAP:8080/ http_nginx=http://$NGX:8080/"
-    echo "https_isthmus=https://$ING:8443/ https_haproxy=https://$HAP:8443/ https_nginx=https://$NGX:8443/"
-    echo "pass_direct=$BACKEND:18443 pass_isthmus=$ING:9443 pass_haproxy=$HAP:9443"
-    echo "sidecar=http://$SIDE:18000/"
-  } | tr ' ' '\n' >"$HOLD"
+    printf '%s\n' "http_direct=http://$BACKEND:18000/" "http_isthmus=http://$ING:8080/" \
+      "http_haproxy=http://$HAP:8080/" "http_nginx=http://$NGX:8080/" \
+      "https_isthmus=https://$ING:8443/" "https_haproxy=https://$HAP:8443/" \
+      "https_nginx=https://$NGX:8443/" "pass_direct=$BACKEND:18443" \
+      "pass_isthmus=$ING:9443" "pass_haproxy=$HAP:9443" "sidecar=http://$SIDE:18000/"
+  } >"$HOLD"
   log "set up; addresses and PIDs in $HOLD; holding until interrupted"
   trap 'exit 0' INT TERM
   sleep infinity &
@@ -490,7 +490,7 @@ cpu1_ticks() {
 # the share of CPU 0 the proxy (PID, or - for none) used meanwhile, and how
 # busy CPU 1 (client and backend) was.
 pass_run() {
-  local key="$1" ip="$2" port="$3" pid="$4" t0 t1 s0 s1 b c0 c1
+  local key="$1" ip="$2" port="$3" pid="$4" t0 t1 s0 s1 b c0 c1 mbps
   t0="$([[ "$pid" == - ]] || ticks "$pid")"
   c0="$(cpu1_ticks)"
   s0="$(date +%s%N)"
@@ -498,13 +498,14 @@ pass_run() {
     -w '%{speed_download}' "https://big.bench.test:$port/big")"
   s1="$(date +%s%N)"
   c1="$(cpu1_ticks)"
-  put "$key.mbps" "$(awk -v b="$b" 'BEGIN {printf "%.0f", b / 1e6}')"
+  mbps="$(awk -v b="$b" 'BEGIN {printf "%.0f", b / 1e6}')"
+  put "$key.mbps" "$mbps"
   put "$key.cpu1_pct" "$(awk -v a="$c0" -v b="$c1" 'BEGIN {split(a, x, " "); split(b, y, " "); printf "%.0f", (y[1] - x[1]) / (y[2] - x[2]) * 100}')"
   if [[ "$pid" != - ]]; then
     t1="$(ticks "$pid")"
     put "$key.pass_cpu_pct" "$(awk -v d=$((t1 - t0)) -v hz="$hz" -v ns=$((s1 - s0)) 'BEGIN {printf "%.0f", d / hz / (ns / 1e9) * 100}')"
   fi
-  log "$key: $(awk -v b="$b" 'BEGIN {printf "%.0f", b / 1e6}') MB/s"
+  log "$key: $mbps MB/s"
 }
 
 load_before="$(cut -d' ' -f1-3 /proc/loadavg)"
