@@ -94,6 +94,9 @@ pub struct GatewayConfig {
     /// How long readiness waits for a secret the config references (an
     /// ingress `credentialName`) before going ahead without it.
     pub secret_warm_timeout: Duration,
+    /// `TCP_NOTSENT_LOWAT` on both legs of proxied connections
+    /// (`proxy::socket`); `None` leaves the kernel's default.
+    pub tcp_notsent_lowat: Option<u32>,
 }
 
 impl GatewayConfig {
@@ -117,6 +120,7 @@ impl GatewayConfig {
             dns_proxy: None,
             mesh_roots: None,
             secret_warm_timeout: xds::SECRET_WARM_TIMEOUT,
+            tcp_notsent_lowat: Some(proxy::socket::DEFAULT_NOTSENT_LOWAT),
         }
     }
 }
@@ -187,6 +191,7 @@ impl Gateway {
             (Some(_), None) => return Err(GatewayError::TunnelWithoutCertificate),
             (Some(t), Some(cert)) => Some(tunnel::endpoint(*t, cert)?),
         };
+        proxy::socket::set_notsent_lowat(config.tcp_notsent_lowat);
         let ctx = proxy::connection::ProxyContext {
             tunnel: tunnel_endpoint
                 .clone()

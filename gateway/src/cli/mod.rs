@@ -118,6 +118,12 @@ pub struct GatewayArgs {
     /// container), `none` for explicit listeners.
     #[arg(long, value_enum, default_value_t = Interception::None)]
     pub interception: Interception,
+    /// Bytes of unsent data the proxy queues per TCP connection
+    /// (TCP_NOTSENT_LOWAT, both legs); 0 leaves the kernel's default.
+    /// Small values keep a relay's transmits on its own core and its
+    /// socket memory low.
+    #[arg(long, default_value_t = crate::proxy::socket::DEFAULT_NOTSENT_LOWAT)]
+    pub tcp_notsent_lowat: u32,
 }
 
 /// How the application's traffic reaches a sidecar.
@@ -201,6 +207,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let node = node(&args)?;
     let mut config = GatewayConfig::new(args.xds.clone(), node, args.admin);
     config.drain_time = args.drain_time;
+    config.tcp_notsent_lowat = Some(args.tcp_notsent_lowat).filter(|&b| b > 0);
     config.dns_proxy = args.dns_proxy;
     config.resolver.upstream = args.dns_upstream.clone();
     config.xds_server_identity = Some(match &args.xds_identity {

@@ -98,7 +98,7 @@ pub async fn handle(
     let wall_start = std::time::SystemTime::now();
     let name = listener.config.name.clone();
     let local = original_dst.or_else(|| stream.local_addr().ok());
-    let _ = stream.set_nodelay(true);
+    super::socket::tune(&stream);
     let mut log = Log {
         listener: name.clone(),
         original_dst,

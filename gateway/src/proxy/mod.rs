@@ -10,6 +10,7 @@
 //!   second `raw_buffer` chain on the same listener.
 
 pub mod connection;
+pub mod socket;
 pub mod splice;
 pub mod tcp;
 pub mod upstream;

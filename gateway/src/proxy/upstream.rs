@@ -317,7 +317,7 @@ async fn attempt(
             )
         })?
         .map_err(|e| e.to_string())?;
-    let _ = tcp.set_nodelay(true);
+    super::socket::tune(&tcp);
     if let Some(k) = &cluster.config.tcp_keepalive {
         if let Err(e) = set_keepalive(&tcp, k) {
             // Not fatal: the connection works, only dead peers are found later.
