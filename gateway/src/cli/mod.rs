@@ -121,7 +121,7 @@ pub struct GatewayArgs {
     /// Bytes of unsent data the proxy queues per TCP connection
     /// (TCP_NOTSENT_LOWAT, both legs); 0 leaves the kernel's default.
     /// Small values keep a relay's transmits on its own core and its
-    /// socket memory low.
+    /// socket memory low; raise it for single flows of many Gbit/s.
     #[arg(long, default_value_t = crate::proxy::socket::DEFAULT_NOTSENT_LOWAT)]
     pub tcp_notsent_lowat: u32,
 }
