@@ -33,7 +33,8 @@
 # writing the doc;
 # PERF_OUT=file also profiles the Isthmus ingress under load (perf);
 # HOLD=file measures nothing: it sets everything up, writes the addresses
-# and PIDs to the file and keeps it all running until interrupted.
+# and PIDs to the file and keeps it all running until SIGTERM (or Ctrl-C;
+# a shell ignores SIGINT in a job it started in the background).
 # Needs root for apt-get when a tool is missing. Takes about 20 minutes
 # (five rounds) plus the build.
 set -euo pipefail
@@ -396,7 +397,7 @@ if [[ -n "${HOLD:-}" ]]; then
       "https_nginx=https://$NGX:8443/" "pass_direct=$BACKEND:18443" \
       "pass_isthmus=$ING:9443" "pass_haproxy=$HAP:9443" "sidecar=http://$SIDE:18000/"
   } >"$HOLD"
-  log "set up; addresses and PIDs in $HOLD; holding until interrupted"
+  log "set up; addresses and PIDs in $HOLD; holding until SIGTERM or Ctrl-C"
   trap 'exit 0' INT TERM
   sleep infinity &
   pids+=($!)
