@@ -95,8 +95,8 @@ pub struct GatewayConfig {
     /// ingress `credentialName`) before going ahead without it.
     pub secret_warm_timeout: Duration,
     /// `TCP_NOTSENT_LOWAT` on both legs of proxied connections
-    /// (`proxy::socket`); `None` leaves the kernel's default.
-    pub tcp_notsent_lowat: Option<u32>,
+    /// (`proxy::socket`); 0 leaves the kernel's default.
+    pub tcp_notsent_lowat: u32,
 }
 
 impl GatewayConfig {
@@ -120,7 +120,7 @@ impl GatewayConfig {
             dns_proxy: None,
             mesh_roots: None,
             secret_warm_timeout: xds::SECRET_WARM_TIMEOUT,
-            tcp_notsent_lowat: Some(proxy::socket::DEFAULT_NOTSENT_LOWAT),
+            tcp_notsent_lowat: proxy::socket::DEFAULT_NOTSENT_LOWAT,
         }
     }
 }

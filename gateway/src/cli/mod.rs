@@ -207,7 +207,7 @@ pub async fn run(args: GatewayArgs) -> anyhow::Result<()> {
     let node = node(&args)?;
     let mut config = GatewayConfig::new(args.xds.clone(), node, args.admin);
     config.drain_time = args.drain_time;
-    config.tcp_notsent_lowat = Some(args.tcp_notsent_lowat).filter(|&b| b > 0);
+    config.tcp_notsent_lowat = args.tcp_notsent_lowat;
     config.dns_proxy = args.dns_proxy;
     config.resolver.upstream = args.dns_upstream.clone();
     config.xds_server_identity = Some(match &args.xds_identity {

@@ -36,10 +36,10 @@ pub const DEFAULT_NOTSENT_LOWAT: u32 = 16 * 1024;
 /// 0: leave the kernel's default (unbounded unless the sysctl says otherwise).
 static NOTSENT_LOWAT: AtomicU32 = AtomicU32::new(DEFAULT_NOTSENT_LOWAT);
 
-/// Sets the unsent-bytes cap for connections set up from now on; `None`
-/// leaves the kernel's default.
-pub fn set_notsent_lowat(bytes: Option<u32>) {
-    NOTSENT_LOWAT.store(bytes.unwrap_or(0), Ordering::Relaxed);
+/// Sets the unsent-bytes cap for connections set up from now on; 0 leaves
+/// the kernel's default.
+pub fn set_notsent_lowat(bytes: u32) {
+    NOTSENT_LOWAT.store(bytes, Ordering::Relaxed);
 }
 
 /// Applies this proxy's options to a connection's socket. Failures are not
