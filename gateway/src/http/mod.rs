@@ -15,6 +15,7 @@ pub mod respond;
 mod retry;
 pub mod router;
 pub mod server;
+mod streams;
 pub mod timeouts;
 mod upgrade;
 

@@ -3,12 +3,14 @@
 //! request, runs the fault filter, and hands it to the router filter.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::task::Poll;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioIo;
 use hyper_util::server::conn::auto;
 use rand::Rng;
 use tokio::time::Instant;
@@ -65,7 +67,8 @@ pub async fn serve(
     down: Downstream,
 ) -> Result<(), ServeError> {
     let listener = down.listener.clone();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
+    let (exec, mut streams) = super::streams::local();
+    let mut builder = auto::Builder::new(exec);
     match cfg.codec {
         Codec::Http1 => builder = builder.http1_only(),
         Codec::Http2 => builder = builder.http2_only(),
@@ -105,8 +108,8 @@ pub async fn serve(
             let conn = shared.clone();
             let active = activity.begin();
             // Boxed: the request's future is several kilobytes, and hyper
-            // moves the service future around (into its dispatcher, into a
-            // spawned task per HTTP/2 stream); moving a pointer is free.
+            // moves the service future around (into its dispatcher, into an
+            // HTTP/2 stream); moving a pointer is free.
             Box::pin(async move {
                 let idle = conn.cfg.stream_idle_timeout;
                 let resp = handle(&conn, req).await;
@@ -116,17 +119,28 @@ pub async fn serve(
     };
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
+    let idle = idle_wait(&activity, idle_timeout);
+    tokio::pin!(idle);
     let mut closing = false;
-    loop {
-        tokio::select! {
-            r = conn.as_mut() => return r.map_err(|e| ServeError::Http(e.to_string())),
-            () = idle_wait(&activity, idle_timeout), if !closing => {
-                tracing::debug!(listener = %listener, "downstream connection idle timeout");
-                conn.as_mut().graceful_shutdown();
-                closing = true;
-            }
+    let result = std::future::poll_fn(|cx| {
+        // Streams first: what they wrote, the connection then sends. Then
+        // the streams the connection just accepted start at once.
+        let _ = streams.poll_run(cx);
+        if let Poll::Ready(r) = conn.as_mut().poll(cx) {
+            return Poll::Ready(r);
         }
-    }
+        let _ = streams.poll_run(cx);
+        if !closing && idle.as_mut().poll(cx).is_ready() {
+            tracing::debug!(listener = %listener, "downstream connection idle timeout");
+            conn.as_mut().graceful_shutdown();
+            closing = true;
+            cx.waker().wake_by_ref();
+        }
+        Poll::Pending
+    })
+    .await;
+    streams.finish().await;
+    result.map_err(|e| ServeError::Http(e.to_string()))
 }
 
 async fn idle_wait(activity: &ConnActivity, idle: Option<std::time::Duration>) {

@@ -1,6 +1,7 @@
 //! Connections on both sides: malformed and oversized downstream requests,
 //! WebSocket upgrades passed through, and the upstream pool's
-//! max-requests-per-connection and idle-timeout limits.
+//! max-requests-per-connection and idle-timeout limits, and HTTP/2 streams
+//! multiplexed on one downstream connection.
 
 use std::time::{Duration, Instant};
 
@@ -187,4 +188,61 @@ async fn idle_upstream_connections_are_closed() {
         200,
         "a new connection after the idle close"
     );
+}
+
+/// The streams of one HTTP/2 connection run on that connection's task:
+/// a slow stream must not hold up the others, a stream the client resets
+/// must end alone, and the slow one must still complete.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_streams_of_one_connection_progress_independently() {
+    use bytes::Bytes;
+    use http_body_util::{BodyExt, Full};
+    use hyper_util::rt::{TokioExecutor, TokioIo};
+
+    let app = HttpBackend::start("app").await;
+    let ads = ScriptedAds::start().await;
+    route_all_to_app(&ads, eds_cluster("app"), app.addr);
+    let (_gw, at) = http_gateway(&ads).await;
+    let tcp = tokio::net::TcpStream::connect(at).await.expect("connect");
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    let driver = tokio::spawn(conn);
+    let request = |delay_ms: u64| {
+        let mut send = send.clone();
+        let req = ::http::Request::builder()
+            .uri("http://app/")
+            .header("x-delay-ms", delay_ms.to_string())
+            .body(Full::new(Bytes::new()))
+            .expect("request");
+        async move {
+            let resp = send.send_request(req).await.expect("h2 response");
+            let status = resp.status();
+            let body = resp.into_body().collect().await.expect("body").to_bytes();
+            (status, body)
+        }
+    };
+    let slow = tokio::spawn(request(4_000));
+    // Reset by the client mid-request: dropping the future resets it.
+    let reset = tokio::spawn(request(60_000));
+    let started = Instant::now();
+    let fast = futures::future::join_all((0..20).map(|_| request(0))).await;
+    assert!(
+        fast.iter().all(|(s, b)| *s == 200 && b == "app"),
+        "{fast:?}"
+    );
+    assert!(
+        !slow.is_finished(),
+        "20 fast streams waited for the slow one ({:?})",
+        started.elapsed()
+    );
+    reset.abort();
+    let (status, body) = tokio::time::timeout(WAIT, slow)
+        .await
+        .expect("slow stream in time")
+        .expect("slow stream task");
+    assert_eq!((status.as_u16(), &body[..]), (200, &b"app"[..]));
+    assert_eq!(request(0).await.0, 200, "the connection still serves");
+    driver.abort();
 }
