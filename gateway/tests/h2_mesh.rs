@@ -11,7 +11,6 @@ use bytes::Bytes;
 use envoy_types::pb::envoy::extensions::filters::network::http_connection_manager::v3::http_connection_manager::RouteSpecifier;
 use http_body_util::{BodyExt, StreamBody};
 use hyper::body::Frame;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::ads::ScriptedAds;
 use support::http::*;
 use support::pki::Ca;
@@ -114,14 +113,7 @@ async fn grpc_streaming_over_h2_through_sidecar_eastwest_sidecar() {
     let outbound = sidecar_a.listener_address("outbound_9080").expect("bound");
 
     // h2c with prior knowledge, like a gRPC client.
-    let tcp = tokio::net::TcpStream::connect(outbound)
-        .await
-        .expect("connect");
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2 handshake with sidecar A");
-    tokio::spawn(conn);
+    let (mut send, _conn) = h2c_connect(outbound).await;
     let (tx, rx) = tokio::sync::mpsc::channel::<Result<Frame<Bytes>, Infallible>>(4);
     let req = ::http::Request::builder()
         .method("POST")

@@ -197,18 +197,12 @@ async fn idle_upstream_connections_are_closed() {
 async fn http2_streams_of_one_connection_progress_independently() {
     use bytes::Bytes;
     use http_body_util::{BodyExt, Full};
-    use hyper_util::rt::{TokioExecutor, TokioIo};
 
     let app = HttpBackend::start("app").await;
     let ads = ScriptedAds::start().await;
     route_all_to_app(&ads, eds_cluster("app"), app.addr);
     let (_gw, at) = http_gateway(&ads).await;
-    let tcp = tokio::net::TcpStream::connect(at).await.expect("connect");
-    let (send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2c handshake");
-    let driver = tokio::spawn(conn);
+    let (send, driver) = h2c_connect::<Full<Bytes>>(at).await;
     let request = |delay_ms: u64| {
         let mut send = send.clone();
         let req = ::http::Request::builder()
@@ -224,7 +218,7 @@ async fn http2_streams_of_one_connection_progress_independently() {
         }
     };
     let slow = tokio::spawn(request(4_000));
-    // Reset by the client mid-request: dropping the future resets it.
+    // Aborted below, mid-request: the client then resets its stream.
     let reset = tokio::spawn(request(60_000));
     let started = Instant::now();
     let fast = futures::future::join_all((0..20).map(|_| request(0))).await;

@@ -141,14 +141,7 @@ async fn streaming_grpc_requests_retry_connect_failures() {
     });
     route_all(&ads, action);
     let (_gw, at) = http_gateway(&ads).await;
-    let tcp = tokio::net::TcpStream::connect(at).await.expect("connect");
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(tcp),
-    )
-    .await
-    .expect("h2c");
-    tokio::spawn(conn);
+    let (mut send, _conn) = h2c_connect(at).await;
     for i in 0..10 {
         let (tx, rx) =
             tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(2);

@@ -241,6 +241,27 @@ pub async fn get(
     )
 }
 
+/// An h2c connection to `at` with prior knowledge (no Upgrade), as a gRPC
+/// client opens one: its sender, and the task driving it.
+pub async fn h2c_connect<B>(
+    at: SocketAddr,
+) -> (
+    hyper::client::conn::http2::SendRequest<B>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+)
+where
+    B: hyper::body::Body + Unpin + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let tcp = tokio::net::TcpStream::connect(at).await.expect("connect");
+    let (send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
+            .await
+            .expect("h2c handshake");
+    (send, tokio::spawn(conn))
+}
+
 /// GET `http://{host}{path}` sent to `at` over h2c with prior knowledge
 /// (no Upgrade); (status, headers, body).
 pub async fn h2c_get(
@@ -248,12 +269,7 @@ pub async fn h2c_get(
     host: &str,
     path: &str,
 ) -> (StatusCode, http::HeaderMap, String) {
-    let tcp = tokio::net::TcpStream::connect(at).await.expect("connect");
-    let (mut send, conn) =
-        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tcp))
-            .await
-            .expect("h2 handshake");
-    let driver = tokio::spawn(conn);
+    let (mut send, driver) = h2c_connect(at).await;
     let req = Request::builder()
         .uri(format!("http://{host}{path}"))
         .body(Full::new(Bytes::new()))
